@@ -1,0 +1,53 @@
+"""The exceptions seqstore raises.
+
+Every error a user can cause is a :class:`SeqstoreError` whose message is one line naming the
+file or value at fault and what to do about it; the CLI prints that line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendNotFoundError",
+    "BadImageError",
+    "ConfigError",
+    "NotAStoreError",
+    "PartialStoreError",
+    "ResumeError",
+    "SeqstoreError",
+    "StoreExistsError",
+]
+
+
+class SeqstoreError(Exception):
+    """Base class of every error seqstore raises on purpose."""
+
+
+class ConfigError(SeqstoreError, ValueError):
+    """An option or argument has a value seqstore cannot use."""
+
+
+class BackendNotFoundError(SeqstoreError, KeyError):
+    """No backend is registered under a name, or its optional dependency is missing."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class NotAStoreError(SeqstoreError, FileNotFoundError):
+    """A path holds no store that any backend can read."""
+
+
+class PartialStoreError(SeqstoreError):
+    """A store whose writer never finished; it is refused rather than read short."""
+
+
+class StoreExistsError(SeqstoreError, FileExistsError):
+    """A writer was pointed at a path that already holds data."""
+
+
+class BadImageError(SeqstoreError):
+    """A source file is not a decodable image (empty, truncated, or another kind of file)."""
+
+
+class ResumeError(SeqstoreError):
+    """A loader state cannot be restored into a loader of a different shape."""

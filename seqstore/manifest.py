@@ -1,0 +1,164 @@
+"""The store's own metadata file, ``seqstore.json``: read, write, validate.
+
+A store is a directory. While a writer runs, the directory holds ``seqstore.partial.json``
+(what is being written, by which process, since when); :meth:`Writer.finish` writes
+``seqstore.json`` atomically (temporary file, fsync, rename) and only then removes the partial
+marker. So a store is complete exactly when ``seqstore.json`` exists, and a writer that died
+leaves a directory every reader refuses with :class:`~seqstore.errors.PartialStoreError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import NotAStoreError, PartialStoreError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "PARTIAL_NAME",
+    "Manifest",
+    "Provenance",
+    "SkippedFile",
+    "is_store",
+    "read_manifest",
+    "write_json_atomic",
+]
+
+MANIFEST_NAME = "seqstore.json"
+PARTIAL_NAME = "seqstore.partial.json"
+MANIFEST_VERSION = 1
+
+
+class SkippedFile(BaseModel):
+    """A source file left out of the store, and why."""
+
+    key: str
+    reason: str
+
+
+class Provenance(BaseModel):
+    """How a store was written."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seqstore_version: str
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    source: str | None = None
+    source_format: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    skipped: list[SkippedFile] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Manifest(BaseModel):
+    """Everything a reader needs to know about a store before opening its data.
+
+    Attributes
+    ----------
+    manifest_version : int
+        Version of this file's schema.
+    format : str
+        Name of the backend that wrote the store; :func:`seqstore.open` dispatches on it.
+    format_version : int
+        Version of that backend's on-disk layout.
+    num_records : int
+        Number of records in the store.
+    total_bytes : int
+        Sum of the records' encoded sizes.
+    classes : list of str
+        Class names; a record's label indexes this list.
+    provenance : Provenance
+        Who wrote the store, from what, with which options, and what was skipped.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest_version: int = MANIFEST_VERSION
+    format: str
+    format_version: int
+    num_records: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
+    classes: list[str]
+    provenance: Provenance
+
+    @property
+    def mean_record_bytes(self) -> float:
+        """Mean encoded size of a record (1.0 for an empty store)."""
+        return self.total_bytes / self.num_records if self.num_records else 1.0
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a store, complete or partial."""
+    p = Path(path)
+    return (p / MANIFEST_NAME).is_file() or (p / PARTIAL_NAME).is_file()
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate the manifest of the store at ``path``.
+
+    Raises
+    ------
+    PartialStoreError
+        The store's writer never finished.
+    NotAStoreError
+        ``path`` holds no seqstore manifest, or an unreadable one.
+    """
+    p = Path(path)
+    manifest = p / MANIFEST_NAME
+    if not manifest.is_file():
+        partial = p / PARTIAL_NAME
+        if partial.is_file():
+            raise PartialStoreError(_partial_message(p, partial))
+        raise NotAStoreError(f"'{p}' is not a seqstore store (no {MANIFEST_NAME})")
+    try:
+        return Manifest.model_validate_json(manifest.read_bytes())
+    except (ValidationError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        raise NotAStoreError(
+            f"'{manifest}' is not a valid seqstore manifest ({first}); "
+            "re-create the store with seqstore convert"
+        ) from None
+
+
+def _partial_message(store: Path, partial: Path) -> str:
+    try:
+        info = json.loads(partial.read_text())
+        since = f" (writer pid {info.get('pid')} started {info.get('started')})"
+    except (OSError, ValueError):
+        since = ""
+    return (
+        f"store '{store}' is incomplete: its writer did not finish{since}; "
+        "write it again with --overwrite"
+    )
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so that readers see the old file or the whole new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not all platforms can open a directory.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
