@@ -1,0 +1,230 @@
+"""HDF5 stores: the image bytes of all records in one flat dataset, sliced by offsets.
+
+Layout of ``data.h5`` inside a store directory::
+
+    /images        uint8  (total_bytes,)   every record's encoded bytes, back to back
+    /offsets       uint64 (n + 1,)         record i is images[offsets[i]:offsets[i + 1]]
+    /keys          uint8  (key bytes,)     UTF-8 keys back to back
+    /key_offsets   uint64 (n + 1,)
+    /labels        int32  (n,)
+    /widths        uint32 (n,)
+    /heights       uint32 (n,)
+    /checksums     uint32 (n,)            CRC-32 of each record's bytes
+
+All datasets are chunked and resizable, so the writer appends in one pass without knowing
+the count. A block of consecutive records is one contiguous slice of ``/images`` (one
+sequential read), never one variable-length element per record.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import h5py
+import numpy as np
+
+from ..manifest import Manifest, read_manifest
+from ..records import Record
+from .base import Backend, Reader, Writer
+
+__all__ = ["HDF5Backend", "HDF5Reader", "HDF5Writer"]
+
+DATA_FILE = "data.h5"
+_BYTES_CHUNK = 1 << 20
+_ROWS_CHUNK = 1 << 14
+_PER_RECORD = ("labels", "widths", "heights", "checksums")
+_DTYPES = {"labels": np.int32, "widths": np.uint32, "heights": np.uint32, "checksums": np.uint32}
+
+
+class HDF5Reader(Reader[h5py.File]):
+    """Reader of a seqstore HDF5 store.
+
+    The offsets and per-record arrays (a few bytes per record) are loaded once per process;
+    image bytes are read block by block.
+
+    Parameters
+    ----------
+    path
+        The store directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__(path)
+        self._manifest = read_manifest(self.path)
+        self._index: dict[str, np.ndarray] | None = None
+        self._index_pid = -1
+
+    @property
+    def manifest(self) -> Manifest:
+        # docstring inherited
+        return self._manifest
+
+    def _open_handle(self) -> h5py.File:
+        # The chunk cache only helps re-reads; block reads are sequential and large.
+        return h5py.File(self.path / DATA_FILE, "r", rdcc_nbytes=4 << 20)
+
+    def _close_handle(self, handle: h5py.File) -> None:
+        handle.close()
+
+    @property
+    def index(self) -> dict[str, np.ndarray]:
+        """Offsets and per-record arrays, read from the file once per process."""
+        if self._index is None or self._index_pid != os.getpid():
+            f = self.handle
+            self._index = {name: f[name][()] for name in ("offsets", "key_offsets", *_PER_RECORD)}
+            self._index_pid = os.getpid()
+        return self._index
+
+    def read_block(self, start: int, stop: int) -> list[Record]:
+        # docstring inherited
+        self._check_range(start, stop)
+        if start == stop:
+            return []
+        idx = self.index
+        f = self.handle
+        offsets = idx["offsets"][start : stop + 1]
+        key_offsets = idx["key_offsets"][start : stop + 1]
+        images = _read_slice(f["images"], int(offsets[0]), int(offsets[-1]))
+        keys = _read_slice(f["keys"], int(key_offsets[0]), int(key_offsets[-1]))
+        offsets = (offsets - offsets[0]).tolist()
+        key_offsets = (key_offsets - key_offsets[0]).tolist()
+        labels = idx["labels"][start:stop].tolist()
+        widths = idx["widths"][start:stop].tolist()
+        heights = idx["heights"][start:stop].tolist()
+        crcs = idx["checksums"][start:stop].tolist()
+        return [
+            Record(
+                keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8"),
+                labels[i],
+                images[offsets[i] : offsets[i + 1]],
+                widths[i],
+                heights[i],
+                crcs[i],
+            )
+            for i in range(stop - start)
+        ]
+
+    def labels(self) -> np.ndarray:
+        # docstring inherited
+        return self.index["labels"].astype(np.int64)
+
+
+def _read_slice(dataset: h5py.Dataset, start: int, stop: int) -> bytes:
+    out = np.empty(stop - start, np.uint8)
+    if stop > start:
+        dataset.read_direct(out, np.s_[start:stop])
+    return out.tobytes()
+
+
+class HDF5Writer(Writer):
+    """Writer of a seqstore HDF5 store.
+
+    Records are buffered and appended in batches of ``batch_bytes``.
+
+    Parameters
+    ----------
+    path, classes, overwrite, provenance
+        See :class:`~seqstore.backends.base.Writer`.
+    batch_bytes
+        Bytes of records buffered before each append.
+    """
+
+    format = "hdf5"
+    format_version = 1
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, batch_bytes: int = 64 << 20, **kwargs: Any
+    ) -> None:
+        self.batch_bytes = batch_bytes
+        super().__init__(path, **kwargs)
+
+    def _open(self) -> None:
+        f = h5py.File(self.path / DATA_FILE, "w", libver="latest")
+        self._file = f
+        for name, chunk in (("images", _BYTES_CHUNK), ("keys", _ROWS_CHUNK)):
+            f.create_dataset(name, (0,), np.uint8, maxshape=(None,), chunks=(chunk,))
+        for name in ("offsets", "key_offsets"):
+            f.create_dataset(
+                name, data=np.zeros(1, np.uint64), maxshape=(None,), chunks=(_ROWS_CHUNK,)
+            )
+        for name in _PER_RECORD:
+            f.create_dataset(name, (0,), _DTYPES[name], maxshape=(None,), chunks=(_ROWS_CHUNK,))
+        f.attrs["seqstore_format"] = self.format
+        f.attrs["seqstore_format_version"] = self.format_version
+        # Image bytes are copied once, into a buffer reused across batches, then appended.
+        self._buffer = np.empty(self.batch_bytes, np.uint8)
+        self._pending: list[Record] = []
+        self._pending_bytes = 0
+        self._image_end = 0
+        self._key_end = 0
+
+    def _write(self, record: Record) -> None:
+        size = len(record.data)
+        if self._pending_bytes + size > self.batch_bytes:
+            self._flush()
+        if size > self.batch_bytes:
+            self._buffer = np.empty(size, np.uint8)
+        self._buffer[self._pending_bytes : self._pending_bytes + size] = np.frombuffer(
+            record.data, np.uint8
+        )
+        self._pending.append(record)
+        self._pending_bytes += size
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        f = self._file
+        recs = self._pending
+        keys = [r.key.encode("utf-8") for r in recs]
+        image_ends = self._image_end + np.cumsum([len(r.data) for r in recs], dtype=np.uint64)
+        key_ends = self._key_end + np.cumsum([len(k) for k in keys], dtype=np.uint64)
+        _append(f["images"], self._buffer[: self._pending_bytes])
+        _append(f["keys"], np.frombuffer(b"".join(keys), np.uint8))
+        _append(f["offsets"], image_ends)
+        _append(f["key_offsets"], key_ends)
+        _append(f["labels"], np.array([r.label for r in recs], np.int32))
+        _append(f["widths"], np.array([r.width for r in recs], np.uint32))
+        _append(f["heights"], np.array([r.height for r in recs], np.uint32))
+        _append(f["checksums"], np.array([r.checksum for r in recs], np.uint32))
+        self._image_end = int(image_ends[-1])
+        self._key_end = int(key_ends[-1])
+        self._pending = []
+        self._pending_bytes = 0
+
+    def _finish(self) -> None:
+        self._flush()
+        self._file.close()
+        # The manifest that follows declares the store complete: the data must be on disk first.
+        fd = os.open(self.path / DATA_FILE, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _abort(self) -> None:
+        self._file.close()
+
+
+def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
+    n = dataset.shape[0]
+    dataset.resize((n + len(values),))
+    dataset[n:] = values
+
+
+class HDF5Backend(Backend):
+    """One HDF5 file per store, image bytes in one flat dataset for range reads."""
+
+    name: ClassVar[str] = "hdf5"
+    description: ClassVar[str] = "HDF5 file, flat byte dataset sliced by offsets"
+
+    @classmethod
+    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> HDF5Reader:
+        # docstring inherited
+        return HDF5Reader(Path(path), **options)
+
+    @classmethod
+    def open_writer(cls, path: str | os.PathLike[str], **kwargs: Any) -> HDF5Writer:
+        # docstring inherited
+        return HDF5Writer(path, **kwargs)

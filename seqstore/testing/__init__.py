@@ -1,0 +1,7 @@
+"""Helpers for testing seqstore and third-party backends: sample data and a conformance suite."""
+
+from __future__ import annotations
+
+from .data import make_image_folder, make_records
+
+__all__ = ["make_image_folder", "make_records"]
