@@ -1,0 +1,223 @@
+"""Read LMDB files written by tensorpack's ``LMDBSerializer`` (the sequential ImageNet loaders).
+
+Such a file is a single LMDB environment (``subdir=False``) whose entries are
+
+* ``00000000``, ``00000001``, ...: one serialised datapoint ``[jpeg_uint8_array, label]``
+  (older tensorpack wrote the keys unpadded: ``0``, ``1``, ...);
+* ``__keys__``: the serialised list of those keys, in dataset order.
+
+Datapoints were serialised with msgpack + msgpack-numpy (tensorpack up to 0.9 and
+``TENSORPACK_SERIALIZE=msgpack``) or pickle (the default since 0.10). Both are read here
+without importing tensorpack. Pickled entries go through an unpickler that accepts only
+numpy arrays and scalars, so a crafted file cannot run code. Files written with tensorpack's
+pyarrow serializer cannot be read: pyarrow removed that format.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lmdb
+import numpy as np
+
+from .._version import __version__
+from ..errors import BackendNotFoundError, NotAStoreError, SeqstoreError
+from ..imageinfo import probe
+from ..manifest import Manifest, Provenance
+from ..records import Record, checksum
+from .base import Backend, Reader
+from .folder import load_classes
+from .lmdb import release_env, shared_env
+
+__all__ = ["TensorpackBackend", "TensorpackReader", "loads_datapoint"]
+
+_KEYS_KEY = b"__keys__"
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
+        return super().find_class(module, name)
+
+
+def _msgpack_numpy_hook(obj: dict[Any, Any]) -> Any:
+    # msgpack-numpy's encoding: {b"nd": bool, b"type": dtype str, b"shape": ..., b"data": bytes}
+    if b"nd" in obj:
+        dtype = obj[b"type"]
+        dtype = np.dtype(dtype if isinstance(dtype, str) else dtype.decode())
+        if obj[b"nd"]:
+            return np.frombuffer(obj[b"data"], dtype).reshape(obj[b"shape"])
+        return np.frombuffer(obj[b"data"], dtype)[0]
+    return obj
+
+
+def loads_datapoint(value: bytes) -> Any:
+    """Deserialise one tensorpack datapoint (msgpack or pickle, told apart by their first byte)."""
+    if value[:1] == b"\x80":
+        try:
+            return _NumpyOnlyUnpickler(io.BytesIO(value)).load()
+        except pickle.UnpicklingError as exc:
+            raise SeqstoreError(f"unreadable tensorpack datapoint: {exc}") from None
+    try:
+        import msgpack
+    except ImportError:
+        raise BackendNotFoundError(
+            "this tensorpack LMDB file is msgpack-encoded and needs the package 'msgpack'; "
+            "run: pip install 'seqstore[tensorpack]'"
+        ) from None
+    return msgpack.unpackb(
+        value,
+        raw=False,
+        object_hook=_msgpack_numpy_hook,
+        max_bin_len=1 << 31,
+        max_array_len=1 << 31,
+        max_map_len=1 << 31,
+        max_str_len=1 << 31,
+    )
+
+
+def _image_and_label(dp: Any, where: str) -> tuple[bytes, int]:
+    if not isinstance(dp, (list, tuple)) or len(dp) < 2:
+        raise SeqstoreError(
+            f"{where} is not an [image, label] datapoint (got {type(dp).__name__}); "
+            "seqstore reads tensorpack files of encoded images with integer labels"
+        )
+    image, label = dp[0], dp[1]
+    if isinstance(image, np.ndarray):
+        image = image.tobytes()
+    if not isinstance(image, (bytes, bytearray)):
+        raise SeqstoreError(f"{where} holds a {type(image).__name__}, not encoded image bytes")
+    return bytes(image), int(label)
+
+
+class TensorpackReader(Reader[lmdb.Environment]):
+    """Reader of an LMDB file written by tensorpack's ``LMDBSerializer``.
+
+    Parameters
+    ----------
+    path
+        The ``.lmdb`` file.
+    classes
+        Class names for the integer labels (a list, a file with one per line, or an ImageFolder
+        root such as the ImageNet train folder). tensorpack files do not record them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        classes: str | os.PathLike[str] | list[str] | None = None,
+    ) -> None:
+        super().__init__(path)
+        if not self.path.is_file():
+            raise NotAStoreError(f"'{self.path}' is not a tensorpack LMDB file")
+        with self.handle.begin() as txn:
+            raw_keys = txn.get(_KEYS_KEY)
+        if raw_keys is None:
+            raise NotAStoreError(
+                f"'{self.path}' is an LMDB file without tensorpack's __keys__ entry"
+            )
+        self._keys: list[bytes] = [bytes(k) for k in loads_datapoint(raw_keys)]
+        n = len(self._keys)
+        # LMDBSerializer's zero-padded keys sort in dataset order: a cursor reads sequentially.
+        self._cursor_order = n > 0 and all(
+            self._keys[i] == f"{i:08d}".encode() for i in (0, n // 2, n - 1)
+        )
+        self._manifest = Manifest(
+            format="tensorpack",
+            format_version=1,
+            num_records=n,
+            total_bytes=self.path.stat().st_size,
+            classes=load_classes(classes) if classes is not None else [],
+            provenance=Provenance(seqstore_version=__version__, source=str(self.path)),
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        # docstring inherited
+        return self._manifest
+
+    @property
+    def handle(self) -> lmdb.Environment:
+        # docstring inherited
+        try:
+            return shared_env(self.path, subdir=False, readahead=True)
+        except lmdb.Error as exc:
+            raise NotAStoreError(f"'{self.path}' is not an LMDB file ({exc})") from None
+
+    def _open_handle(self) -> lmdb.Environment:
+        return self.handle
+
+    def close(self) -> None:
+        # docstring inherited
+        release_env(self.path)
+
+    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+        # docstring inherited
+        self._check_range(start, stop)
+        out: list[tuple[str, int, bytes]] = []
+        with self.handle.begin() as txn:
+            if self._cursor_order and stop > start:
+                cursor = txn.cursor()
+                cursor.set_key(self._keys[start])
+                items = cursor.iternext(keys=True, values=True)
+                values: list[bytes | None] = [
+                    v for _, (_k, v) in zip(range(stop - start), items, strict=False)
+                ]
+            else:
+                values = [txn.get(k) for k in self._keys[start:stop]]
+        for i, value in zip(range(start, stop), values, strict=True):
+            key = self._keys[i].decode()
+            if value is None:
+                raise SeqstoreError(f"tensorpack file '{self.path}' lists key {key} but lacks it")
+            data, label = _image_and_label(loads_datapoint(value), f"entry {key} of '{self.path}'")
+            out.append((key, label, data))
+        return out
+
+    def read_block(self, start: int, stop: int) -> list[Record]:
+        # docstring inherited
+        out = []
+        for key, label, data in self.read_raw_block(start, stop):
+            info = probe(data, f"{self.path}:{key}")
+            out.append(Record(key, label, data, info.width, info.height, checksum(data)))
+        return out
+
+
+class TensorpackBackend(Backend):
+    """LMDB files of tensorpack's LMDBSerializer, as the sequential ImageNet loaders wrote them."""
+
+    name: ClassVar[str] = "tensorpack"
+    description: ClassVar[str] = "tensorpack LMDBSerializer file (read only)"
+    can_write: ClassVar[bool] = False
+
+    @classmethod
+    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> TensorpackReader:
+        # docstring inherited
+        return TensorpackReader(Path(path), **options)
+
+    @classmethod
+    def sniff(cls, path: Path) -> bool:
+        # docstring inherited
+        if not path.is_file():
+            return False
+        try:
+            env = shared_env(path, subdir=False)
+        except lmdb.Error:
+            return False
+        with env.begin() as txn:
+            return txn.get(_KEYS_KEY) is not None

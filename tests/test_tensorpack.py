@@ -1,0 +1,95 @@
+"""LMDB files written by tensorpack's LMDBSerializer load and convert without loss."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+
+import seqstore
+from seqstore.convert import convert
+from seqstore.errors import SeqstoreError
+from seqstore.testing.data import make_records
+
+pytest.importorskip("tensorpack")
+
+RECORDS = make_records(23, classes=5, seed=11)
+
+WRITE_WITH_TENSORPACK = """
+import sys, numpy as np
+from tensorpack.dataflow import DataFromList, LMDBSerializer
+from seqstore.testing.data import make_records
+records = make_records(23, classes=5, seed=11)
+dps = [[np.frombuffer(r.data, np.uint8), r.label] for r in records]
+LMDBSerializer.save(DataFromList(dps, shuffle=False), sys.argv[1])
+"""
+
+
+def _tensorpack_file(path: Path, serializer: str) -> Path:
+    # tensorpack reads TENSORPACK_SERIALIZE at import time, so each file gets its own process.
+    env = dict(os.environ, TENSORPACK_SERIALIZE=serializer)
+    subprocess.run(
+        [sys.executable, "-c", WRITE_WITH_TENSORPACK, str(path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+@pytest.fixture(params=["pickle", "msgpack"])
+def tp_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return _tensorpack_file(tmp_path / "ILSVRC-train.lmdb", request.param)
+
+
+def test_tensorpack_file_reads_as_a_store(tp_file: Path) -> None:
+    reader = seqstore.open(tp_file)
+    assert reader.manifest.format == "tensorpack"
+    got = reader.read_block(0, len(reader))
+    assert [(r.data, r.label) for r in got] == [(r.data, r.label) for r in RECORDS]
+    assert [(r.width, r.height) for r in got] == [(r.width, r.height) for r in RECORDS]
+    assert reader.read_block(5, 9) == [reader.read(i) for i in range(5, 9)]
+
+
+def test_tensorpack_to_hdf5_and_back_to_lmdb_is_lossless(tp_file: Path, tmp_path: Path) -> None:
+    convert(tp_file, tmp_path / "h5", format="hdf5", progress=False)
+    convert(tmp_path / "h5", tmp_path / "lmdb", format="lmdb", progress=False)
+    for store in ("h5", "lmdb"):
+        reader = seqstore.open(tmp_path / store)
+        assert [(r.data, r.label) for r in reader.read_block(0, len(reader))] == [
+            (r.data, r.label) for r in RECORDS
+        ]
+
+
+def test_old_unpadded_keys_read_in_keys_order(tmp_path: Path) -> None:
+    msgpack = pytest.importorskip("msgpack")
+    import msgpack_numpy
+
+    path = tmp_path / "old.lmdb"
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 26)
+    keys = [str(i).encode() for i in range(len(RECORDS))]  # '0', '1', ... '10' sorts before '2'
+    with env.begin(write=True) as txn:
+        for key, r in zip(keys, RECORDS, strict=True):
+            dp = [np.frombuffer(r.data, np.uint8), r.label]
+            txn.put(key, msgpack.dumps(dp, default=msgpack_numpy.encode, use_bin_type=True))
+        txn.put(b"__keys__", msgpack.dumps(keys, use_bin_type=True))
+    env.close()
+    reader = seqstore.open(path)
+    assert [r.data for r in reader.read_block(0, len(reader))] == [r.data for r in RECORDS]
+
+
+def test_pickled_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.lmdb"
+    env = lmdb.open(str(path), subdir=False, map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000", pickle.dumps([os.system, 0]))
+        txn.put(b"__keys__", pickle.dumps([b"00000000"]))
+    env.close()
+    with pytest.raises(SeqstoreError, match="refusing to load posix.system"):
+        seqstore.open(path).read_block(0, 1)
