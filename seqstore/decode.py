@@ -1,0 +1,216 @@
+"""Encoded image bytes -> RGB ``uint8`` arrays, through OpenCV (libjpeg-turbo, libpng).
+
+:func:`decode` gives what ``PIL.Image.open(f).convert("RGB")`` gives, as a C-contiguous
+``(height, width, 3)`` ``uint8`` array in RGB order, for every mode found in image datasets:
+
+- RGB, progressive and greyscale JPEGs; greyscale is repeated into the three channels.
+- CMYK and YCCK JPEGs (Adobe's inverted CMYK, as Photoshop writes them): both libraries compute
+  ``R = (255 - C) * (255 - K) / 255`` on the inverted values and differ only in rounding, by at
+  most 2 levels (a mean under 1).
+- Palette PNGs are expanded through their palette.
+- RGBA and greyscale+alpha PNGs lose their alpha channel; the colour is *not* composited onto a
+  background, which is what ``convert("RGB")`` does too.
+- 16-bit PNGs keep the high byte of each sample (``value // 256``). PIL does the same for 16-bit
+  colour, but opens 16-bit greyscale as mode ``I;16`` and ``convert("RGB")`` *clips* it to 255,
+  so nearly every pixel turns white; here such an image keeps its tones instead.
+
+EXIF orientation is ignored by default: the pixels come out as stored, as they do from
+``convert("RGB")`` and from torchvision's ``ImageFolder``, so a model trained here sees what the
+same model trained there saw. ``exif_orientation=True`` rotates and mirrors the image as its EXIF
+orientation tag says (JPEG and PNG alike), as ``PIL.ImageOps.exif_transpose`` does.
+
+A JPEG can be decoded straight to 1/2, 1/4 or 1/8 of its size (``reduce``): libjpeg-turbo then
+skips most of the inverse DCT and colour conversion work, which makes decoding 2-3 times faster
+when the augmentation would throw the resolution away anyway. The output is
+``ceil(width / reduce)`` by ``ceil(height / reduce)``; other formats are decoded whole and shrunk
+with area interpolation to the same size, so callers can rely on it for every format.
+
+OpenCV runs one thread per process once :func:`decode` has been called in it (see
+:func:`_single_threaded`); this setting is process-wide, so it also applies to any other OpenCV
+call made in that process afterwards.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from .errors import BadImageError, ConfigError, SeqstoreError
+from .imageinfo import probe
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["REDUCE_FACTORS", "decode", "decode_pil", "reduced_size"]
+
+#: The ``reduce`` factors :func:`decode` accepts: the JPEG DCT scalings OpenCV exposes.
+REDUCE_FACTORS = (1, 2, 4, 8)
+
+# The bits of IMREAD_REDUCED_COLOR_<r> that ask for the reduction, without the colour bit.
+_REDUCE_BITS = {
+    1: 0,
+    2: cv2.IMREAD_REDUCED_COLOR_2 & ~cv2.IMREAD_COLOR,
+    4: cv2.IMREAD_REDUCED_COLOR_4 & ~cv2.IMREAD_COLOR,
+    8: cv2.IMREAD_REDUCED_COLOR_8 & ~cv2.IMREAD_COLOR,
+}
+# IMREAD_COLOR_RGB (OpenCV >= 4.10) has the codec write RGB directly, saving a cvtColor pass;
+# it replaces IMREAD_COLOR (OpenCV refuses both at once).
+_RGB_FLAG: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+_COLOR_FLAG = cv2.IMREAD_COLOR if _RGB_FLAG is None else _RGB_FLAG
+_JPEG_MAGIC = b"\xff\xd8"
+
+_threads_set = False
+
+
+def _single_threaded() -> None:
+    """Limit OpenCV to one thread in this process (and the processes it forks later).
+
+    The loader parallelises over worker processes, one per core; OpenCV's own thread pool
+    inside each of them (cv2.resize and colour conversions split rows across all cores) only
+    adds contention and context switches on top, and its idle threads spin. With one thread per
+    process the workers scale with the cores instead of fighting over them.
+    """
+    global _threads_set
+    if not _threads_set:
+        cv2.setNumThreads(1)
+        _threads_set = True
+
+
+def reduced_size(width: int, height: int, reduce: int) -> tuple[int, int]:
+    """The ``(width, height)`` :func:`decode` returns for an image of this size.
+
+    Parameters
+    ----------
+    width, height
+        The full size of the image, in pixels.
+    reduce
+        One of :data:`REDUCE_FACTORS`.
+
+    Returns
+    -------
+    tuple of int
+        ``(ceil(width / reduce), ceil(height / reduce))``, libjpeg's rounding.
+    """
+    return -(-width // reduce), -(-height // reduce)
+
+
+def decode(
+    data: bytes | memoryview | np.ndarray,
+    *,
+    reduce: int = 1,
+    exif_orientation: bool = False,
+    name: str = "<bytes>",
+) -> np.ndarray:
+    """Decode an encoded image to an RGB ``uint8`` array, as PIL's ``convert("RGB")`` would.
+
+    Parameters
+    ----------
+    data
+        The encoded file, whole: bytes, a memoryview, or a 1-D ``uint8`` array.
+    reduce
+        1, 2, 4 or 8: return the image at ``1/reduce`` of its size, ``ceil(width / reduce)``
+        by ``ceil(height / reduce)``. JPEGs are decoded at that size directly (in the DCT
+        domain, much faster); other formats are decoded whole and shrunk with area
+        interpolation.
+    exif_orientation
+        Apply the EXIF orientation tag (rotate / mirror). Off by default, like PIL's
+        ``convert("RGB")`` and torchvision's ``ImageFolder``; see the module docstring.
+        With ``reduce``, the reduced size is that of the image as stored, rotated after.
+    name
+        What to call the image in an error message (its file name or key).
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous ``(height, width, 3)`` ``uint8`` array, channels in RGB order.
+
+    Raises
+    ------
+    BadImageError
+        The bytes are not a decodable image (empty, truncated, corrupt, unknown format).
+    ConfigError
+        ``reduce`` is not 1, 2, 4 or 8, or ``data`` is an array of another dtype.
+    """
+    if reduce not in _REDUCE_BITS:
+        raise ConfigError(f"reduce={reduce!r} is not supported; use one of {REDUCE_FACTORS}")
+    buf = _as_buffer(data)
+    _single_threaded()
+    is_jpeg = buf[:2].tobytes() == _JPEG_MAGIC
+    # Only libjpeg can decode at a reduced size; OpenCV shrinks other formats itself, to
+    # floor() sizes with linear interpolation, so they are decoded whole and shrunk below.
+    flags = _COLOR_FLAG | _REDUCE_BITS[reduce if is_jpeg else 1]
+    if not exif_orientation:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
+    img = _imdecode(buf, flags, name)
+    if reduce > 1 and not is_jpeg:
+        width, height = reduced_size(img.shape[1], img.shape[0], reduce)
+        img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def decode_pil(data: bytes | memoryview | np.ndarray, *, name: str = "<bytes>") -> Image.Image:
+    """Decode with PIL, for user transforms written for PIL images (torchvision's).
+
+    Parameters
+    ----------
+    data
+        The encoded file, whole.
+    name
+        What to call the image in an error message (its file name or key).
+
+    Returns
+    -------
+    PIL.Image.Image
+        ``Image.open(BytesIO(data)).convert("RGB")``: EXIF orientation ignored, alpha dropped.
+
+    Raises
+    ------
+    BadImageError
+        PIL cannot read the bytes as an image.
+    SeqstoreError
+        Pillow is not installed.
+    """
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as err:
+        raise SeqstoreError(
+            "image_format='pil' needs Pillow, which is not installed; "
+            "run: pip install 'seqstore[pil]'"
+        ) from err
+    try:
+        with Image.open(BytesIO(_as_buffer(data).tobytes())) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(
+            f"image '{name}' cannot be decoded by PIL ({err}); "
+            "re-copy it from the original or use --on-error skip to leave it out"
+        ) from err
+
+
+def _as_buffer(data: bytes | memoryview | np.ndarray) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise ConfigError(
+                f"encoded image array has dtype {data.dtype}; pass the file's bytes as uint8"
+            )
+        return data.reshape(-1)
+    return np.frombuffer(data, np.uint8)
+
+
+def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
+    # OpenCV asserts on an empty buffer rather than returning None.
+    img = cv2.imdecode(buf, flags) if buf.size else None
+    if img is None:
+        # The header check names the fault (empty, truncated, not an image) when it can;
+        # it costs nothing on the path that succeeds.
+        probe(buf.tobytes(), name)
+        raise BadImageError(
+            f"image '{name}' cannot be decoded (corrupt image data); "
+            "re-copy it from the original or use --on-error skip to leave it out"
+        )
+    if _RGB_FLAG is None:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
