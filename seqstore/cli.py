@@ -1,0 +1,244 @@
+"""The ``seqstore`` command: parse, validate, call the job, print.
+
+Every error a user can cause ends as one ``seqstore: error: ...`` line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._version import __version__
+from .backends import Reader
+from .errors import SeqstoreError
+
+__all__ = ["main"]
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    report = convert(
+        args.src,
+        args.dst,
+        format=args.format,
+        workers=args.workers,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        max_side=args.max_side,
+        quality=args.quality,
+        labels=args.labels,
+        classes=args.classes,
+        on_error=args.on_error,
+        overwrite=args.overwrite,
+        source_format=args.source_format,
+        progress=not args.quiet,
+    )
+    m = report.manifest
+    print(
+        f"wrote {m.num_records} records ({m.total_bytes / 1e6:.1f} MB, {len(m.classes)} classes) "
+        f"to {args.dst} as {m.format} in {report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)"
+    )
+    for line in report.warnings:
+        print(f"warning: {line}")
+    for skipped in report.skipped:
+        print(f"skipped: {skipped.reason}")
+    if report.skipped:
+        print(f"{len(report.skipped)} file(s) skipped; they are listed in {args.dst}/seqstore.json")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .backends import open_store
+
+    options = {"labels": args.labels} if args.labels else {}
+    reader = open_store(args.path, args.backend, **options)
+    m = reader.manifest
+    p = m.provenance
+    classes = ", ".join(m.classes[:5]) + (" ..." if len(m.classes) > 5 else "")
+    lines = [
+        ("path", str(args.path)),
+        ("format", f"{m.format} (layout version {m.format_version})"),
+        ("records", f"{m.num_records}"),
+        ("bytes", f"{m.total_bytes / 1e6:.1f} MB, {m.mean_record_bytes / 1e3:.1f} KB per record"),
+        ("classes", f"{len(m.classes)}" + (f" ({classes})" if m.classes else "")),
+        ("written", f"{p.created} by seqstore {p.seqstore_version}"),
+    ]
+    if p.source:
+        lines.append(("source", f"{p.source} ({p.source_format or 'unknown format'})"))
+    if p.options:
+        lines.append(
+            ("options", ", ".join(f"{k}={v}" for k, v in p.options.items() if v is not None))
+        )
+    if p.skipped:
+        lines.append(("skipped", f"{len(p.skipped)} source file(s), e.g. {p.skipped[0].key}"))
+    for key, value in lines:
+        print(f"{key:>9}: {value}")
+    for warning in p.warnings:
+        print(f"  warning: {warning}")
+    if args.verify:
+        bad = _verify(reader)
+        print(
+            f"   verify: {m.num_records - len(bad)} of {m.num_records} records match their checksum"
+        )
+        for key in bad[:20]:
+            print(f"  corrupt: {key}")
+        return 1 if bad else 0
+    return 0
+
+
+def _verify(reader: Reader[Any]) -> list[str]:
+    from tqdm import tqdm
+
+    bad = []
+    step = 1024
+    for start in tqdm(range(0, len(reader), step), unit="block", desc="verify", leave=False):
+        for record in reader.read_block(start, min(start + step, len(reader))):
+            if not record.verify():
+                bad.append(record.key)
+    return bad
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .backends import open_store
+    from .convert import convert
+    from .testing import make_image_folder
+
+    with tempfile.TemporaryDirectory(prefix="seqstore-demo-") as tmp:
+        work = Path(args.workdir) if args.workdir else Path(tmp)
+        src = make_image_folder(work / "images", classes=args.classes, per_class=args.per_class)
+        source = open_store(src)
+        print(
+            f"made {len(source)} ImageNet-like JPEG/PNG images in {len(source.classes)} classes "
+            f"under {src}"
+        )
+        by_key = {r.key: r for r in source.read_block(0, len(source))}
+        print(f"{'format':<8} {'records':>8} {'MB':>7} {'convert s':>10} {'read img/s':>11}  check")
+        for fmt in ("lmdb", "hdf5", "folder"):
+            dst = work / f"store-{fmt}"
+            report = convert(src, dst, format=fmt, overwrite=True, progress=False)
+            reader = open_store(dst)
+            t0 = time.perf_counter()
+            records = reader.read_block(0, len(reader))
+            rate = len(records) / max(time.perf_counter() - t0, 1e-9)
+            same = all(
+                r.verify() and by_key[r.key].data == r.data and by_key[r.key].label == r.label
+                for r in records
+            ) and len(records) == len(by_key)
+            check = "bytes and labels identical" if same else "MISMATCH"
+            print(
+                f"{fmt:<8} {len(reader):>8} {report.manifest.total_bytes / 1e6:>7.2f} "
+                f"{report.seconds:>10.2f} {rate:>11.0f}  {check}"
+            )
+            if not same:
+                raise SeqstoreError(f"demo store '{dst}' does not read back what was written")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    result = run_bench(
+        src=args.src,
+        formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+        workers=args.workers,
+        batch_size=args.batch_size,
+        transform=args.transform,
+        image_size=args.image_size,
+        limit=args.limit,
+        repeat=args.repeat,
+        cold=args.cold,
+        out=args.out,
+        baselines=not args.no_baselines,
+    )
+    print(format_table(result))
+    print(
+        f"\nwrote {args.out}/bench.json"
+        + (f" and {args.out}/bench.png" if (Path(args.out) / "bench.png").exists() else "")
+    )
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seqstore", description="Sequential, shuffled image stores for PyTorch training."
+    )
+    parser.add_argument("--version", action="version", version=f"seqstore {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert an image folder or store into a store")
+    p.add_argument("src", help="image folder, seqstore store, or tensorpack LMDB file")
+    p.add_argument("dst", help="directory of the new store")
+    p.add_argument("--format", required=True, help="lmdb, hdf5, folder, or a plugin's name")
+    p.add_argument("--workers", type=int, default=0, help="processes reading and checking sources")
+    p.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write in seeded random order (default: yes for image-folder training trees)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the write order")
+    p.add_argument("--max-side", type=int, help="re-encode images larger than this (pixels)")
+    p.add_argument("--quality", type=int, help="JPEG quality when re-encoding (default 90)")
+    p.add_argument("--labels", help="label file of a flat validation folder")
+    p.add_argument("--classes", help="class names: a file, or the training image folder")
+    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument("--overwrite", action="store_true", help="replace a store at DST")
+    p.add_argument("--source-format", help="read SRC with this backend")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("info", help="print what a store holds")
+    p.add_argument("path")
+    p.add_argument("--backend", help="read PATH with this backend")
+    p.add_argument("--labels", help="label file, for a flat validation folder")
+    p.add_argument("--verify", action="store_true", help="check every record's checksum")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("bench", help="compare backends and baselines on your own data")
+    p.add_argument("src", help="image folder or store")
+    p.add_argument("--formats", default="lmdb,hdf5,folder", help="comma-separated backends")
+    p.add_argument("--workers", type=int, default=2, help="loader worker processes")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--transform",
+        choices=("imagenet_train", "imagenet_val", "decode", "none"),
+        default="imagenet_train",
+    )
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--limit", type=int, help="use only this many records")
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
+    p.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    p.add_argument("--out", default="seqstore-bench", help="working directory and results")
+    p.add_argument("--no-baselines", action="store_true", help="skip torchvision/tensorpack")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="make a small image set, convert it to every format, read back")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--per-class", type=int, default=30)
+    p.add_argument("--workdir", help="keep the demo's files here instead of a temporary folder")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``seqstore`` command line; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SeqstoreError as exc:
+        print(f"seqstore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqstore: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

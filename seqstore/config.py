@@ -1,0 +1,301 @@
+"""Validated configuration of seqstore's jobs (pydantic models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = ["BenchConfig", "ConvertConfig", "LoaderConfig", "load_config"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConvertConfig(BaseModel):
+    """Options of :func:`seqstore.convert.convert` and ``seqstore convert``.
+
+    Attributes
+    ----------
+    format : str
+        Backend to write (``lmdb``, ``hdf5``, ``folder`` or a registered plugin).
+    workers : int
+        Processes that read and check source files; 0 does it in this process. The single
+        writer keeps record order the same whatever this is.
+    shuffle : bool or None
+        Write records in a seeded random order. ``None`` shuffles image-folder training trees
+        (so that local shuffling at load time approximates a global one) and keeps the order
+        of stores and labelled validation folders.
+    seed : int
+        Seed of the write order.
+    max_side : int or None
+        Re-encode images whose longer side exceeds this, scaled down to it.
+    quality : int or None
+        JPEG quality of re-encoded images (default 90); given alone, re-encodes every image.
+    labels : Path or None
+        Label file of a flat validation folder.
+    classes : Path or None
+        Class names: a file with one per line, or the training split's image folder.
+    on_error : {"fail", "skip"}
+        What to do with a source file that is not a decodable image. Skipped files are listed
+        in the manifest and the summary.
+    overwrite : bool
+        Replace a store already at the destination.
+    source_format : str or None
+        Read the source with this backend instead of recognising it.
+    limit : int or None
+        Convert only the first ``limit`` records of the write order (a random subset when
+        shuffling).
+    progress : bool
+        Show a progress bar.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str
+    workers: int = Field(0, ge=0, le=256)
+    shuffle: bool | None = None
+    seed: int = 0
+    max_side: int | None = Field(None, gt=0)
+    quality: int | None = Field(None, ge=1, le=100)
+    labels: Path | None = None
+    classes: Path | None = None
+    on_error: Literal["fail", "skip"] = "fail"
+    overwrite: bool = False
+    source_format: str | None = None
+    limit: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class LoaderConfig(BaseModel):
+    """Options of :class:`seqstore.Loader`, validated before any worker starts.
+
+    Attributes
+    ----------
+    path : Path
+        A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``.
+    backend : str or None
+        Read with this backend instead of the one the store's manifest names.
+    split : {"train", "val"} or None
+        Pick a split under ``path``: ``path/<split>`` (a store or image folder),
+        ``path/<split>.lmdb|.h5|.hdf5``, tensorpack's ``path/ILSVRC-<split>.lmdb``, or the
+        Tiny-ImageNet / ILSVRC val layout ``path/val/images`` + ``path/val/val_annotations.txt``
+        mapped onto ``path/train``'s classes.
+    reader_options : dict
+        Passed to the backend's reader (for example ``labels`` and ``classes`` of a flat val
+        folder).
+    transform : str, Pipeline, callable or None
+        ``"imagenet_train"`` (RandomResizedCrop + flip), ``"imagenet_val"`` (Resize +
+        CenterCrop), ``"decode"`` (decoded images of their own sizes), ``"none"`` (encoded
+        bytes), a :class:`seqstore.transforms.Pipeline`, or your own callable on a decoded
+        image (see ``image_format``). Default: ``imagenet_train`` when shuffling, else
+        ``imagenet_val``.
+    image_size, resize_size : int
+        Output side of the built-in pipelines, and the shorter side ``imagenet_val`` resizes to.
+    image_format : {"numpy", "pil"}
+        What your own callable receives: an RGB uint8 HWC array, or a PIL image (for
+        torchvision transforms).
+    batch_size : int
+    num_workers : int
+        Worker processes; 0 loads in the main process.
+    shuffle : bool
+        Permute blocks per epoch and mix records in a shuffle buffer; otherwise storage order.
+    seed : int
+        Fixes the order and the augmentation of every epoch.
+    shuffle_buffer : int or None
+        Records held for shuffling across all workers of a rank; default from
+        ``shuffle_buffer_mb``.
+    shuffle_buffer_mb : float
+        Shuffle buffer in MB of encoded images, converted to records with the store's mean
+        record size.
+    block_mb : float
+        MB per sequential read.
+    drop_last : bool
+        Drop the last incomplete batch (and the records that do not split evenly over ranks);
+        otherwise the last batch is short and ranks are padded by wrapping around.
+    pin_memory : bool or None
+        Pin batches in page-locked memory; default: when ``device`` is CUDA.
+    device : str
+        Where batches are delivered and normalised: ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+    dtype : {"float32", "float16", "bfloat16", "uint8"}
+        Output dtype of images; ``uint8`` skips normalisation.
+    normalize : bool
+        Apply ``(x / 255 - mean) / std`` on the device.
+    mean, std : tuple of 3 floats
+        Normalisation constants on the 0..1 scale (ImageNet's by default).
+    channels_last : bool
+        Deliver images in channels-last memory format (NCHW shape, NHWC strides).
+    rank, world_size : int or None
+        This process's rank and the number of ranks; default: from ``torch.distributed``
+        when initialised, else the ``RANK`` / ``WORLD_SIZE`` environment, else 0 / 1.
+    prefetch_factor : int
+        Batches each worker prepares ahead.
+    with_indices : bool
+        Also yield each batch's store positions (``images, labels, indices``).
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    path: Path
+    backend: str | None = None
+    split: Literal["train", "val"] | None = None
+    reader_options: dict[str, Any] = Field(default_factory=dict)
+    transform: Any = None
+    image_size: int = Field(224, ge=1)
+    resize_size: int = Field(256, ge=1)
+    image_format: Literal["numpy", "pil"] = "numpy"
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0, le=256)
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer: int | None = Field(None, ge=1)
+    shuffle_buffer_mb: float = Field(256.0, gt=0)
+    block_mb: float = Field(4.0, gt=0)
+    drop_last: bool = False
+    pin_memory: bool | None = None
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16", "uint8"] = "float32"
+    normalize: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channels_last: bool = False
+    rank: int | None = Field(None, ge=0)
+    world_size: int | None = Field(None, ge=1)
+    prefetch_factor: int = Field(2, ge=1)
+    with_indices: bool = False
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, value: Any) -> Any:
+        names = ("imagenet_train", "imagenet_val", "decode", "none")
+        if isinstance(value, str) and value not in names:
+            raise ValueError(f"unknown transform {value!r}; choose one of {', '.join(names)}")
+        if value is not None and not isinstance(value, str) and not callable(value):
+            raise ValueError("transform must be a name, a Pipeline or a callable")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError("every std must be > 0")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        import torch
+
+        try:
+            device = torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"{value!r} is not a torch device (try 'cpu' or 'cuda')") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {value!r} asked for, but this machine has no CUDA GPU")
+        return value
+
+    @model_validator(mode="after")
+    def _rank_in_world(self) -> LoaderConfig:
+        if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
+            raise ValueError(f"rank {self.rank} must be below world_size {self.world_size}")
+        return self
+
+
+class BenchConfig(BaseModel):
+    """Options of ``seqstore bench``.
+
+    Attributes
+    ----------
+    src : Path
+        An image folder or a store; formats it is not in are converted into ``out``.
+    formats : list of str
+        Backends to compare.
+    workers : int
+        Loader worker processes (and processes of the ceiling).
+    batch_size : int
+    transform : {"imagenet_train", "imagenet_val", "decode", "none"}
+        What each loader does per image.
+    image_size : int
+        Output side of the transforms.
+    limit : int or None
+        Use only this many records (a random subset of a folder).
+    repeat : int
+        Timed repetitions of each measurement; the median is reported.
+    cold : bool
+        Drop the page cache before every timed run (root on Linux).
+    out : Path
+        Working directory: converted stores (reused by the next run), JSON, chart.
+    shuffle_buffer_mb, block_mb : float
+        Loader settings under test.
+    baselines : bool
+        Also run the torchvision-style and tensorpack pipelines.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    src: Path
+    formats: list[str] = Field(default_factory=lambda: ["lmdb", "hdf5", "folder"])
+    workers: int = Field(2, ge=0, le=256)
+    batch_size: int = Field(64, ge=1)
+    transform: Literal["imagenet_train", "imagenet_val", "decode", "none"] = "imagenet_train"
+    image_size: int = Field(224, ge=1)
+    limit: int | None = Field(None, ge=1)
+    repeat: int = Field(3, ge=1)
+    cold: bool = False
+    out: Path = Path("seqstore-bench")
+    shuffle_buffer_mb: float = Field(64.0, gt=0)
+    block_mb: float = Field(4.0, gt=0)
+    baselines: bool = True
+
+
+def load_config(
+    model: type[M], source: M | dict[str, Any] | str | Path | None = None, **overrides: Any
+) -> M:
+    """Build a config from a model instance, a dict, or a JSON/YAML file, plus overrides.
+
+    Raises
+    ------
+    ConfigError
+        A value is invalid; the message names the field and the problem.
+    """
+    if isinstance(source, model):
+        data = source.model_dump()
+    elif isinstance(source, (str, Path)):
+        data = _read_file(Path(source))
+    else:
+        data = dict(source or {})
+    data.update(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, model.__name__)) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file '{path}': {exc.strerror}") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of option names to values")
+    return data
+
+
+def _one_line(exc: ValidationError, name: str) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or name
+        parts.append(f"{loc}={err.get('input')!r}: {err['msg']}")
+    return f"invalid {name}: " + "; ".join(parts)

@@ -1,0 +1,252 @@
+"""Convert any readable store or image folder into any writable format, in one pass."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ._version import __version__
+from .backends import Reader, get_backend, open_store
+from .backends.folder import FolderReader, load_classes
+from .config import ConvertConfig, load_config
+from .errors import BadImageError, ConfigError
+from .imageinfo import extension_format, probe
+from .manifest import Manifest, Provenance, SkippedFile
+from .records import Record
+
+__all__ = ["ConvertReport", "convert"]
+
+# Records per unit of work handed to a worker process.
+_CHUNK = 64
+
+
+@dataclass
+class ConvertReport:
+    """What a conversion did.
+
+    Attributes
+    ----------
+    manifest : Manifest
+        The new store's manifest.
+    seconds : float
+        Wall time of the conversion.
+    bytes_read : int
+        Bytes of source images read (skipped ones included).
+    skipped : list of SkippedFile
+        Source files left out, with the reason.
+    warnings : list of str
+        Files kept but worth a look (a PNG named .JPEG, a CMYK JPEG) and ignored non-images.
+    """
+
+    manifest: Manifest
+    seconds: float
+    bytes_read: int
+    skipped: list[SkippedFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        """Source megabytes read per second."""
+        return self.bytes_read / 1e6 / max(self.seconds, 1e-9)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: ConvertConfig | dict[str, Any] | None = None,
+    **options: Any,
+) -> ConvertReport:
+    """Convert the store or image folder ``src`` into a new store at ``dst``.
+
+    Parameters
+    ----------
+    src
+        A seqstore store, a tensorpack LMDB file, an ImageFolder tree, or (with ``labels``)
+        a flat validation folder.
+    dst
+        Directory of the new store.
+    config, **options
+        A :class:`~seqstore.config.ConvertConfig` (or dict), and/or its fields as keywords.
+
+    Returns
+    -------
+    ConvertReport
+
+    Raises
+    ------
+    SeqstoreError
+        Bad source, destination or option, or (with ``on_error="fail"``) a bad image; the
+        destination is then removed, never left looking complete.
+    """
+    cfg = load_config(ConvertConfig, config, **options)
+    src_path, dst_path = Path(src), Path(dst)
+    if src_path.exists() and dst_path.exists() and src_path.resolve() == dst_path.resolve():
+        raise ConfigError(f"source and destination are the same path '{src_path}'")
+    backend = get_backend(cfg.format)
+    reader_options: dict[str, Any] = {}
+    if cfg.labels is not None:
+        reader_options["labels"] = cfg.labels
+    if cfg.classes is not None and cfg.labels is not None:
+        reader_options["classes"] = cfg.classes
+    reader = open_store(src_path, cfg.source_format, **reader_options)
+    n = len(reader)
+    if n == 0:
+        raise ConfigError(f"source '{src_path}' holds no records; nothing to convert")
+    classes = reader.classes
+    if cfg.classes is not None and cfg.labels is None:
+        classes = load_classes(cfg.classes)
+    is_training_tree = isinstance(reader, FolderReader) and cfg.labels is None
+    shuffle = is_training_tree if cfg.shuffle is None else cfg.shuffle
+    order = np.random.default_rng(cfg.seed).permutation(n) if shuffle else np.arange(n)
+    order = order[: cfg.limit]
+    n = len(order)
+
+    provenance = Provenance(
+        seqstore_version=__version__,
+        source=str(src_path),
+        source_format=reader.manifest.format,
+        options=cfg.model_dump(mode="json", exclude={"progress", "overwrite", "workers"})
+        | {"shuffle": shuffle},
+    )
+    # The writer records the provenance when it finishes: what is skipped or worth a warning
+    # on the way is appended to its lists.
+    skipped, warnings = provenance.skipped, provenance.warnings
+    if isinstance(reader, FolderReader) and reader.ignored:
+        warnings.append(_ignored_line(reader.ignored))
+    start = time.perf_counter()
+    bytes_read = 0
+    bar = tqdm(total=n, unit="img", disable=not cfg.progress, desc=f"convert -> {cfg.format}")
+    with backend.open_writer(
+        dst_path, classes=classes, overwrite=cfg.overwrite, provenance=provenance
+    ) as writer:
+        for results in _prepared(reader, order, cfg):
+            for result in results:
+                bytes_read += result.nbytes
+                if isinstance(result, _Bad):
+                    if cfg.on_error == "fail":
+                        raise BadImageError(result.reason)
+                    skipped.append(SkippedFile(key=result.key, reason=result.reason))
+                    continue
+                warnings.extend(result.warnings)
+                writer.write(result.record)
+            bar.update(len(results))
+            bar.set_postfix_str(
+                f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
+            )
+    bar.close()
+    manifest = Manifest.model_validate_json((dst_path / "seqstore.json").read_bytes())
+    return ConvertReport(manifest, time.perf_counter() - start, bytes_read, skipped, warnings)
+
+
+def _ignored_line(ignored: Sequence[str]) -> str:
+    return (
+        f"ignored {len(ignored)} file(s) without an image extension inside class folders, "
+        f"e.g. '{ignored[0]}'"
+    )
+
+
+@dataclass
+class _Good:
+    record: Record
+    nbytes: int
+    warnings: list[str]
+
+
+@dataclass
+class _Bad:
+    key: str
+    reason: str
+    nbytes: int
+
+
+def _chunks(order: np.ndarray, shuffled: bool) -> Iterator[list[tuple[int, int]]]:
+    """Units of work: lists of index ranges, contiguous when the order is the store's."""
+    for lo in range(0, len(order), _CHUNK):
+        part = order[lo : lo + _CHUNK]
+        if shuffled:
+            yield [(int(i), int(i) + 1) for i in part]
+        else:
+            yield [(int(part[0]), int(part[-1]) + 1)]
+
+
+def _prepared(
+    reader: Reader[Any], order: np.ndarray, cfg: ConvertConfig
+) -> Iterator[list[_Good | _Bad]]:
+    shuffled = bool(len(order) > 1 and np.any(np.diff(order) != 1))
+    args = (cfg.max_side, cfg.quality)
+    if cfg.workers == 0:
+        _init_worker(reader, *args)
+        yield from map(_prepare_chunk, _chunks(order, shuffled))
+        return
+    # One writer, many readers: imap keeps the results in submission order, so the store
+    # is identical whatever the number of workers.
+    with mp.get_context().Pool(cfg.workers, _init_worker, (reader, *args)) as pool:
+        yield from pool.imap(_prepare_chunk, _chunks(order, shuffled))
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_worker(reader: Reader[Any], max_side: int | None, quality: int | None) -> None:
+    # Error messages name a folder's file by its path, a file store's entry as file:key.
+    prefix = f"{reader.path}/" if reader.path.is_dir() else f"{reader.path}:"
+    _worker_state.update(reader=reader, max_side=max_side, quality=quality, prefix=prefix)
+
+
+def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
+    reader: Reader[Any] = _worker_state["reader"]
+    out: list[_Good | _Bad] = []
+    for start, stop in ranges:
+        for key, label, data in reader.read_raw_block(start, stop):
+            out.append(_prepare(key, label, data))
+    return out
+
+
+def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
+    name = _worker_state["prefix"] + key
+    try:
+        info = probe(data, name)
+    except BadImageError as exc:
+        return _Bad(key, str(exc), len(data))
+    warnings = []
+    promised = extension_format(key)
+    if promised is not None and promised != info.format:
+        warnings.append(
+            f"'{name}' is a {info.format.upper()} file named {Path(key).suffix}; kept as is "
+            "(seqstore decodes by content)"
+        )
+    if info.cmyk:
+        warnings.append(f"'{name}' is a CMYK JPEG; kept as is (seqstore decodes it to RGB)")
+    max_side, quality = _worker_state["max_side"], _worker_state["quality"]
+    nbytes = len(data)
+    width, height = info.width, info.height
+    if (max_side is not None and max(width, height) > max_side) or (
+        quality is not None and max_side is None
+    ):
+        data, width, height = _reencode(data, name, max_side, quality or 90)
+    return _Good(Record.make(key, label, data, width, height), nbytes, warnings)
+
+
+def _reencode(data: bytes, name: str, max_side: int | None, quality: int) -> tuple[bytes, int, int]:
+    import cv2
+
+    from .decode import decode
+
+    rgb = decode(data, name=name)
+    height, width = rgb.shape[:2]
+    if max_side is not None and max(width, height) > max_side:
+        scale = max_side / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
+        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise BadImageError(f"could not re-encode '{name}' as JPEG")
+    return buf.tobytes(), width, height

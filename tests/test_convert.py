@@ -1,0 +1,179 @@
+"""seqstore convert: order, determinism, checks of source files, and what reaches the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import seqstore
+from seqstore.cli import main
+from seqstore.convert import convert
+from seqstore.errors import BadImageError, ConfigError, NotAStoreError, StoreExistsError
+from seqstore.testing import make_image_folder
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", classes=4, per_class=12, max_side=80)
+
+
+def _content(path: Path) -> list[tuple[str, int, bytes]]:
+    reader = seqstore.open(path)
+    return [(r.key, r.label, r.data) for r in reader.read_block(0, len(reader))]
+
+
+@pytest.mark.parametrize("fmt", ["lmdb", "hdf5"])
+def test_same_store_whatever_the_worker_count(images: Path, tmp_path: Path, fmt: str) -> None:
+    convert(images, tmp_path / "w0", format=fmt, workers=0, progress=False)
+    convert(images, tmp_path / "w2", format=fmt, workers=2, progress=False)
+    assert _content(tmp_path / "w0") == _content(tmp_path / "w2")
+
+
+def test_training_trees_are_shuffled_by_seed(images: Path, tmp_path: Path) -> None:
+    source = _content(images)
+    convert(images, tmp_path / "s0", format="lmdb", seed=0, progress=False)
+    convert(images, tmp_path / "s0b", format="lmdb", seed=0, progress=False)
+    convert(images, tmp_path / "s1", format="lmdb", seed=1, progress=False)
+    convert(images, tmp_path / "plain", format="lmdb", shuffle=False, progress=False)
+    s0 = _content(tmp_path / "s0")
+    assert s0 == _content(tmp_path / "s0b")
+    assert s0 != _content(tmp_path / "s1")
+    assert s0 != source and sorted(s0) == sorted(source)
+    assert _content(tmp_path / "plain") == source
+
+
+def test_store_to_store_keeps_order(images: Path, tmp_path: Path) -> None:
+    convert(images, tmp_path / "a", format="hdf5", progress=False)
+    convert(tmp_path / "a", tmp_path / "b", format="lmdb", progress=False)
+    assert _content(tmp_path / "a") == _content(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    [
+        ("class00/zero.JPEG", b"", "empty"),
+        ("class01/cut.JPEG", None, "truncated"),
+        ("class02/notes.JPEG", b"bounding boxes: 1 2 3 4\n", "not an image"),
+    ],
+)
+def test_bad_image_fails_naming_the_file_and_leaves_no_store(
+    images: Path, tmp_path: Path, name: str, data: bytes | None, message: str
+) -> None:
+    if data is None:
+        data = next(images.glob("class01/*.JPEG")).read_bytes()[:-300]
+    (images / name).write_bytes(data)
+    with pytest.raises(BadImageError, match=message) as err:
+        convert(images, tmp_path / "out", format="hdf5", progress=False)
+    assert name in str(err.value) and "--on-error skip" in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_skip_lists_bad_files_in_manifest_and_report(images: Path, tmp_path: Path) -> None:
+    (images / "class00" / "zero.JPEG").write_bytes(b"")
+    report = convert(images, tmp_path / "out", format="lmdb", on_error="skip", progress=False)
+    assert [s.key for s in report.skipped] == ["class00/zero.JPEG"]
+    manifest = seqstore.open(tmp_path / "out").manifest
+    assert [s.key for s in manifest.provenance.skipped] == ["class00/zero.JPEG"]
+    assert manifest.num_records == 48
+
+
+def test_png_named_jpeg_and_cmyk_are_kept_with_a_warning(images: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    png = cv2.imencode(".png", np.zeros((20, 30, 3), np.uint8))[1].tobytes()
+    (images / "class00" / "disguised.JPEG").write_bytes(png)
+    Image.new("CMYK", (16, 16), (10, 20, 30, 40)).save(images / "class01" / "cmyk.JPEG")
+    report = convert(images, tmp_path / "out", format="hdf5", progress=False)
+    text = "\n".join(report.warnings)
+    assert "disguised.JPEG' is a PNG file named .JPEG" in text
+    assert "cmyk.JPEG' is a CMYK JPEG" in text
+    stored = {key: data for key, _, data in _content(tmp_path / "out")}
+    assert stored["class00/disguised.JPEG"] == png
+
+
+def test_max_side_reencodes_large_images(images: Path, tmp_path: Path) -> None:
+    convert(images, tmp_path / "out", format="lmdb", max_side=40, quality=80, progress=False)
+    reader = seqstore.open(tmp_path / "out")
+    for r in reader.read_block(0, len(reader)):
+        assert max(r.width, r.height) <= 40
+        img = cv2.imdecode(np.frombuffer(r.data, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape[:2] == (r.height, r.width)
+
+
+def test_tiny_imagenet_layout_ignores_box_files(tmp_path: Path) -> None:
+    root = tmp_path / "train"
+    for wnid in ("n01", "n02"):
+        make_image_folder(root / wnid / "images", classes=1, per_class=3)
+        (root / wnid / f"{wnid}_boxes.txt").write_text("img_0.JPEG 0 0 10 10\n")
+    report = convert(root, tmp_path / "out", format="hdf5", progress=False)
+    assert report.manifest.num_records == 6
+    assert report.manifest.classes == ["n01", "n02"]
+    assert "n01/n01_boxes.txt" in report.warnings[0]
+
+
+def test_destination_problems(images: Path, tmp_path: Path) -> None:
+    convert(images, tmp_path / "out", format="lmdb", progress=False)
+    with pytest.raises(StoreExistsError, match="already holds a store"):
+        convert(images, tmp_path / "out", format="lmdb", progress=False)
+    convert(images, tmp_path / "out", format="hdf5", overwrite=True, progress=False)
+    assert seqstore.open(tmp_path / "out").manifest.format == "hdf5"
+    with pytest.raises(ConfigError, match="same path"):
+        convert(tmp_path / "out", tmp_path / "out", format="lmdb", progress=False)
+
+
+def test_source_problems(tmp_path: Path) -> None:
+    with pytest.raises(NotAStoreError, match="does not exist"):
+        convert(tmp_path / "missing", tmp_path / "out", format="lmdb", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(NotAStoreError):
+        convert(tmp_path / "empty", tmp_path / "out", format="lmdb", progress=False)
+
+
+def test_invalid_option_is_one_clear_error(images: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="workers"):
+        convert(images, tmp_path / "out", format="lmdb", workers=-1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["convert", "{tmp}/nope", "{tmp}/out", "--format", "lmdb"], "nope' does not exist"),
+        (["convert", "{images}", "{tmp}/out", "--format", "zarr"], "unknown backend 'zarr'"),
+        (["info", "{images}/class00"], "no class sub-folders"),
+        (["convert", "{images}", "{tmp}/o2", "--format", "hdf5", "--quality", "300"], "quality"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    argv = [a.format(tmp=tmp_path, images=images) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seqstore: error:") and message in err and "\n" not in err
+
+
+def test_cli_convert_and_info(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["convert", str(images), str(tmp_path / "s"), "--format", "hdf5", "-q"]) == 0
+    assert "wrote 48 records" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "s"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "format: hdf5" in out and "48 of 48 records match" in out
+
+
+def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--classes", "3", "--per-class", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bytes and labels identical") == 3
+
+
+def test_shared_imagen200_to_lmdb(shared_data: Path, tmp_path: Path) -> None:
+    report = convert(
+        shared_data / "imagen200", tmp_path / "s", format="lmdb", workers=2, progress=False
+    )
+    assert report.manifest.num_records == 1000 and len(report.manifest.classes) == 200
+    assert any("CMYK" in w or "PNG" in w for w in report.warnings) or not report.warnings
