@@ -1,0 +1,271 @@
+"""Loader end to end: real stores, real worker processes, real torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import seqstore
+from seqstore import Loader
+from seqstore.convert import convert
+from seqstore.engine.order import worker_plan
+from seqstore.engine.stream import iter_batches
+from seqstore.errors import ConfigError, ResumeError
+from seqstore.testing import make_image_folder
+
+N = 90  # not a multiple of the batch size: the last batch is short
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("loader")
+    images = make_image_folder(root / "images", classes=6, per_class=N // 6, max_side=96)
+    convert(images, root / "store", format="lmdb", progress=False)
+    return root / "store"
+
+
+def _loader(store: Path, **options: Any) -> Loader:
+    defaults: dict[str, Any] = dict(
+        batch_size=8, image_size=32, shuffle_buffer=24, block_mb=0.05, with_indices=True
+    )
+    return Loader(store, **(defaults | options))
+
+
+def _epoch(loader: Loader) -> tuple[list[int], list[int], list[torch.Tensor]]:
+    indices, labels, images = [], [], []
+    for x, y, i in loader:
+        indices += i.tolist()
+        labels += y.tolist()
+        images.append(x)
+    return indices, labels, images
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_record_once_with_its_label(store: Path, workers: int) -> None:
+    loader = _loader(store, num_workers=workers)
+    indices, labels, images = _epoch(loader)
+    assert sorted(indices) == list(range(N))
+    assert labels == seqstore.open(store).labels()[indices].tolist()
+    assert len(images) == len(loader) == 12
+    assert [x.shape[0] for x in images] == [8] * 11 + [2]
+    assert images[0].shape == (8, 3, 32, 32) and images[0].dtype == torch.float32
+    assert indices != sorted(indices)  # shuffled
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_seed_same_batches_new_epoch_new_order(store: Path, workers: int) -> None:
+    a = _loader(store, num_workers=workers, seed=7)
+    b = _loader(store, num_workers=workers, seed=7)
+    ia, _, xa = _epoch(a)
+    ib, _, xb = _epoch(b)
+    assert ia == ib and all(torch.equal(u, v) for u, v in zip(xa, xb, strict=True))
+    assert a.epoch == 1
+    second, _, _ = _epoch(a)  # iterating again runs the next epoch
+    assert second != ia and sorted(second) == sorted(ia)
+    b.set_epoch(1)
+    assert _epoch(b)[0] == second
+
+
+def test_storage_order_without_shuffle(store: Path) -> None:
+    indices, _, _ = _epoch(_loader(store, shuffle=False, transform="imagenet_val"))
+    assert indices == list(range(N))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_after", [1, 5, 11])
+def test_resume_continues_exactly(store: Path, workers: int, stop_after: int) -> None:
+    full_i, _, full_x = _epoch(_loader(store, num_workers=workers, seed=3))
+    first = _loader(store, num_workers=workers, seed=3)
+    it = iter(first)
+    for _ in range(stop_after):
+        next(it)
+    state = first.state_dict()
+    del it
+    resumed = _loader(store, num_workers=workers, seed=3)
+    resumed.load_state_dict(state)
+    rest_i, _, rest_x = _epoch(resumed)
+    assert rest_i == full_i[stop_after * 8 :]
+    assert all(torch.equal(u, v) for u, v in zip(rest_x, full_x[stop_after:], strict=True))
+    assert resumed.epoch == 1
+
+
+def test_resume_into_another_shape_is_refused(store: Path) -> None:
+    state = _loader(store, num_workers=0).state_dict()
+    with pytest.raises(ResumeError, match="workers 1 != 2"):
+        _loader(store, num_workers=2).load_state_dict(state)
+
+
+def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
+    reader = seqstore.open(store)
+    plan = worker_plan(
+        N,
+        block=10,
+        seed=0,
+        epoch=0,
+        shuffle=True,
+        rank=0,
+        world=1,
+        worker=0,
+        workers=1,
+        batch_size=8,
+        drop_last=False,
+    )
+    decoded: list[int] = []
+
+    def transform(record: Any, rng: np.random.Generator) -> int:
+        decoded.append(record.label)
+        return 0
+
+    batches = iter_batches(
+        reader.read_block,
+        plan,
+        batch_size=8,
+        block=10,
+        shuffle_capacity=16,
+        shuffle_seed=[0],
+        transform=transform,
+        seed=0,
+        epoch=0,
+        skip_batches=6,
+    )
+    assert sum(len(b.samples) for b in batches) == N - 48
+    assert len(decoded) == N - 48
+
+
+def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
+    reader = seqstore.open(store)
+    plan = worker_plan(
+        N,
+        block=10,
+        seed=0,
+        epoch=0,
+        shuffle=True,
+        rank=0,
+        world=1,
+        worker=0,
+        workers=1,
+        batch_size=8,
+        drop_last=False,
+    )
+    counts = {"read": 0, "emitted": 0, "peak": 0}
+
+    def read_block(start: int, stop: int) -> list[Any]:
+        counts["read"] += stop - start
+        return reader.read_block(start, stop)
+
+    def transform(record: Any, rng: np.random.Generator) -> int:
+        counts["emitted"] += 1
+        counts["peak"] = max(counts["peak"], counts["read"] - counts["emitted"] + 1)
+        return 0
+
+    for _ in iter_batches(
+        read_block,
+        plan,
+        batch_size=8,
+        block=10,
+        shuffle_capacity=16,
+        shuffle_seed=[0],
+        transform=transform,
+        seed=0,
+        epoch=0,
+    ):
+        pass
+    assert counts["emitted"] == N and counts["peak"] <= 16 + 10
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_len_is_exact(store: Path, drop_last: bool) -> None:
+    loader = _loader(store, batch_size=16, drop_last=drop_last, transform="imagenet_val")
+    batches = list(loader)
+    assert len(batches) == len(loader) == (5 if drop_last else 6)
+    assert batches[-1][0].shape[0] == (16 if drop_last else 10)
+
+
+def test_normalisation_and_layout(store: Path) -> None:
+    raw = next(iter(_loader(store, dtype="uint8", shuffle=False, transform="imagenet_val")))[0]
+    assert raw.dtype == torch.uint8
+    norm = next(iter(_loader(store, shuffle=False, transform="imagenet_val", channels_last=True)))[
+        0
+    ]
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(norm, (raw.float() / 255 - mean) / std, rtol=1e-5, atol=1e-5)
+    assert norm.is_contiguous(memory_format=torch.channels_last)
+    assert raw.is_contiguous()
+
+
+def to_small_tensor(image: Any) -> torch.Tensor:
+    """A torchvision-style transform on a PIL image (module level: workers pickle it)."""
+    return torch.from_numpy(np.asarray(image.resize((16, 16)))).permute(2, 0, 1).float()
+
+
+def test_user_transform_on_pil_images(store: Path) -> None:
+    pytest.importorskip("PIL")
+    loader = _loader(store, transform=to_small_tensor, image_format="pil", num_workers=2)
+    x, y, _ = next(iter(loader))
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
+        ({"transform": "random_crop"}, "unknown transform"),
+        ({"rank": 2, "world_size": 2}, "rank 2 must be below world_size 2"),
+        ({"dtype": "float64"}, "dtype"),
+    ],
+)
+def test_invalid_options_fail_before_any_worker(
+    store: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Loader(store, **options)
+
+
+def test_config_from_yaml_file(store: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "loader.yaml"
+    cfg.write_text(f"path: {store}\nbatch_size: 30\nshuffle: false\ntransform: imagenet_val\n")
+    loader = Loader(config=cfg, image_size=16)
+    assert len(loader) == 3 and loader.config.image_size == 16
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "folder"])
+def test_same_records_from_every_backend(store: Path, tmp_path: Path, fmt: str) -> None:
+    convert(store, tmp_path / fmt, format=fmt, progress=False)
+    reader = seqstore.open(tmp_path / fmt)
+    indices, labels, _ = _epoch(_loader(tmp_path / fmt, transform="imagenet_val"))
+    assert sorted(indices) == list(range(N))
+    assert labels == reader.labels()[indices].tolist()
+
+
+def test_split_helper_reads_tiny_imagenet_layout(tmp_path: Path) -> None:
+    root = tmp_path / "tiny"
+    for wnid in ("n01", "n02"):
+        make_image_folder(root / "train" / wnid / "images", classes=1, per_class=4)
+    make_image_folder(root / "val" / "flat", classes=1, per_class=4)
+    (root / "val" / "images").mkdir()
+    lines = []
+    for i, f in enumerate(sorted((root / "val" / "flat" / "class00").iterdir())):
+        f.rename(root / "val" / "images" / f.name)
+        lines.append(f"{f.name}\t{('n01', 'n02')[i % 2]}\t0\t0\t1\t1")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    train = Loader(root, split="train", batch_size=4, image_size=16)
+    val = Loader(root, split="val", batch_size=4, image_size=16, shuffle=False)
+    assert train.classes == val.classes == ["n01", "n02"]
+    assert [y.tolist() for _, y in val] == [[0, 1, 0, 1]]
+
+
+def test_breaking_off_then_iterating_again_restarts_the_epoch(store: Path) -> None:
+    fresh, _, _ = _epoch(_loader(store, num_workers=2, seed=4))
+    loader = _loader(store, num_workers=2, seed=4)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break
+    assert loader.epoch == 0
+    again, _, _ = _epoch(loader)  # the same persistent workers, told to start over
+    assert again == fresh and loader.epoch == 1
