@@ -269,3 +269,34 @@ def test_breaking_off_then_iterating_again_restarts_the_epoch(store: Path) -> No
     assert loader.epoch == 0
     again, _, _ = _epoch(loader)  # the same persistent workers, told to start over
     assert again == fresh and loader.epoch == 1
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batches_kept_by_the_loop_are_never_overwritten(store: Path, channels_last: bool) -> None:
+    # Workers reuse a few shared-memory buffers; every batch the loop holds must be its own.
+    # Augmentation depends on (seed, epoch, index) only, so per record the images from 2
+    # workers equal those made in-process.
+    options = dict(dtype="uint8", channels_last=channels_last, seed=9, prefetch_factor=1)
+    kept = _epoch(_loader(store, num_workers=2, **options))
+    assert len(kept[2]) > 2 * (1 + 2)  # more batches than ring buffers per worker
+    alone = _epoch(_loader(store, num_workers=0, **options))
+
+    def by_index(run: tuple[list[int], list[int], list[torch.Tensor]]) -> dict[int, torch.Tensor]:
+        images = torch.cat(run[2])
+        assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
+        return dict(zip(run[0], images, strict=True))
+
+    ring, reference = by_index(kept), by_index(alone)
+    assert ring.keys() == reference.keys()
+    for i, image in ring.items():
+        assert torch.equal(image, reference[i]), i
+
+
+def test_breaking_off_many_times_does_not_leak_buffers(store: Path) -> None:
+    loader = _loader(store, num_workers=2, dtype="uint8", prefetch_factor=1)
+    for _ in range(6):  # each break leaves batches in flight, more than there are buffers
+        for i, _ in enumerate(loader):
+            if i == 1:
+                break
+    indices, _, _ = _epoch(loader)
+    assert sorted(indices) == list(range(N))
