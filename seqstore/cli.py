@@ -107,6 +107,7 @@ def _verify(reader: Reader[Any]) -> list[str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .backends import open_store
     from .convert import convert
+    from .loader import Loader
     from .testing import make_image_folder
 
     with tempfile.TemporaryDirectory(prefix="seqstore-demo-") as tmp:
@@ -118,7 +119,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"under {src}"
         )
         by_key = {r.key: r for r in source.read_block(0, len(source))}
-        print(f"{'format':<8} {'records':>8} {'MB':>7} {'convert s':>10} {'read img/s':>11}  check")
+        print(
+            f"{'format':<8} {'records':>8} {'MB':>7} {'convert s':>10} {'read rec/s':>11} "
+            f"{'train img/s':>12}  check"
+        )
         for fmt in ("lmdb", "hdf5", "folder"):
             dst = work / f"store-{fmt}"
             report = convert(src, dst, format=fmt, overwrite=True, progress=False)
@@ -130,10 +134,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 r.verify() and by_key[r.key].data == r.data and by_key[r.key].label == r.label
                 for r in records
             ) and len(records) == len(by_key)
-            check = "bytes and labels identical" if same else "MISMATCH"
+            # One training epoch: RandomResizedCrop(224) + flip in 2 worker processes.
+            loader = Loader(dst, batch_size=32, num_workers=2, with_indices=True)
+            t0 = time.perf_counter()
+            seen: list[int] = []
+            for _images, labels, indices in loader:
+                seen += indices.tolist()
+                same = same and labels.tolist() == [records[i].label for i in indices.tolist()]
+            train_rate = len(seen) / max(time.perf_counter() - t0, 1e-9)
+            same = same and sorted(seen) == list(range(len(records)))
+            check = "bytes, labels and epoch coverage identical" if same else "MISMATCH"
             print(
                 f"{fmt:<8} {len(reader):>8} {report.manifest.total_bytes / 1e6:>7.2f} "
-                f"{report.seconds:>10.2f} {rate:>11.0f}  {check}"
+                f"{report.seconds:>10.2f} {rate:>11.0f} {train_rate:>12.0f}  {check}"
             )
             if not same:
                 raise SeqstoreError(f"demo store '{dst}' does not read back what was written")
@@ -153,6 +166,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         limit=args.limit,
         repeat=args.repeat,
         cold=args.cold,
+        min_seconds=args.min_seconds,
         out=args.out,
         baselines=not args.no_baselines,
     )
@@ -214,11 +228,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only this many records")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
     p.add_argument("--cold", action="store_true", help="drop the page cache before each run")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=2.0,
+        help="time whole epochs until at least this long (one epoch with --cold)",
+    )
     p.add_argument("--out", default="seqstore-bench", help="working directory and results")
     p.add_argument("--no-baselines", action="store_true", help="skip torchvision/tensorpack")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="make a small image set, convert it to every format, read back")
+    p = sub.add_parser(
+        "demo",
+        help="make a small image set, convert it to every format, read it back, train one epoch",
+    )
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--per-class", type=int, default=30)
     p.add_argument("--workdir", help="keep the demo's files here instead of a temporary folder")

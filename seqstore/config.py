@@ -227,6 +227,9 @@ class BenchConfig(BaseModel):
         Use only this many records (a random subset of a folder).
     repeat : int
         Timed repetitions of each measurement; the median is reported.
+    min_seconds : float
+        Each timed repetition runs whole epochs until at least this long, so that a small
+        store is timed over several epochs rather than a fraction of a second.
     cold : bool
         Drop the page cache before every timed run (root on Linux).
     out : Path
@@ -247,6 +250,7 @@ class BenchConfig(BaseModel):
     image_size: int = Field(224, ge=1)
     limit: int | None = Field(None, ge=1)
     repeat: int = Field(3, ge=1)
+    min_seconds: float = Field(2.0, ge=0)
     cold: bool = False
     out: Path = Path("seqstore-bench")
     shuffle_buffer_mb: float = Field(64.0, gt=0)

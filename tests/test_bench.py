@@ -34,6 +34,8 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         "32",
         "--repeat",
         "1",
+        "--min-seconds",
+        "0",
         "--out",
         str(out),
     ]

@@ -168,7 +168,7 @@ def test_cli_convert_and_info(
 def test_cli_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--classes", "3", "--per-class", "4"]) == 0
     out = capsys.readouterr().out
-    assert out.count("bytes and labels identical") == 3
+    assert out.count("bytes, labels and epoch coverage identical") == 3
 
 
 def test_shared_imagen200_to_lmdb(shared_data: Path, tmp_path: Path) -> None:
