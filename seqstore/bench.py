@@ -321,23 +321,26 @@ def _seqstore_epoch(
 _ceiling_state: dict[str, Any] = {}
 
 
-def _ceiling_work(share: tuple[int, int]) -> int:
+def _ceiling_work(share: tuple[int, int, int]) -> int:
     pipeline, records, seed = (
         _ceiling_state["pipeline"],
         _ceiling_state["records"],
         _ceiling_state["seed"],
     )
-    for i in range(*share):
+    start, stop, epoch = share
+    for i in range(start, stop):
         data, key = records[i]
         if pipeline is not None:
-            pipeline(data, sample_rng(seed, 0, i), name=key)
-    return share[1] - share[0]
+            pipeline(data, sample_rng(seed, epoch, i), name=key)
+    return stop - start
 
 
 class _Ceiling:
     """Decode + transform in bare processes over bytes already in RAM: the upper bound.
 
     The processes are started once, before any timing, and receive the records by fork.
+    Each call is one epoch with crops drawn afresh, as the loader's epochs are: the cost of
+    decoding a large image depends on the crop (see :class:`~seqstore.transforms.Pipeline`).
     """
 
     def __init__(self, records: list[tuple[bytes, str]], cfg: BenchConfig) -> None:
@@ -349,14 +352,17 @@ class _Ceiling:
         _ceiling_state.update(pipeline=transform.pipeline, records=records, seed=0)
         n = len(records)
         self.shares = [(lo, min(lo + cfg.batch_size, n)) for lo in range(0, n, cfg.batch_size)]
+        self.epoch = 0
         self.pool = mp.get_context("fork").Pool(cfg.workers) if cfg.workers else None
 
     def __call__(self) -> Iterator[Any]:
+        shares = [(lo, hi, self.epoch) for lo, hi in self.shares]
+        self.epoch += 1
         if self.pool is None:
-            for share in self.shares:
+            for share in shares:
                 yield (None, range(_ceiling_work(share)))
             return
-        for done in self.pool.imap(_ceiling_work, self.shares):
+        for done in self.pool.imap(_ceiling_work, shares):
             yield (None, range(done))
 
     def close(self) -> None:
