@@ -83,10 +83,10 @@ class LoaderConfig(BaseModel):
     backend : str or None
         Read with this backend instead of the one the store's manifest names.
     split : {"train", "val"} or None
-        Pick a split under ``path``: ``path/<split>`` (a store or image folder),
-        ``path/<split>.lmdb|.h5|.hdf5``, tensorpack's ``path/ILSVRC-<split>.lmdb``, or the
-        Tiny-ImageNet / ILSVRC val layout ``path/val/images`` + ``path/val/val_annotations.txt``
-        mapped onto ``path/train``'s classes.
+        Pick a split under ``path``, the first found of: ``path/<split>.lmdb|.h5|.hdf5``,
+        tensorpack's ``path/ILSVRC-<split>.lmdb``, ``path/<split>`` (a store or image
+        folder), or the Tiny-ImageNet / ILSVRC val layout ``path/val/images`` +
+        ``path/val/val_annotations.txt`` mapped onto ``path/train``'s classes.
     reader_options : dict
         Passed to the backend's reader (for example ``labels`` and ``classes`` of a flat val
         folder).

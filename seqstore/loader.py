@@ -59,12 +59,13 @@ def resolve_split(root: Path, split: str) -> tuple[Path, dict[str, Any]]:
 
     See :class:`~seqstore.config.LoaderConfig` (``split``) for the layouts tried.
     """
+    # Converted stores first: a root often keeps the image folder beside its store.
     for candidate in (
-        root / split,
         root / f"{split}.lmdb",
         root / f"{split}.h5",
         root / f"{split}.hdf5",
         root / f"ILSVRC-{split}.lmdb",
+        root / split,
     ):
         if not candidate.exists():
             continue
@@ -76,8 +77,8 @@ def resolve_split(root: Path, split: str) -> tuple[Path, dict[str, Any]]:
             return candidate / "images", options
         return candidate, {}
     raise NotAStoreError(
-        f"no '{split}' split under '{root}' (looked for {split}/, {split}.lmdb, {split}.h5, "
-        f"ILSVRC-{split}.lmdb)"
+        f"no '{split}' split under '{root}' (looked for {split}.lmdb, {split}.h5, "
+        f"{split}.hdf5, ILSVRC-{split}.lmdb, {split}/)"
     )
 
 
