@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -112,11 +113,15 @@ def main() -> None:
         print(f"source: {src} ({len(files)} images, {mb:.1f} MB); {os.cpu_count()} CPUs")
         runs: dict[str, list[float]] = {}
 
-        def run(name: str, fn: Callable[[], object], mode: str) -> None:
+        def run(
+            name: str, fn: Callable[[], object], mode: str, setup: Callable[[], object] = list
+        ) -> None:
+            setup()
             if mode == "cold":
                 drop_caches()
             else:
                 fn()  # untimed: brings the files into the page cache
+                setup()
             runs.setdefault(f"{name} [{mode}]", []).append(timed(fn))
 
         for _ in range(args.repeat):
@@ -126,10 +131,10 @@ def main() -> None:
                     dst = work / fmt
                     run(
                         f"convert -> {fmt}",
-                        lambda fmt=fmt, dst=dst: convert(
-                            src, dst, format=fmt, overwrite=True, progress=False
-                        ),
+                        lambda fmt=fmt, dst=dst: convert(src, dst, format=fmt, progress=False),
                         mode,
+                        # Removing the last run's store is not part of converting.
+                        lambda dst=dst: shutil.rmtree(dst, ignore_errors=True),
                     )
                 run("bare lmdb cursor", lambda: bare_lmdb(work / "lmdb"), mode)
                 run("seqstore lmdb read_block", lambda: seqstore_blocks(work / "lmdb"), mode)
