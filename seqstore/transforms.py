@@ -9,8 +9,9 @@ recipes carry over unchanged; images are resized with OpenCV rather than PIL.
 
 :class:`Pipeline` is what the loader calls on each record: it decodes and transforms, and when
 its first transform is :class:`RandomResizedCrop` or :class:`Resize` it decodes JPEGs at the
-smallest DCT-domain size (1/2, 1/4, 1/8) that still holds the output resolution. Crop parameters
-are drawn on the full size either way, so the random stream and crop statistics do not change.
+smallest DCT-domain size (1/2, 1/4, 1/8) that still holds the output resolution, and a random
+crop decodes only its window. Crop parameters are drawn on the full size either way, so the
+random stream and crop statistics do not change.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .decode import REDUCE_FACTORS, decode
+from .decode import REDUCE_FACTORS, decode, decode_window
 from .errors import ConfigError
 from .imageinfo import probe
 
@@ -162,24 +163,36 @@ class RandomResizedCrop:
         box = self.get_params(img.shape[1], img.shape[0], rng)
         return self._crop_resize(img, box, 1)
 
-    def _plan(
+    def _draw_window(
         self, width: int, height: int, rng: np.random.Generator
-    ) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
-        """The DCT reduction this crop allows, and the crop for the image decoded with it."""
+    ) -> tuple[int, tuple[int, int, int, int]]:
+        """The DCT reduction this crop allows, and its window in the reduced image."""
         box = self.get_params(width, height, rng)
         reduce = _largest_reduce(box[3], box[2], self.size)
-        return reduce, partial(self._crop_resize, box=box, reduce=reduce)
+        return reduce, self._window(box, reduce)
+
+    @staticmethod
+    def _window(box: tuple[int, int, int, int], reduce: int) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` of the crop ``box`` in the image reduced by
+        ``reduce``: reduced pixel i covers full pixels [i*reduce, (i+1)*reduce), so the box
+        edges map to edges / reduce, rounded half up to the nearest reduced pixel edge."""
+        top, left, h, w = box
+        return (
+            _round_div(top, reduce),
+            _round_div(top + h, reduce),
+            _round_div(left, reduce),
+            _round_div(left + w, reduce),
+        )
+
+    def _resize(self, crop: np.ndarray) -> np.ndarray:
+        out_h, out_w = self.size
+        return cv2.resize(crop, (out_w, out_h), interpolation=self.interpolation)
 
     def _crop_resize(
         self, img: np.ndarray, box: tuple[int, int, int, int], reduce: int
     ) -> np.ndarray:
-        top, left, h, w = box
-        # Reduced pixel i covers full pixels [i*reduce, (i+1)*reduce): the box edges map to
-        # edges / reduce, rounded half up to the nearest reduced pixel edge.
-        y0, y1 = _round_div(top, reduce), _round_div(top + h, reduce)
-        x0, x1 = _round_div(left, reduce), _round_div(left + w, reduce)
-        out_h, out_w = self.size
-        return cv2.resize(img[y0:y1, x0:x1], (out_w, out_h), interpolation=self.interpolation)
+        y0, y1, x0, x1 = self._window(box, reduce)
+        return self._resize(img[y0:y1, x0:x1])
 
     def __repr__(self) -> str:
         return (
@@ -469,8 +482,10 @@ class Pipeline:
     When the first transform is :class:`RandomResizedCrop` or :class:`Resize` and the image is
     a JPEG, the image is decoded at the smallest of 1, 1/2, 1/4 and 1/8 of its size that
     leaves the crop at least as large as the output, so no output resolution is lost and the
-    decoder skips most of its work. The crop box is drawn on the full size (read from the
-    header) either way, so the random draws are the same as with a full-size decode. Other
+    decoder skips most of its work; for :class:`RandomResizedCrop` only the crop's window is
+    decoded (:func:`seqstore.decode.decode_window`). The crop box is drawn on the full size
+    (read from the header) either way, so the random draws are the same as with a full-size
+    decode. Other
     formats, other first transforms and ``exif_orientation=True`` (the rotated size is not
     known before decoding) decode at full size.
 
@@ -520,8 +535,13 @@ class Pipeline:
             and bytes(data[:2]) == _JPEG_MAGIC
         ):
             info = probe(data, name)
-            reduce, finish = first._plan(info.width, info.height, rng)
-            img = finish(decode(data, reduce=reduce, name=name))
+            if isinstance(first, RandomResizedCrop):
+                # Decode only the window the crop keeps, at the smallest size that holds it.
+                reduce, window = first._draw_window(info.width, info.height, rng)
+                img = first._resize(decode_window(data, window, reduce=reduce, name=name))
+            else:
+                reduce, finish = first._plan(info.width, info.height, rng)
+                img = finish(decode(data, reduce=reduce, name=name))
             rest = self.transforms[1:]
         else:
             img = decode(data, exif_orientation=self.exif_orientation, name=name)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from io import BytesIO
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pytest
 
-from seqstore.decode import decode, decode_pil, reduced_size
+from seqstore.decode import HAS_WINDOW_DECODER, decode, decode_pil, decode_window, reduced_size
 from seqstore.errors import BadImageError, ConfigError
 from seqstore.testing.data import make_image
 
@@ -169,3 +171,91 @@ def test_decode_pil_is_pil_convert_rgb(photo: np.ndarray) -> None:
     assert img.mode == "RGB" and img.size == (97, 61)
     with pytest.raises(BadImageError, match="bad.png"):
         decode_pil(b"nope", name="bad.png")
+
+
+def _windows(
+    rng: np.random.Generator, width: int, height: int, n: int
+) -> list[tuple[int, int, int, int]]:
+    out = [(0, height, 0, width), (0, 1, 0, 1), (height - 1, height, width - 1, width)]
+    for _ in range(n):
+        top, left = int(rng.integers(height)), int(rng.integers(width))
+        out.append(
+            (
+                top,
+                int(rng.integers(top + 1, height + 1)),
+                left,
+                int(rng.integers(left + 1, width + 1)),
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda im: _pil_bytes(im, "JPEG", quality=90), id="420"),
+        pytest.param(lambda im: _pil_bytes(im, "JPEG", quality=90, subsampling=0), id="444"),
+        pytest.param(lambda im: _pil_bytes(im, "JPEG", quality=90, subsampling=1), id="422"),
+        pytest.param(lambda im: _pil_bytes(im, "JPEG", progressive=True), id="progressive"),
+        pytest.param(lambda im: _pil_bytes(im.convert("L"), "JPEG"), id="grey"),
+        pytest.param(
+            lambda im: cv2.imencode(
+                ".jpg", np.asarray(im)[..., ::-1].copy(), [cv2.IMWRITE_JPEG_RST_INTERVAL, 3]
+            )[1].tobytes(),
+            id="restart-markers",
+        ),
+        pytest.param(lambda im: _pil_bytes(im.convert("CMYK"), "JPEG"), id="cmyk"),
+        pytest.param(lambda im: _pil_bytes(im, "PNG"), id="png"),
+    ],
+)
+@pytest.mark.parametrize("reduce", [1, 2, 8])
+def test_window_decode_equals_cropping_a_full_decode(encode: Any, reduce: int) -> None:
+    photo = make_image(np.random.default_rng(5), 203, 157)
+    data = encode(Image.fromarray(photo))
+    full = decode(data, reduce=reduce)
+    rng = np.random.default_rng(reduce)
+    for window in _windows(rng, full.shape[1], full.shape[0], 40):
+        top, bottom, left, right = window
+        got = decode_window(data, window, reduce=reduce)
+        np.testing.assert_array_equal(got, full[top:bottom, left:right], err_msg=str(window))
+        assert got.flags.writeable
+
+
+@pytest.mark.skipif(not HAS_WINDOW_DECODER, reason="seqstore._jpeg was built without libjpeg")
+def test_window_decoder_takes_ycbcr_and_grey_and_leaves_the_rest() -> None:
+    from seqstore import _jpeg
+
+    img = Image.fromarray(make_image(np.random.default_rng(6), 64, 48))
+    assert _jpeg.crop(_pil_bytes(img, "JPEG"), 8, 8, 16, 16, 1) is not None
+    assert _jpeg.crop(_pil_bytes(img.convert("L"), "JPEG"), 8, 8, 16, 16, 2) is not None
+    assert _jpeg.crop(_pil_bytes(img.convert("CMYK"), "JPEG"), 8, 8, 16, 16, 1) is None
+    whole = _pil_bytes(img, "JPEG")
+    assert _jpeg.crop(whole[: len(whole) // 2], 0, 0, 40, 40, 1) is None  # truncated: warned
+    assert _jpeg.crop(whole, 40, 0, 9, 8, 1) is None  # outside the image
+    assert _jpeg.crop(b"not a jpeg", 0, 0, 1, 1, 1) is None
+
+
+def test_window_decode_of_bad_input() -> None:
+    data = cv2.imencode(".jpg", make_image(np.random.default_rng(7), 64, 48))[1].tobytes()
+    with pytest.raises(BadImageError, match="cut.jpg"):
+        decode_window(data[: len(data) // 3], (0, 40, 0, 40), name="cut.jpg")
+    with pytest.raises(ConfigError, match="empty"):
+        decode_window(data, (5, 5, 0, 8))
+    with pytest.raises(ConfigError, match="outside"):
+        decode_window(cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1], (0, 9, 0, 8))
+
+
+def test_window_decode_on_real_photos(shared_data: Path) -> None:
+    # Every photograph of imagen200 (progressive, greyscale, CMYK, odd sizes) with a
+    # RandomResizedCrop window, as the training pipeline draws them.
+    from seqstore.backends import open_store
+    from seqstore.transforms import RandomResizedCrop
+
+    reader = open_store(shared_data / "imagen200")
+    rrc, rng = RandomResizedCrop(224), np.random.default_rng(0)
+    for record in reader.read_block(0, len(reader)):
+        reduce, window = rrc._draw_window(record.width, record.height, rng)
+        top, bottom, left, right = window
+        want = decode(record.data, reduce=reduce)[top:bottom, left:right]
+        got = decode_window(record.data, window, reduce=reduce, name=record.key)
+        np.testing.assert_array_equal(got, want, err_msg=record.key)

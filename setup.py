@@ -1,0 +1,16 @@
+"""The optional C extension; everything else about the package is in pyproject.toml."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "seqstore._jpeg",
+            ["seqstore/_jpeg.c"],
+            libraries=["jpeg"],
+            # Where libjpeg's headers are missing the build goes on without it, and
+            # seqstore decodes whole JPEGs instead of the crop window (seqstore.decode).
+            optional=True,
+        )
+    ]
+)
