@@ -12,7 +12,7 @@ import torch
 import seqstore
 from seqstore import Loader
 from seqstore.convert import convert
-from seqstore.engine.order import worker_plan
+from seqstore.engine.order import WorkerPlan, worker_plan
 from seqstore.engine.stream import iter_batches
 from seqstore.errors import ConfigError, ResumeError
 from seqstore.testing import make_image_folder
@@ -99,9 +99,9 @@ def test_resume_into_another_shape_is_refused(store: Path) -> None:
         _loader(store, num_workers=2).load_state_dict(state)
 
 
-def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
-    reader = seqstore.open(store)
-    plan = worker_plan(
+def _single_worker_plan() -> WorkerPlan:
+    """The epoch-0 plan of the only worker of the only rank: blocks of 10, batches of 8."""
+    return worker_plan(
         N,
         block=10,
         seed=0,
@@ -114,6 +114,11 @@ def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
         batch_size=8,
         drop_last=False,
     )
+
+
+def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
+    reader = seqstore.open(store)
+    plan = _single_worker_plan()
     decoded: list[int] = []
 
     def transform(record: Any, rng: np.random.Generator) -> int:
@@ -138,19 +143,7 @@ def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
 
 def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
     reader = seqstore.open(store)
-    plan = worker_plan(
-        N,
-        block=10,
-        seed=0,
-        epoch=0,
-        shuffle=True,
-        rank=0,
-        world=1,
-        worker=0,
-        workers=1,
-        batch_size=8,
-        drop_last=False,
-    )
+    plan = _single_worker_plan()
     counts = {"read": 0, "emitted": 0, "peak": 0}
 
     def read_block(start: int, stop: int) -> list[Any]:
