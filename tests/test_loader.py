@@ -70,8 +70,10 @@ def test_same_seed_same_batches_new_epoch_new_order(store: Path, workers: int) -
     assert _epoch(b)[0] == second
 
 
-def test_storage_order_without_shuffle(store: Path) -> None:
-    indices, _, _ = _epoch(_loader(store, shuffle=False, transform="imagenet_val"))
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_storage_order_without_shuffle(store: Path, workers: int) -> None:
+    loader = _loader(store, shuffle=False, transform="imagenet_val", num_workers=workers)
+    indices, _, _ = _epoch(loader)
     assert indices == list(range(N))
 
 

@@ -85,6 +85,28 @@ def test_every_rank_runs_the_same_batches(cfg: dict) -> None:
                 assert plan.last_batch_size == cfg["batch_size"]
 
 
+@settings(max_examples=300, deadline=None)
+@given(shapes)
+def test_without_shuffle_batches_collected_round_robin_are_in_storage_order(cfg: dict) -> None:
+    cfg = dict(cfg, shuffle=False)
+    n, size = cfg["n"], cfg["batch_size"]
+    streams = []
+    for rank in range(cfg["world"]):
+        plans = _plans(cfg, rank)
+        batches = {}  # rank-local batch index -> its records, as its worker yields them
+        for plan in plans:
+            indices = list(iter_indices(plan.spans))
+            for k, b in enumerate(plan.batches):
+                batches[b] = indices[k * size : (k + 1) * size]
+        stream = [i for b in sorted(batches) for i in batches[b]]
+        # One run of storage order (wrapping around where the last rank is padded).
+        assert stream == [(stream[0] + k) % n for k in range(len(stream))] if stream else True
+        streams.append(stream)
+    if not cfg["drop_last"] and n:
+        joined = [i for stream in streams for i in stream]
+        assert joined == [k % n for k in range(len(joined))]
+
+
 @settings(max_examples=100, deadline=None)
 @given(shapes)
 def test_deterministic_and_different_across_epochs(cfg: dict) -> None:

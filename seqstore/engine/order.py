@@ -11,9 +11,11 @@ count, batch size, drop_last): no I/O, no torch. The scheme:
    (as ``DistributedSampler`` does); with it, the tail is dropped. So every rank runs the
    same number of batches and DDP never waits on a rank that ran out.
 3. Within a rank, batch ``j`` belongs to worker ``j % workers``, the order in which
-   ``torch.utils.data.DataLoader`` collects batches from its workers. Each worker reads one
-   contiguous run of the rank's slice, as many samples as its batches hold, and mixes them
-   with its own seeded shuffle buffer (:mod:`seqstore.engine.shuffle`).
+   ``torch.utils.data.DataLoader`` collects batches from its workers. With ``shuffle`` each
+   worker reads one contiguous run of the rank's slice, as many samples as its batches
+   hold, and mixes them with its own seeded shuffle buffer (:mod:`seqstore.engine.shuffle`).
+   Without it each worker reads exactly the records of its own batches, so that the
+   batches, collected round-robin, come out in storage order.
 
 Only the last batch of a rank can be short (without ``drop_last``), and it is the last
 batch of the worker that owns it.
@@ -169,10 +171,17 @@ def worker_plan(
     sizes = [
         min(batch_size, used - j * batch_size) for j in range(total_batches)
     ]  # only the last can be short
-    start = sum(sizes[j] for j in range(total_batches) if j % workers < worker)
     count = sum(sizes[j] for j in mine)
+    if shuffle:
+        start = sum(sizes[j] for j in range(total_batches) if j % workers < worker)
+        spans = _take(rank_spans, start, start + count)
+    else:
+        rank_spans = _merge(rank_spans)  # one span, two when padding wraps around
+        spans = []
+        for j in mine:
+            spans += _take(rank_spans, j * batch_size, j * batch_size + sizes[j])
     return WorkerPlan(
-        spans=_merge(_take(rank_spans, start, start + count)),
+        spans=_merge(spans),
         num_samples=count,
         batches=mine,
         last_batch_size=sizes[mine[-1]] if mine else 0,
