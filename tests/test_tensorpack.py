@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -19,33 +18,16 @@ from seqstore.testing.data import make_records
 
 pytest.importorskip("tensorpack")
 
-RECORDS = make_records(23, classes=5, seed=11)
-
-WRITE_WITH_TENSORPACK = """
-import sys, numpy as np
-from tensorpack.dataflow import DataFromList, LMDBSerializer
-from seqstore.testing.data import make_records
-records = make_records(23, classes=5, seed=11)
-dps = [[np.frombuffer(r.data, np.uint8), r.label] for r in records]
-LMDBSerializer.save(DataFromList(dps, shuffle=False), sys.argv[1])
-"""
-
-
-def _tensorpack_file(path: Path, serializer: str) -> Path:
-    # tensorpack reads TENSORPACK_SERIALIZE at import time, so each file gets its own process.
-    env = dict(os.environ, TENSORPACK_SERIALIZE=serializer)
-    subprocess.run(
-        [sys.executable, "-c", WRITE_WITH_TENSORPACK, str(path)],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    return path
+RECORDS = make_records(23, classes=5, seed=11)  # what make_tensorpack_file writes
 
 
 @pytest.fixture(params=["pickle", "msgpack"])
-def tp_file(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    return _tensorpack_file(tmp_path / "ILSVRC-train.lmdb", request.param)
+def tp_file(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    make_tensorpack_file: Callable[[Path, str], Path],
+) -> Path:
+    return make_tensorpack_file(tmp_path / "ILSVRC-train.lmdb", request.param)
 
 
 def test_tensorpack_file_reads_as_a_store(tp_file: Path) -> None:
