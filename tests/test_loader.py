@@ -295,3 +295,17 @@ def test_breaking_off_many_times_does_not_leak_buffers(store: Path) -> None:
                 break
     indices, _, _ = _epoch(loader)
     assert sorted(indices) == list(range(N))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_cuda_batches_equal_cpu_batches(store: Path, dtype: str) -> None:
+    # Pinned staging copy out of the shared ring, non_blocking transfer, normalisation on
+    # the GPU: the same values as the CPU path, per record.
+    options = dict(dtype=dtype, channels_last=True, seed=3, num_workers=2)
+    on_gpu = _epoch(_loader(store, device="cuda", **options))
+    on_cpu = _epoch(_loader(store, **options))
+    assert all(x.device.type == "cuda" for x in on_gpu[2])
+    assert on_gpu[0] == on_cpu[0] and on_gpu[1] == on_cpu[1]
+    for gpu, cpu in zip(on_gpu[2], on_cpu[2], strict=True):
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
