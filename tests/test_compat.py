@@ -12,6 +12,7 @@ import torch
 
 from seqstore.compat import ImagenetLoader, LMDBLoader
 from seqstore.errors import ConfigError
+from seqstore.testing import collect_epoch
 from seqstore.testing.data import make_records
 
 RECORDS = make_records(23, classes=5, seed=11)  # what make_tensorpack_file writes
@@ -22,15 +23,6 @@ def imagenet_dir(tmp_path: Path, make_tensorpack_file: Callable[[Path, str], Pat
     make_tensorpack_file(tmp_path / "ILSVRC-train.lmdb", "msgpack")
     make_tensorpack_file(tmp_path / "ILSVRC-val.lmdb", "pickle")
     return tmp_path
-
-
-def _epoch(loader: Any) -> tuple[list[int], list[int], list[torch.Tensor]]:
-    indices, labels, images = [], [], []
-    for x, y, i in loader:
-        indices += i.tolist()
-        labels += y.tolist()
-        images.append(x)
-    return indices, labels, images
 
 
 @pytest.mark.parametrize("mode", ["train", "val"])
@@ -45,7 +37,7 @@ def test_imagenet_loader_reads_the_old_files(imagenet_dir: Path, mode: str) -> N
         resize_size=36,
         with_indices=True,
     )
-    indices, labels, images = _epoch(loader)
+    indices, labels, images = collect_epoch(loader)
     assert sorted(indices) == list(range(23)) and len(loader) == 5
     assert labels == [RECORDS[i].label for i in indices]
     assert (indices != sorted(indices)) == (mode == "train")

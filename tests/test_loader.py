@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ import seqstore
 from seqstore import Loader
 from seqstore.convert import convert
 from seqstore.engine.order import WorkerPlan, worker_plan
-from seqstore.engine.stream import iter_batches
+from seqstore.engine.stream import RawBatch, iter_batches
 from seqstore.errors import ConfigError, ResumeError
-from seqstore.testing import make_image_folder
+from seqstore.testing import collect_epoch, make_image_folder
 
 N = 90  # not a multiple of the batch size: the last batch is short
 
@@ -35,19 +36,10 @@ def _loader(store: Path, **options: Any) -> Loader:
     return Loader(store, **(defaults | options))
 
 
-def _epoch(loader: Loader) -> tuple[list[int], list[int], list[torch.Tensor]]:
-    indices, labels, images = [], [], []
-    for x, y, i in loader:
-        indices += i.tolist()
-        labels += y.tolist()
-        images.append(x)
-    return indices, labels, images
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_record_once_with_its_label(store: Path, workers: int) -> None:
     loader = _loader(store, num_workers=workers)
-    indices, labels, images = _epoch(loader)
+    indices, labels, images = collect_epoch(loader)
     assert sorted(indices) == list(range(N))
     assert labels == seqstore.open(store).labels()[indices].tolist()
     assert len(images) == len(loader) == 12
@@ -60,27 +52,28 @@ def test_every_record_once_with_its_label(store: Path, workers: int) -> None:
 def test_same_seed_same_batches_new_epoch_new_order(store: Path, workers: int) -> None:
     a = _loader(store, num_workers=workers, seed=7)
     b = _loader(store, num_workers=workers, seed=7)
-    ia, _, xa = _epoch(a)
-    ib, _, xb = _epoch(b)
+    ia, _, xa = collect_epoch(a)
+    ib, _, xb = collect_epoch(b)
     assert ia == ib and all(torch.equal(u, v) for u, v in zip(xa, xb, strict=True))
     assert a.epoch == 1
-    second, _, _ = _epoch(a)  # iterating again runs the next epoch
+    second, _, _ = collect_epoch(a)  # iterating again runs the next epoch
     assert second != ia and sorted(second) == sorted(ia)
     b.set_epoch(1)
-    assert _epoch(b)[0] == second
+    assert collect_epoch(b)[0] == second
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 3 on 2 CPUs
 @pytest.mark.parametrize("workers", [0, 2, 3])
 def test_storage_order_without_shuffle(store: Path, workers: int) -> None:
     loader = _loader(store, shuffle=False, transform="imagenet_val", num_workers=workers)
-    indices, _, _ = _epoch(loader)
+    indices, _, _ = collect_epoch(loader)
     assert indices == list(range(N))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("stop_after", [1, 5, 11])
 def test_resume_continues_exactly(store: Path, workers: int, stop_after: int) -> None:
-    full_i, _, full_x = _epoch(_loader(store, num_workers=workers, seed=3))
+    full_i, _, full_x = collect_epoch(_loader(store, num_workers=workers, seed=3))
     first = _loader(store, num_workers=workers, seed=3)
     it = iter(first)
     for _ in range(stop_after):
@@ -89,7 +82,7 @@ def test_resume_continues_exactly(store: Path, workers: int, stop_after: int) ->
     del it
     resumed = _loader(store, num_workers=workers, seed=3)
     resumed.load_state_dict(state)
-    rest_i, _, rest_x = _epoch(resumed)
+    rest_i, _, rest_x = collect_epoch(resumed)
     assert rest_i == full_i[stop_after * 8 :]
     assert all(torch.equal(u, v) for u, v in zip(rest_x, full_x[stop_after:], strict=True))
     assert resumed.epoch == 1
@@ -118,18 +111,13 @@ def _single_worker_plan() -> WorkerPlan:
     )
 
 
-def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
-    reader = seqstore.open(store)
-    plan = _single_worker_plan()
-    decoded: list[int] = []
-
-    def transform(record: Any, rng: np.random.Generator) -> int:
-        decoded.append(record.label)
-        return 0
-
-    batches = iter_batches(
-        reader.read_block,
-        plan,
+def _single_worker_batches(
+    read_block: Any, transform: Any, skip_batches: int = 0
+) -> Iterator[RawBatch]:
+    """Batches of 8 of :func:`_single_worker_plan`, shuffled through a 16-record buffer."""
+    return iter_batches(
+        read_block,
+        _single_worker_plan(),
         batch_size=8,
         block=10,
         shuffle_capacity=16,
@@ -137,15 +125,25 @@ def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
         transform=transform,
         seed=0,
         epoch=0,
-        skip_batches=6,
+        skip_batches=skip_batches,
     )
+
+
+def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
+    reader = seqstore.open(store)
+    decoded: list[int] = []
+
+    def transform(record: Any, rng: np.random.Generator) -> int:
+        decoded.append(record.label)
+        return 0
+
+    batches = _single_worker_batches(reader.read_block, transform, skip_batches=6)
     assert sum(len(b.samples) for b in batches) == N - 48
     assert len(decoded) == N - 48
 
 
 def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
     reader = seqstore.open(store)
-    plan = _single_worker_plan()
     counts = {"read": 0, "emitted": 0, "peak": 0}
 
     def read_block(start: int, stop: int) -> list[Any]:
@@ -157,17 +155,7 @@ def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
         counts["peak"] = max(counts["peak"], counts["read"] - counts["emitted"] + 1)
         return 0
 
-    for _ in iter_batches(
-        read_block,
-        plan,
-        batch_size=8,
-        block=10,
-        shuffle_capacity=16,
-        shuffle_seed=[0],
-        transform=transform,
-        seed=0,
-        epoch=0,
-    ):
+    for _ in _single_worker_batches(read_block, transform):
         pass
     assert counts["emitted"] == N and counts["peak"] <= 16 + 10
 
@@ -233,7 +221,7 @@ def test_config_from_yaml_file(store: Path, tmp_path: Path) -> None:
 def test_same_records_from_every_backend(store: Path, tmp_path: Path, fmt: str) -> None:
     convert(store, tmp_path / fmt, format=fmt, progress=False)
     reader = seqstore.open(tmp_path / fmt)
-    indices, labels, _ = _epoch(_loader(tmp_path / fmt, transform="imagenet_val"))
+    indices, labels, _ = collect_epoch(_loader(tmp_path / fmt, transform="imagenet_val"))
     assert sorted(indices) == list(range(N))
     assert labels == reader.labels()[indices].tolist()
 
@@ -255,14 +243,14 @@ def test_split_helper_reads_tiny_imagenet_layout(tmp_path: Path) -> None:
     assert [y.tolist() for _, y in val] == [[0, 1, 0, 1]]
 
 
-def test_breaking_off_then_iterating_again_restarts_the_epoch(store: Path) -> None:
-    fresh, _, _ = _epoch(_loader(store, num_workers=2, seed=4))
+def test_breaking_off_then_iterating_again_restarts_thecollect_epoch(store: Path) -> None:
+    fresh, _, _ = collect_epoch(_loader(store, num_workers=2, seed=4))
     loader = _loader(store, num_workers=2, seed=4)
     for i, _ in enumerate(loader):
         if i == 2:
             break
     assert loader.epoch == 0
-    again, _, _ = _epoch(loader)  # the same persistent workers, told to start over
+    again, _, _ = collect_epoch(loader)  # the same persistent workers, told to start over
     assert again == fresh and loader.epoch == 1
 
 
@@ -272,9 +260,9 @@ def test_batches_kept_by_the_loop_are_never_overwritten(store: Path, channels_la
     # Augmentation depends on (seed, epoch, index) only, so per record the images from 2
     # workers equal those made in-process.
     options = dict(dtype="uint8", channels_last=channels_last, seed=9, prefetch_factor=1)
-    kept = _epoch(_loader(store, num_workers=2, **options))
+    kept = collect_epoch(_loader(store, num_workers=2, **options))
     assert len(kept[2]) > 2 * (1 + 2)  # more batches than ring buffers per worker
-    alone = _epoch(_loader(store, num_workers=0, **options))
+    alone = collect_epoch(_loader(store, num_workers=0, **options))
 
     def by_index(run: tuple[list[int], list[int], list[torch.Tensor]]) -> dict[int, torch.Tensor]:
         images = torch.cat(run[2])
@@ -293,7 +281,7 @@ def test_breaking_off_many_times_does_not_leak_buffers(store: Path) -> None:
         for i, _ in enumerate(loader):
             if i == 1:
                 break
-    indices, _, _ = _epoch(loader)
+    indices, _, _ = collect_epoch(loader)
     assert sorted(indices) == list(range(N))
 
 
@@ -303,8 +291,8 @@ def test_cuda_batches_equal_cpu_batches(store: Path, dtype: str) -> None:
     # Pinned staging copy out of the shared ring, non_blocking transfer, normalisation on
     # the GPU: the same values as the CPU path, per record.
     options = dict(dtype=dtype, channels_last=True, seed=3, num_workers=2)
-    on_gpu = _epoch(_loader(store, device="cuda", **options))
-    on_cpu = _epoch(_loader(store, **options))
+    on_gpu = collect_epoch(_loader(store, device="cuda", **options))
+    on_cpu = collect_epoch(_loader(store, **options))
     assert all(x.device.type == "cuda" for x in on_gpu[2])
     assert on_gpu[0] == on_cpu[0] and on_gpu[1] == on_cpu[1]
     for gpu, cpu in zip(on_gpu[2], on_cpu[2], strict=True):

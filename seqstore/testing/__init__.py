@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .data import make_image_folder, make_records
+from .epoch import collect_epoch
 
-__all__ = ["make_image_folder", "make_records"]
+__all__ = ["collect_epoch", "make_image_folder", "make_records"]
