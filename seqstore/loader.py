@@ -17,6 +17,7 @@ overwritten.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -157,15 +158,23 @@ class _Ring:
     """Shared-memory batch buffers, ``slots`` per worker, reused from batch to batch.
 
     A worker takes a free buffer (:meth:`acquire`), fills it and sends a :class:`_Slot`; the
-    main process reads the batch out and frees the buffer (:meth:`release`). A worker has at
-    most ``prefetch_factor`` batches waiting plus one being read, so ``prefetch_factor + 2``
-    buffers keep it from ever waiting. Pages are touched only when a buffer is first used.
+    main process reads the batch out and frees the buffer (:meth:`release`). The DataLoader
+    hands a worker its next task as soon as the main process takes a batch from it, so a
+    worker has at most ``prefetch_factor`` batches in flight plus the one being read out:
+    ``prefetch_factor + 1`` buffers keep it from ever waiting. That is about the shared
+    memory that batches in flight take anyway, reserved once when the loader is made.
     """
 
     def __init__(self, workers: int, slots: int, batch_size: int, shape: tuple[int, ...]):
         self.shape = shape
-        self.buffers = torch.empty((workers, slots, batch_size, *shape), dtype=torch.uint8)
-        self.buffers.share_memory_()
+        size = (workers, slots, batch_size, *shape)
+        try:
+            # A new shared segment, as torch.multiprocessing makes them: no copy into it,
+            # which share_memory_() of a fresh tensor would make (twice as slow).
+            storage = torch.UntypedStorage._new_shared(math.prod(size))
+            self.buffers = torch.empty(0, dtype=torch.uint8).set_(storage).view(size)
+        except AttributeError:  # a torch without it
+            self.buffers = torch.empty(size, dtype=torch.uint8).share_memory_()
         self.busy = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
 
     def reset(self, worker: int) -> None:
@@ -353,7 +362,7 @@ class Loader:
         transform = _Transform(cfg)
         size = transform.pipeline.output_size if transform.pipeline is not None else None
         self._ring = (
-            _Ring(cfg.num_workers, cfg.prefetch_factor + 2, cfg.batch_size, (*size, 3))
+            _Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))
             if cfg.num_workers > 0 and size is not None
             else None
         )
