@@ -135,7 +135,9 @@ class LoaderConfig(BaseModel):
         This process's rank and the number of ranks; default: from ``torch.distributed``
         when initialised, else the ``RANK`` / ``WORLD_SIZE`` environment, else 0 / 1.
     prefetch_factor : int
-        Batches each worker prepares ahead.
+        Batches each worker prepares ahead. With a fixed output size (the named transforms)
+        each worker writes into ``prefetch_factor + 1`` reused shared-memory batch buffers,
+        reserved when the loader is made.
     with_indices : bool
         Also yield each batch's store positions (``images, labels, indices``).
     """
