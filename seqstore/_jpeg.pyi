@@ -1,5 +1,5 @@
 from typing_extensions import Buffer
 
 def crop(
-    data: Buffer, top: int, left: int, height: int, width: int, scale: int, /
-) -> tuple[bytearray, int, int] | None: ...
+    data: Buffer, out: Buffer, top: int, left: int, height: int, width: int, scale: int, /
+) -> bool: ...

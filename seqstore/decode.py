@@ -207,18 +207,27 @@ def decode_window(
     ConfigError
         ``reduce`` is not 1, 2, 4 or 8, or the window is empty.
     """
+    buf = data if isinstance(data, (bytes, memoryview)) else _as_buffer(data).data
+    if bytes(buf[:2]) == _JPEG_MAGIC:
+        # The window decoder reads no further than the window's last row: check the whole
+        # file (header, end-of-image marker) first, as a full decode would.
+        probe(buf, name)
+    return _decode_window(buf, window, reduce, name)
+
+
+def _decode_window(
+    buf: bytes | memoryview, window: tuple[int, int, int, int], reduce: int, name: str
+) -> np.ndarray:
+    """:func:`decode_window` of bytes whose header :func:`probe` has checked."""
     top, bottom, left, right = window
     if not (0 <= top < bottom and 0 <= left < right):
         raise ConfigError(f"window {window!r} of image '{name}' is empty or negative")
-    if _jpeg is not None and reduce in _REDUCE_BITS:
-        buf = data if isinstance(data, (bytes, memoryview)) else _as_buffer(data).data
-        if bytes(buf[:2]) == _JPEG_MAGIC:
-            got = _jpeg.crop(buf, top, left, bottom - top, right - left, reduce)
-            if got is not None:
-                pixels, height, width = got
-                return np.frombuffer(pixels, np.uint8).reshape(height, width, 3)
+    if _jpeg is not None and reduce in _REDUCE_BITS and bytes(buf[:2]) == _JPEG_MAGIC:
+        out = np.empty((bottom - top, right - left, 3), np.uint8)
+        if _jpeg.crop(buf, out.data, top, left, bottom - top, right - left, reduce):
+            return out
     # Not a JPEG, not greyscale or YCbCr, or damaged: the full decoder handles and reports it.
-    img = decode(data, reduce=reduce, name=name)
+    img = decode(buf, reduce=reduce, name=name)
     if bottom > img.shape[0] or right > img.shape[1]:
         raise ConfigError(
             f"window {window!r} is outside image '{name}' ({img.shape[1]}x{img.shape[0]} "

@@ -24,7 +24,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from .decode import REDUCE_FACTORS, decode, decode_window
+from .decode import REDUCE_FACTORS, _decode_window, decode
 from .errors import ConfigError
 from .imageinfo import probe
 
@@ -538,7 +538,7 @@ class Pipeline:
             if isinstance(first, RandomResizedCrop):
                 # Decode only the window the crop keeps, at the smallest size that holds it.
                 reduce, window = first._draw_window(info.width, info.height, rng)
-                img = first._resize(decode_window(data, window, reduce=reduce, name=name))
+                img = first._resize(_decode_window(data, window, reduce, name))  # probed
             else:
                 reduce, finish = first._plan(info.width, info.height, rng)
                 img = finish(decode(data, reduce=reduce, name=name))

@@ -226,19 +226,29 @@ def test_window_decoder_takes_ycbcr_and_grey_and_leaves_the_rest() -> None:
     from seqstore import _jpeg
 
     img = Image.fromarray(make_image(np.random.default_rng(6), 64, 48))
-    assert _jpeg.crop(_pil_bytes(img, "JPEG"), 8, 8, 16, 16, 1) is not None
-    assert _jpeg.crop(_pil_bytes(img.convert("L"), "JPEG"), 8, 8, 16, 16, 2) is not None
-    assert _jpeg.crop(_pil_bytes(img.convert("CMYK"), "JPEG"), 8, 8, 16, 16, 1) is None
-    whole = _pil_bytes(img, "JPEG")
-    assert _jpeg.crop(whole[: len(whole) // 2], 0, 0, 40, 40, 1) is None  # truncated: warned
-    assert _jpeg.crop(whole, 40, 0, 9, 8, 1) is None  # outside the image
-    assert _jpeg.crop(b"not a jpeg", 0, 0, 1, 1, 1) is None
+    ycc, grey = _pil_bytes(img, "JPEG"), _pil_bytes(img.convert("L"), "JPEG")
+
+    def crop(data: bytes, top: int, left: int, height: int, width: int, scale: int) -> bool:
+        out = np.zeros((height, width, 3), np.uint8)
+        return _jpeg.crop(data, out, top, left, height, width, scale)
+
+    assert crop(ycc, 8, 8, 16, 16, 1) and crop(grey, 8, 8, 16, 16, 2)
+    assert not crop(_pil_bytes(img.convert("CMYK"), "JPEG"), 8, 8, 16, 16, 1)
+    assert not crop(ycc[: len(ycc) // 2], 0, 0, 40, 40, 1)  # truncated within the window
+    assert not crop(ycc, 40, 0, 9, 8, 1)  # outside the image
+    assert not crop(ycc, 2**31 - 5, 0, 9, 8, 1)  # no overflow
+    assert not crop(b"not a jpeg", 0, 0, 1, 1, 1)
+    with pytest.raises(ValueError, match="out must be"):
+        _jpeg.crop(ycc, np.zeros((4, 4, 3), np.uint8), 0, 0, 5, 4, 1)
 
 
 def test_window_decode_of_bad_input() -> None:
     data = cv2.imencode(".jpg", make_image(np.random.default_rng(7), 64, 48))[1].tobytes()
     with pytest.raises(BadImageError, match="cut.jpg"):
         decode_window(data[: len(data) // 3], (0, 40, 0, 40), name="cut.jpg")
+    # Damage below the window is found too, as a full decode finds it.
+    with pytest.raises(BadImageError, match="truncated"):
+        decode_window(data[: len(data) * 9 // 10], (0, 2, 0, 2), name="cut.jpg")
     with pytest.raises(ConfigError, match="empty"):
         decode_window(data, (5, 5, 0, 8))
     with pytest.raises(ConfigError, match="outside"):
