@@ -61,7 +61,7 @@ class ConvertConfig(BaseModel):
     format: str
     workers: int = Field(0, ge=0, le=256)
     shuffle: bool | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     max_side: int | None = Field(None, gt=0)
     quality: int | None = Field(None, ge=1, le=100)
     labels: Path | None = None
@@ -92,10 +92,10 @@ class LoaderConfig(BaseModel):
         folder).
     transform : str, Pipeline, callable or None
         ``"imagenet_train"`` (RandomResizedCrop + flip), ``"imagenet_val"`` (Resize +
-        CenterCrop), ``"decode"`` (decoded images of their own sizes), ``"none"`` (encoded
-        bytes), a :class:`seqstore.transforms.Pipeline`, or your own callable on a decoded
-        image (see ``image_format``). Default: ``imagenet_train`` when shuffling, else
-        ``imagenet_val``.
+        CenterCrop), ``"decode"`` (decoded images of their own sizes, delivered as a list of
+        uint8 CHW tensors), ``"none"`` (encoded bytes), a
+        :class:`seqstore.transforms.Pipeline`, or your own callable on a decoded image (see
+        ``image_format``). Default: ``imagenet_train`` when shuffling, else ``imagenet_val``.
     image_size, resize_size : int
         Output side of the built-in pipelines, and the shorter side ``imagenet_val`` resizes to.
     image_format : {"numpy", "pil"}
@@ -155,7 +155,7 @@ class LoaderConfig(BaseModel):
     batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0, le=256)
     shuffle: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     shuffle_buffer: int | None = Field(None, ge=1)
     shuffle_buffer_mb: float = Field(256.0, gt=0)
     block_mb: float = Field(4.0, gt=0)

@@ -36,6 +36,7 @@ from .engine.order import num_batches, worker_plan
 from .engine.stream import RawBatch, iter_batches
 from .errors import ConfigError, NotAStoreError, ResumeError
 from .records import Record
+from .transforms import Normalize
 
 __all__ = ["Loader", "resolve_split"]
 
@@ -216,6 +217,9 @@ def _collate(
     ):
         if isinstance(first, (bytes, str)) or first is None:
             return samples, raw.labels, raw.indices
+        if isinstance(first, np.ndarray) and any(s.shape != first.shape for s in samples):
+            # Images of their own sizes (transform="decode"): nothing to stack.
+            return [torch.from_numpy(s) for s in samples], raw.labels, raw.indices
         return torch.utils.data.default_collate(samples), raw.labels, raw.indices
     if ring is not None and worker is not None and first.shape == ring.shape:
         slot = _Slot(worker, ring.acquire(worker), len(samples))
@@ -313,7 +317,8 @@ class Loader:
 
     Iterating yields ``(images, labels)``: images ``(N, 3, H, W)`` in ``dtype`` on
     ``device``, labels int64. ``len(loader)`` is the exact number of batches, the same on
-    every rank. Iterating again without :meth:`set_epoch` runs the next epoch.
+    every rank. Iterating again after a whole epoch runs the next one; after breaking off,
+    the same epoch starts over (:meth:`state_dict` continues it instead).
     """
 
     def __init__(
@@ -360,7 +365,12 @@ class Loader:
             "shuffle_capacity": max(1, capacity // workers),
         }
         transform = _Transform(cfg)
-        size = transform.pipeline.output_size if transform.pipeline is not None else None
+        pipeline = transform.pipeline
+        # The built-in pipelines make HWC arrays; uint8 ones of one size go through the ring.
+        self._hwc = pipeline is not None
+        size = pipeline.output_size if pipeline is not None else None
+        if pipeline is not None and any(isinstance(t, Normalize) for t in pipeline.transforms):
+            size = None
         self._ring = (
             _Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))
             if cfg.num_workers > 0 and size is not None
@@ -424,7 +434,7 @@ class Loader:
         if epoch < 0:
             raise ConfigError(f"epoch must be >= 0, got {epoch}")
         if epoch != self._epoch:
-            self._resume_at = 0
+            self._resume_at = self._batches_done = 0
         self._epoch = epoch
 
     def __iter__(self) -> Iterator[Any]:
@@ -454,29 +464,33 @@ class Loader:
                 yield images, labels
 
     def _deliver(self, images: Any, labels: torch.Tensor, owned: bool) -> tuple[Any, torch.Tensor]:
-        """Images NHWC uint8 (or anything else a user transform made) -> what the loop gets.
+        """A collated batch -> what the loop gets: NCHW on the device, in ``dtype``.
 
-        ``owned=False``: ``images`` is a view of a ring buffer that is reused once this
-        returns, so the result must not share its memory.
+        ``images`` is NHWC from the built-in pipelines (uint8, or float after a
+        :class:`~seqstore.transforms.Normalize`), or whatever a user callable's outputs
+        collate to, which is only moved to the device. ``owned=False``: ``images`` is a
+        view of a ring buffer that is reused once this returns, so the result must not
+        share its memory.
         """
         cfg = self.config
         non_blocking = self.device.type == "cuda"
         labels = labels.to(self.device, non_blocking=non_blocking)
+        if isinstance(images, list) and self._hwc:  # HWC images of their own sizes
+            return [x.permute(2, 0, 1).to(self.device) for x in images], labels
         if not isinstance(images, torch.Tensor):
             return images, labels
-        if images.dtype != torch.uint8 or images.ndim != 4:
+        if not self._hwc or images.ndim != 4:
             return images.to(self.device, non_blocking=non_blocking), labels
         images = images.permute(0, 3, 1, 2)  # NCHW with channels-last strides
         layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        if self.device.type == "cuda":
+        if self.device.type != "cpu":
             if not owned and self._pin:
                 # Through page-locked memory, so that the copy to the GPU can run async.
                 images = torch.empty_like(images, pin_memory=True).copy_(images)
-                owned = True
-            if owned:
-                images = images.to(self.device, non_blocking=non_blocking)
-            else:
-                images = images.to(self.device)
+            images = images.to(self.device, non_blocking=non_blocking and self._pin)
+            owned = True  # a copy on the device
+        if images.dtype != torch.uint8:  # a pipeline that normalised in the workers
+            return images.to(memory_format=layout), labels
         if cfg.dtype == "uint8":
             if not owned and layout == torch.channels_last:
                 # NHWC is channels-last NCHW: one flat copy. numpy's, single-threaded, since

@@ -297,3 +297,38 @@ def test_cuda_batches_equal_cpu_batches(store: Path, dtype: str) -> None:
     assert on_gpu[0] == on_cpu[0] and on_gpu[1] == on_cpu[1]
     for gpu, cpu in zip(on_gpu[2], on_cpu[2], strict=True):
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_only_gives_images_of_their_own_sizes(store: Path) -> None:
+    loader = _loader(store, transform="decode", num_workers=2, shuffle=False)
+    images, labels, indices = next(iter(loader))
+    reader = seqstore.open(store)
+    assert isinstance(images, list) and len(images) == len(labels) == 8
+    for x, i in zip(images, indices.tolist(), strict=True):
+        record = reader.read(i)
+        assert x.dtype == torch.uint8 and x.shape == (3, record.height, record.width)
+
+
+def test_a_pipeline_that_normalises_in_the_workers(store: Path) -> None:
+    from seqstore import transforms as T
+
+    pipeline = T.Pipeline([T.Resize((24, 20)), T.Normalize()])
+    loader = _loader(store, transform=pipeline, num_workers=2, channels_last=True)
+    assert loader._ring is None  # float outputs: no uint8 ring reserved
+    x, _, _ = next(iter(loader))
+    assert x.shape == (8, 3, 24, 20) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_set_epoch_after_breaking_off_saves_a_fresh_position(store: Path) -> None:
+    loader = _loader(store, num_workers=0)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break
+    loader.set_epoch(4)
+    assert loader.state_dict()["epoch"] == 4 and loader.state_dict()["batches_done"] == 0
+
+
+def test_negative_seed_is_refused_up_front(store: Path) -> None:
+    with pytest.raises(ConfigError, match="seed"):
+        _loader(store, seed=-1)
