@@ -111,8 +111,9 @@ def test_without_shuffle_batches_collected_round_robin_are_in_storage_order(cfg:
 @given(shapes)
 def test_deterministic_and_different_across_epochs(cfg: dict) -> None:
     assert _rank_indices(cfg, 0) == _rank_indices(cfg, 0)
-    if cfg["shuffle"] and cfg["n"] >= 4 * cfg["block"]:
+    if cfg["shuffle"] and not cfg["drop_last"] and cfg["n"] >= 4 * cfg["block"]:
         # with 4+ blocks, four epochs drawing one permutation has odds below 1 in 13,000
+        # (drop_last can drop all but a few records, or all of them: not counted here)
         epochs = range(cfg["epoch"], cfg["epoch"] + 4)
         orders = {
             tuple(i for r in range(cfg["world"]) for i in _rank_indices(dict(cfg, epoch=e), r))
