@@ -167,8 +167,9 @@ class Writer(ABC):
     """Single-pass, append-only writer of one store.
 
     Use it as a context manager: the store is finished when the block exits normally and
-    aborted (its directory removed) when it raises. Until :meth:`finish` has run, the
-    directory holds only a partial marker that every reader refuses.
+    aborted (its directory removed, and a store it was to replace put back) when it raises.
+    Until :meth:`finish` has run, the directory holds only a partial marker that every reader
+    refuses.
 
     Parameters
     ----------
@@ -200,7 +201,7 @@ class Writer(ABC):
         self.num_records = 0
         self.total_bytes = 0
         self._state = "new"
-        _prepare_directory(self.path, overwrite)
+        self._replaced = _prepare_directory(self.path, overwrite)
         write_json_atomic(
             self.path / PARTIAL_NAME,
             {
@@ -267,6 +268,8 @@ class Writer(ABC):
             raise
         (self.path / PARTIAL_NAME).unlink()
         self._state = "finished"
+        if self._replaced is not None:
+            shutil.rmtree(self._replaced, ignore_errors=True)
         return manifest
 
     def abort(self) -> None:
@@ -278,6 +281,8 @@ class Writer(ABC):
             self._abort()
         finally:
             shutil.rmtree(self.path, ignore_errors=True)
+            if self._replaced is not None:  # the store it was to replace comes back
+                self._replaced.rename(self.path)
 
     def __enter__(self) -> Writer:
         return self
@@ -294,7 +299,8 @@ class Writer(ABC):
             self.abort()
 
 
-def _prepare_directory(path: Path, overwrite: bool) -> None:
+def _prepare_directory(path: Path, overwrite: bool) -> Path | None:
+    """Make ``path`` ready for a new store; return where a store it replaces was moved."""
     if path.is_file():
         raise StoreExistsError(f"'{path}' is a file; give a directory for the new store")
     if path.is_dir() and any(path.iterdir()):
@@ -307,8 +313,14 @@ def _prepare_directory(path: Path, overwrite: bool) -> None:
             raise StoreExistsError(
                 f"'{path}' already holds a store; pass --overwrite (overwrite=True) to replace it"
             )
-        shutil.rmtree(path)
+        # Kept aside until the new store is finished, and put back if it is not.
+        replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+        shutil.rmtree(replaced, ignore_errors=True)
+        path.rename(replaced)
+        path.mkdir(parents=True)
+        return replaced
     path.mkdir(parents=True, exist_ok=True)
+    return None
 
 
 class Backend(ABC):

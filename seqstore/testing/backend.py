@@ -143,6 +143,21 @@ class BackendSuite:
         with backend.open_writer(store, classes=CLASSES, overwrite=True) as writer:
             writer.write(records[0])
         assert len(seqstore.open(store)) == 1
+        assert sorted(p.name for p in store.parent.iterdir()) == [store.name]  # nothing aside
+
+    def test_failed_overwrite_keeps_the_old_store(
+        self, store: Path, backend: type[Backend], records: list[Record]
+    ) -> None:
+        old = seqstore.open(store)
+        before = [r.data for r in old.read_block(0, len(old))]
+        old.close()
+        with pytest.raises(RuntimeError, match="boom"):
+            with backend.open_writer(store, classes=CLASSES, overwrite=True) as writer:
+                writer.write(records[0])
+                raise RuntimeError("boom")
+        reader = seqstore.open(store)
+        assert [r.data for r in reader.read_block(0, len(reader))] == before
+        assert sorted(p.name for p in store.parent.iterdir()) == [store.name]
 
     def test_non_store_directory_is_never_overwritten(
         self, tmp_path: Path, backend: type[Backend]
