@@ -6,7 +6,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,19 @@ def convert(
     if n == 0:
         raise ConfigError(f"source '{src_path}' holds no records; nothing to convert")
     classes = reader.classes
+    relabel: list[int] | None = None
     if cfg.classes is not None and cfg.labels is None:
         classes = load_classes(cfg.classes)
+        if reader.classes and reader.classes != classes:
+            # Labels index the source's class names: map them onto the new list by name.
+            index = {name: i for i, name in enumerate(classes)}
+            missing = [c for c in reader.classes if c not in index]
+            if missing:
+                raise ConfigError(
+                    f"--classes '{cfg.classes}' lacks {len(missing)} class(es) of the source "
+                    f"'{src_path}', e.g. '{missing[0]}'; give a list that holds all of them"
+                )
+            relabel = [index[c] for c in reader.classes]
     is_training_tree = isinstance(reader, FolderReader) and cfg.labels is None
     shuffle = is_training_tree if cfg.shuffle is None else cfg.shuffle
     order = np.random.default_rng(cfg.seed).permutation(n) if shuffle else np.arange(n)
@@ -136,7 +147,10 @@ def convert(
                     skipped.append(SkippedFile(key=result.key, reason=result.reason))
                     continue
                 warnings.extend(result.warnings)
-                writer.write(result.record)
+                record = result.record
+                if relabel is not None:
+                    record = replace(record, label=relabel[record.label])
+                writer.write(record)
             bar.update(len(results))
             bar.set_postfix_str(
                 f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
@@ -231,7 +245,10 @@ def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
     if (max_side is not None and max(width, height) > max_side) or (
         quality is not None and max_side is None
     ):
-        data, width, height = _reencode(data, name, max_side, quality or 90)
+        try:
+            data, width, height = _reencode(data, name, max_side, quality or 90)
+        except BadImageError as exc:  # a sound header over damaged image data
+            return _Bad(key, str(exc), nbytes)
     return _Good(Record.make(key, label, data, width, height), nbytes, warnings)
 
 

@@ -103,6 +103,38 @@ def test_max_side_reencodes_large_images(images: Path, tmp_path: Path) -> None:
         assert img.shape[:2] == (r.height, r.width)
 
 
+def test_damaged_image_data_under_a_sound_header_follows_on_error(
+    images: Path, tmp_path: Path
+) -> None:
+    # Only re-encoding decodes every image; a file that then fails is skipped or fails
+    # the conversion as --on-error says, like a file whose header is bad.
+    png = cv2.imencode(".png", np.full((30, 40, 3), 90, np.uint8))[1].tobytes()
+    start = png.index(b"IDAT") + 8
+    bad = png[:start] + bytes(len(png) - start - 12) + png[-12:]  # IDAT zeroed, IEND kept
+    (images / "class01" / "broken.png").write_bytes(bad)
+    with pytest.raises(BadImageError, match="broken.png"):
+        convert(images, tmp_path / "a", format="lmdb", max_side=20, progress=False)
+    assert not (tmp_path / "a").exists()
+    report = convert(
+        images, tmp_path / "b", format="lmdb", max_side=20, on_error="skip", progress=False
+    )
+    assert [s.key for s in report.skipped] == ["class01/broken.png"]
+    assert report.manifest.num_records == 48
+
+
+def test_classes_option_maps_labels_by_name(images: Path, tmp_path: Path) -> None:
+    names = seqstore.open(images).classes
+    (tmp_path / "classes.txt").write_text("\n".join(reversed(names)) + "\n")
+    convert(images, tmp_path / "out", format="hdf5", classes=tmp_path / "classes.txt")
+    reader = seqstore.open(tmp_path / "out")
+    assert reader.classes == list(reversed(names))
+    for r in reader.read_block(0, len(reader)):
+        assert reader.classes[r.label] == r.key.split("/")[0]
+    (tmp_path / "some.txt").write_text(names[0] + "\n")
+    with pytest.raises(ConfigError, match="lacks 3 class"):
+        convert(images, tmp_path / "x", format="hdf5", classes=tmp_path / "some.txt")
+
+
 def test_tiny_imagenet_layout_ignores_box_files(tmp_path: Path) -> None:
     root = tmp_path / "train"
     for wnid in ("n01", "n02"):
