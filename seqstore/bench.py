@@ -37,7 +37,8 @@ from .convert import convert
 from .engine.order import worker_plan
 from .engine.shuffle import ShuffleBuffer
 from .engine.stream import iter_indices, sample_rng
-from .errors import ConfigError, NotAStoreError
+from .errors import ConfigError, NotAStoreError, SeqstoreError
+from .manifest import is_store
 from .records import Record
 
 __all__ = ["BenchResult", "Row", "run_bench", "shuffle_quality"]
@@ -253,25 +254,34 @@ def _measure(
 
     if kind == "tensorpack":
         import tensorpack.dataflow  # noqa: F401
-    # Reading a process's PSS costs milliseconds, so memory is sampled only during the
-    # warm-up epoch after its first batch: the two timings run unobserved.
     rss = _PeakRSS(interval=0.1)
     start = time.perf_counter()
     epoch = _build(kind, path, cfg, extra)
+    if cfg.cold:
+        # The parent dropped the page cache just before: the first epoch is the cold one.
+        # (A warm-up would map the store into persistent workers, where no drop reaches.)
+        first = None
+        images = 0
+        with rss:
+            for batch in epoch():
+                if first is None:
+                    first = time.perf_counter() - start
+                images += len(batch[1])
+        return images / (time.perf_counter() - start), first or 0.0, rss.peak / 1e6
+    # Reading a process's PSS costs milliseconds, so memory is sampled only during the
+    # warm-up epoch after its first batch: the timed epochs run unobserved.
     first = None
     for _ in epoch():  # warm-up epoch, run to its end: nothing left running after it
         if first is None:
             first = time.perf_counter() - start
             rss.__enter__()
     rss.__exit__()
-    if cfg.cold:  # the warm-up epoch read the store back into the page cache
-        drop_caches()
     images = 0
     start = time.perf_counter()
-    while True:  # whole epochs, at least cfg.min_seconds of them; one when cold
+    while True:  # whole epochs, at least cfg.min_seconds of them
         for batch in epoch():
             images += len(batch[1])
-        if cfg.cold or time.perf_counter() - start >= cfg.min_seconds:
+        if time.perf_counter() - start >= cfg.min_seconds:
             break
     rate = images / (time.perf_counter() - start)
     rss._sample()
@@ -289,10 +299,18 @@ def _in_child(
     args = (kind, path, cfg.model_dump_json(), extra)
     proc = ctx.Process(target=_reply, args=(send, _measure, args))
     proc.start()
-    ok, value = receive.recv()
+    send.close()  # the child's copy is the only one left: recv() ends if the child dies
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        proc.join()
+        raise SeqstoreError(
+            f"the {kind} measurement process died (exit code {proc.exitcode}) without a "
+            "result; if it ran out of memory, measure fewer records with --limit"
+        ) from None
     proc.join()
     if not ok:
-        raise RuntimeError(f"{kind} measurement failed: {value}")
+        raise SeqstoreError(f"the {kind} measurement failed: {value}")
     return value
 
 
@@ -570,8 +588,11 @@ def _prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path]
             stores[fmt] = src
             continue
         dst = cfg.out / "stores" / fmt
-        if not _reusable(dst, src, cfg.limit):
+        marker = dst.with_suffix(".source")
+        wanted = f"{_fingerprint(source)} limit={cfg.limit}"
+        if not _reusable(dst, marker, wanted):
             print(f"converting {src} -> {dst} ({fmt}) ...")
+            marker.unlink(missing_ok=True)
             convert(
                 src,
                 dst,
@@ -580,6 +601,7 @@ def _prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path]
                 limit=cfg.limit,
                 shuffle=cfg.limit is not None or None,
             )
+            marker.write_text(wanted)
         stores[fmt] = dst
     tensorpack_file = None
     if cfg.baselines:
@@ -594,20 +616,36 @@ def _prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path]
             tensorpack_file = cfg.out / "stores" / "ILSVRC-bench.lmdb"
             base = stores.get("lmdb") or next(iter(stores.values()))
             marker = tensorpack_file.with_suffix(".source")
-            wanted = str(base.resolve()) + f"@{len(open_store(base))}"
-            if not tensorpack_file.exists() or not marker.exists() or marker.read_text() != wanted:
+            base_reader = open_store(base)
+            wanted = _fingerprint(base_reader)
+            if not tensorpack_file.exists() or not _reusable(tensorpack_file, marker, wanted):
                 print(f"writing {tensorpack_file} with tensorpack's LMDBSerializer ...")
-                _write_tensorpack(open_store(base), tensorpack_file)
+                marker.unlink(missing_ok=True)
+                _write_tensorpack(base_reader, tensorpack_file)
                 marker.write_text(wanted)
+            base_reader.close()
+    # Closed, so that no mapping of a store in this process keeps its pages cached (--cold).
+    source.close()
     return stores, tensorpack_file
 
 
-def _reusable(dst: Path, src: Path, limit: int | None) -> bool:
-    try:
-        m = open_store(dst).manifest
-    except (NotAStoreError, ConfigError, Exception):
+def _fingerprint(reader: Reader[Any]) -> str:
+    """What identifies a source's content: where it is, its size, and when a store was made.
+    Adding, removing or replacing images changes the record count or the byte total."""
+    m = reader.manifest
+    made = m.provenance.created if is_store(reader.path) else ""
+    return f"{reader.path.resolve()} {m.format} {m.num_records} {m.total_bytes} {made}"
+
+
+def _reusable(dst: Path, marker: Path, wanted: str) -> bool:
+    """Whether ``dst``, converted earlier, holds what converting now would give."""
+    if not marker.is_file() or marker.read_text() != wanted:
         return False
-    return m.provenance.source == str(src) and m.provenance.options.get("limit") == limit
+    try:
+        open_store(dst).close()
+    except SeqstoreError:  # a conversion that did not finish
+        return False
+    return True
 
 
 def _write_tensorpack(reader: Reader[Any], path: Path) -> None:
@@ -723,15 +761,16 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         row.first_batch_s = statistics.median(row.ttfb_runs)
         row.peak_rss_mb = max(row.rss_runs)
     for fmt, path in stores.items():
-        reader = open_store(path)
         rates = []
         for _ in range(cfg.repeat):
             if cold:
                 drop_caches()
+            reader = open_store(path)  # afresh: a mapping kept open keeps its pages cached
             t0 = time.perf_counter()
             for start in range(0, n, 512):
                 reader.read_block(start, min(start + 512, n))
             rates.append(n / (time.perf_counter() - t0))
+            reader.close()
         rate = statistics.median(rates)
         rows[fmt].read_records_per_s = rate
         rows[fmt].read_mb_per_s = rate * mb / n

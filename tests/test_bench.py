@@ -116,3 +116,22 @@ def test_shuffle_quality_tells_sorted_from_mixed_stores() -> None:
         <= small["random_classes_per_batch"] + 0.5
     )
     assert 0.25 < small["random_displacement"] < 0.42
+
+
+def test_a_changed_source_is_converted_again(tmp_path: Path) -> None:
+    import shutil
+
+    import seqstore
+    from seqstore.bench import _prepare_stores
+    from seqstore.config import BenchConfig
+    from seqstore.testing import make_image_folder
+
+    src = make_image_folder(tmp_path / "images", classes=2, per_class=3, max_side=48)
+    cfg = BenchConfig(src=src, formats=["lmdb"], out=tmp_path / "out", baselines=False)
+    store = _prepare_stores(cfg, [])[0]["lmdb"]
+    made = seqstore.open(store).manifest.provenance.created
+    assert seqstore.open(_prepare_stores(cfg, [])[0]["lmdb"]).manifest.provenance.created == made
+    first = sorted((src / "class00").iterdir())[0]
+    shutil.copy(first, src / "class00" / "added.JPEG")  # one more image
+    again = seqstore.open(_prepare_stores(cfg, [])[0]["lmdb"])
+    assert len(again) == 7 and again.manifest.provenance.created != made
