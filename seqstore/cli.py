@@ -258,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SeqstoreError as exc:
         print(f"seqstore: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system's word, with the path it names
+        print(f"seqstore: error: {exc.strerror or exc}: '{exc.filename}'", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("seqstore: interrupted", file=sys.stderr)
         return 130

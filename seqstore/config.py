@@ -245,7 +245,7 @@ class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     src: Path
-    formats: list[str] = Field(default_factory=lambda: ["lmdb", "hdf5", "folder"])
+    formats: list[str] = Field(default_factory=lambda: ["lmdb", "hdf5", "folder"], min_length=1)
     workers: int = Field(2, ge=0, le=256)
     batch_size: int = Field(64, ge=1)
     transform: Literal["imagenet_train", "imagenet_val", "decode", "none"] = "imagenet_train"

@@ -134,10 +134,12 @@ def convert(
         warnings.append(_ignored_line(reader.ignored))
     start = time.perf_counter()
     bytes_read = 0
-    bar = tqdm(total=n, unit="img", disable=not cfg.progress, desc=f"convert -> {cfg.format}")
-    with backend.open_writer(
-        dst_path, classes=classes, overwrite=cfg.overwrite, provenance=provenance
-    ) as writer:
+    with (
+        backend.open_writer(
+            dst_path, classes=classes, overwrite=cfg.overwrite, provenance=provenance
+        ) as writer,
+        tqdm(total=n, unit="img", disable=not cfg.progress, desc=f"convert -> {cfg.format}") as bar,
+    ):
         for results in _prepared(reader, order, cfg):
             for result in results:
                 bytes_read += result.nbytes
@@ -155,7 +157,6 @@ def convert(
             bar.set_postfix_str(
                 f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
             )
-    bar.close()
     manifest = Manifest.model_validate_json((dst_path / "seqstore.json").read_bytes())
     return ConvertReport(manifest, time.perf_counter() - start, bytes_read, skipped, warnings)
 

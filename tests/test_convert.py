@@ -176,12 +176,18 @@ def test_invalid_option_is_one_clear_error(images: Path, tmp_path: Path) -> None
         (["convert", "{images}", "{tmp}/out", "--format", "zarr"], "unknown backend 'zarr'"),
         (["info", "{images}/class00"], "no class sub-folders"),
         (["convert", "{images}", "{tmp}/o2", "--format", "hdf5", "--quality", "300"], "quality"),
+        (
+            ["convert", "{images}", "{images}/class00/img_00000.JPEG/x", "--format", "lmdb"],
+            "{images}",
+        ),
+        (["bench", "{images}", "--formats", ",", "--out", "{tmp}/b"], "formats"),
     ],
 )
 def test_cli_errors_are_one_line(
     images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     argv = [a.format(tmp=tmp_path, images=images) for a in argv]
+    message = message.format(images=images)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seqstore: error:") and message in err and "\n" not in err
@@ -209,3 +215,11 @@ def test_shared_imagen200_to_lmdb(shared_data: Path, tmp_path: Path) -> None:
     )
     assert report.manifest.num_records == 1000 and len(report.manifest.classes) == 200
     assert any("CMYK" in w or "PNG" in w for w in report.warnings) or not report.warnings
+
+
+def test_store_options_and_backends_that_do_not_fit(images: Path, tmp_path: Path) -> None:
+    convert(images, tmp_path / "h5", format="hdf5", progress=False)
+    with pytest.raises(ConfigError, match="is a hdf5 store, not lmdb"):
+        seqstore.open(tmp_path / "h5", "lmdb")
+    with pytest.raises(ConfigError, match="takes no option 'labels'"):
+        seqstore.open(tmp_path / "h5", labels=tmp_path / "labels.txt")

@@ -62,7 +62,9 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("data", type=Path)
-    p.add_argument("--backend", default=None, help="lmdb, hdf5 or folder (default: from the store)")
+    p.add_argument(
+        "--backend", default=None, help="train store's backend (default: from its manifest)"
+    )
     p.add_argument("--arch", default="small", help="'small', or a torchvision model name")
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("--batch-size", type=int, default=256, help="per process")
@@ -95,7 +97,6 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     common: dict[str, Any] = dict(
-        backend=args.backend,
         batch_size=args.batch_size,
         num_workers=args.workers,
         image_size=args.image_size,
@@ -104,7 +105,10 @@ def main() -> None:
         seed=args.seed,
         channels_last=device.type == "cuda",
     )
-    train_loader = Loader(args.data, split="train", transform="imagenet_train", **common)
+    # --backend is the training store's; val may be another format (val.h5, a folder).
+    train_loader = Loader(
+        args.data, split="train", backend=args.backend, transform="imagenet_train", **common
+    )
     val_loader = Loader(args.data, split="val", transform="imagenet_val", shuffle=False, **common)
     num_classes = len(train_loader.classes)
 

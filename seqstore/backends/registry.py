@@ -16,7 +16,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendNotFoundError, NotAStoreError
+from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
 from ..manifest import is_store, read_manifest
 from .base import Backend, Reader
 
@@ -127,19 +127,37 @@ def open_store(
     """
     p = Path(path)
     if backend is not None:
-        return get_backend(backend).open_reader(p, **options)
+        if p.is_dir() and is_store(p) and read_manifest(p).format != backend:
+            raise ConfigError(
+                f"'{p}' is a {read_manifest(p).format} store, not {backend}; leave out the "
+                "backend to read it as what it is"
+            )
+        return _open(get_backend(backend), p, options)
     if not p.exists():
         raise NotAStoreError(f"'{p}' does not exist")
     if p.is_dir() and is_store(p):
-        return get_backend(read_manifest(p).format).open_reader(p, **options)
+        return _open(get_backend(read_manifest(p).format), p, options)
     for name in _SNIFF_ORDER:
         try:
             candidate = get_backend(name)
         except BackendNotFoundError:
             continue
         if candidate.sniff(p):
-            return candidate.open_reader(p, **options)
+            return _open(candidate, p, options)
     raise NotAStoreError(
         f"'{p}' is neither a seqstore store, a tensorpack LMDB file nor an image folder "
         "(a folder with one sub-folder of images per class)"
     )
+
+
+def _open(backend: type[Backend], path: Path, options: dict[str, Any]) -> Reader[Any]:
+    try:
+        return backend.open_reader(path, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ConfigError(
+            f"the {backend.name} reader of '{path}' takes no option "
+            f"{', '.join(repr(k) for k in options)} (options like --labels are for image "
+            "folders)"
+        ) from None
