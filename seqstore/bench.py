@@ -783,10 +783,10 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         rows=list(rows.values()),
         notes=notes,
     )
-    (cfg.out / "bench.json").write_text(json.dumps(_as_json(result), indent=2) + "\n")
-    chart = _chart(result, cfg.out / "bench.png")
-    if chart is None:
+    (cfg.out / "bench.png").unlink(missing_ok=True)  # an earlier run's
+    if _chart(result, cfg.out / "bench.png") is None:
         notes.append("matplotlib is not installed: no chart (pip install 'seqstore[plot]')")
+    (cfg.out / "bench.json").write_text(json.dumps(_as_json(result), indent=2) + "\n")
     return result
 
 
