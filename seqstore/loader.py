@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from . import transforms
 from .backends import Reader, open_store
 from .config import LoaderConfig, load_config
 from .engine.order import num_batches, worker_plan
 from .engine.stream import RawBatch, iter_batches
 from .errors import ConfigError, NotAStoreError, ResumeError
 from .records import Record
-from .transforms import Normalize
 
 __all__ = ["Loader", "resolve_split"]
 
@@ -100,8 +100,6 @@ class _Transform:
     """Record + generator -> sample, for every kind of transform a config can name."""
 
     def __init__(self, cfg: LoaderConfig) -> None:
-        from . import transforms
-
         spec = cfg.transform
         if spec is None:
             spec = "imagenet_train" if cfg.shuffle and cfg.split != "val" else "imagenet_val"
@@ -369,7 +367,9 @@ class Loader:
         # The built-in pipelines make HWC arrays; uint8 ones of one size go through the ring.
         self._hwc = pipeline is not None
         size = pipeline.output_size if pipeline is not None else None
-        if pipeline is not None and any(isinstance(t, Normalize) for t in pipeline.transforms):
+        if pipeline is not None and any(
+            isinstance(t, transforms.Normalize) for t in pipeline.transforms
+        ):
             size = None
         self._ring = (
             _Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))

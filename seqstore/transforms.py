@@ -160,8 +160,8 @@ class RandomResizedCrop:
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Crop ``img`` at a random box from :meth:`get_params` and resize it to ``size``."""
-        box = self.get_params(img.shape[1], img.shape[0], rng)
-        return self._crop_resize(img, box, 1)
+        top, left, h, w = self.get_params(img.shape[1], img.shape[0], rng)
+        return self._resize(img[top : top + h, left : left + w])
 
     def _draw_window(
         self, width: int, height: int, rng: np.random.Generator
@@ -187,12 +187,6 @@ class RandomResizedCrop:
     def _resize(self, crop: np.ndarray) -> np.ndarray:
         out_h, out_w = self.size
         return cv2.resize(crop, (out_w, out_h), interpolation=self.interpolation)
-
-    def _crop_resize(
-        self, img: np.ndarray, box: tuple[int, int, int, int], reduce: int
-    ) -> np.ndarray:
-        y0, y1, x0, x1 = self._window(box, reduce)
-        return self._resize(img[y0:y1, x0:x1])
 
     def __repr__(self) -> str:
         return (
