@@ -75,6 +75,9 @@ class Manifest(BaseModel):
         Class names; a record's label indexes this list.
     provenance : Provenance
         Who wrote the store, from what, with which options, and what was skipped.
+    store_id : str or None
+        A random id drawn when the store was finished: two stores at the same path (one
+        replaced by the other) never share it. None for data that seqstore did not write.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -86,6 +89,7 @@ class Manifest(BaseModel):
     total_bytes: int = Field(ge=0)
     classes: list[str]
     provenance: Provenance
+    store_id: str | None = None
 
     @property
     def mean_record_bytes(self) -> float:

@@ -9,8 +9,10 @@ the parent can be handed to forked or spawned DataLoader workers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,6 +103,20 @@ class Reader(ABC, Generic[H]):
 
     def __len__(self) -> int:
         return self.manifest.num_records
+
+    @property
+    def identity(self) -> str:
+        """What tells this store from any other, even one later written at the same path.
+
+        The manifest's ``store_id`` for stores seqstore wrote; for other data, a digest of
+        where it is and what the manifest made of it (format, records, bytes, classes).
+        A loader state records it, so that it is never resumed on another store.
+        """
+        m = self.manifest
+        if m.store_id is not None:
+            return m.store_id
+        facts = [m.format, str(self.path.resolve()), m.num_records, m.total_bytes, m.classes]
+        return hashlib.sha256(repr(facts).encode()).hexdigest()[:32]
 
     @property
     def classes(self) -> list[str]:
@@ -261,6 +277,7 @@ class Writer(ABC):
                 total_bytes=self.total_bytes,
                 classes=self.classes,
                 provenance=self.provenance,
+                store_id=uuid.uuid4().hex,
             )
             write_json_atomic(self.path / MANIFEST_NAME, manifest.model_dump(mode="json"))
         except BaseException:
