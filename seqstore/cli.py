@@ -9,13 +9,14 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ._version import __version__
 from .backends import Reader
-from .errors import SeqstoreError
+from .errors import SeqstoreError, SeqstoreWarning
 
 __all__ = ["main"]
 
@@ -67,7 +68,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("records", f"{m.num_records}"),
         ("bytes", f"{m.total_bytes / 1e6:.1f} MB, {m.mean_record_bytes / 1e3:.1f} KB per record"),
         ("classes", f"{len(m.classes)}" + (f" ({classes})" if m.classes else "")),
-        ("written", f"{p.created} by seqstore {p.seqstore_version}"),
+        (
+            ("written", f"{p.created} by seqstore {p.seqstore_version}")
+            if m.store_id is not None
+            else ("written", f"not by seqstore ({m.format} data, read in place)")
+        ),
     ]
     if p.source:
         lines.append(("source", f"{p.source} ({p.source_format or 'unknown format'})"))
@@ -82,6 +87,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for warning in p.warnings:
         print(f"  warning: {warning}")
     if args.verify:
+        if not reader.stores_checksums:
+            print(
+                f"   verify: nothing to check: {m.format} data stores no checksums (convert it "
+                "to lmdb or hdf5 for a store that can be verified)"
+            )
+            return 0
+        reader.check_index()
         bad = _verify(reader)
         print(
             f"   verify: {m.num_records - len(bad)} of {m.num_records} records match their checksum"
@@ -93,6 +105,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _verify(reader: Reader[Any]) -> list[str]:
+    """Keys of the records whose checksum fails."""
     from tqdm import tqdm
 
     bad = []
@@ -249,12 +262,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    if issubclass(category, SeqstoreWarning):
+        print(f"seqstore: note: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``seqstore`` command line; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            # What seqstore did on its own (a rollback finished, say): one line, no source line.
+            warnings.simplefilter("always", SeqstoreWarning)
+            warnings.showwarning = _show_warning
+            return int(args.func(args))
     except SeqstoreError as exc:
         print(f"seqstore: error: {exc}", file=sys.stderr)
         return 2

@@ -10,10 +10,13 @@ __all__ = [
     "BackendNotFoundError",
     "BadImageError",
     "ConfigError",
+    "CorruptStoreError",
+    "DiskFullError",
     "NotAStoreError",
     "PartialStoreError",
     "ResumeError",
     "SeqstoreError",
+    "SeqstoreWarning",
     "StoreExistsError",
 ]
 
@@ -41,6 +44,14 @@ class PartialStoreError(SeqstoreError):
     """A store whose writer never finished; it is refused rather than read short."""
 
 
+class CorruptStoreError(SeqstoreError):
+    """A store's files disagree with its manifest or checksums: damaged, truncated or edited."""
+
+
+class DiskFullError(SeqstoreError, OSError):
+    """The destination's disk has no room for the next write; nothing was written past it."""
+
+
 class StoreExistsError(SeqstoreError, FileExistsError):
     """A writer was pointed at a path that already holds data."""
 
@@ -51,3 +62,7 @@ class BadImageError(SeqstoreError):
 
 class ResumeError(SeqstoreError):
     """A loader state cannot be restored into a loader of a different shape."""
+
+
+class SeqstoreWarning(UserWarning):
+    """Something seqstore did on its own that a user should know of (a rollback, a skip)."""

@@ -1,14 +1,21 @@
 """The store's own metadata file, ``seqstore.json``: read, write, validate.
 
-A store is a directory. While a writer runs, the directory holds ``seqstore.partial.json``
-(what is being written, by which process, since when); :meth:`Writer.finish` writes
-``seqstore.json`` atomically (temporary file, fsync, rename) and only then removes the partial
-marker. So a store is complete exactly when ``seqstore.json`` exists, and a writer that died
-leaves a directory every reader refuses with :class:`~seqstore.errors.PartialStoreError`.
+A store is a directory. While a writer runs, its staging directory (see
+:mod:`seqstore.backends.staging`) holds ``seqstore.partial.json`` (what is being written, by
+which process, since when); :meth:`Writer.finish` writes ``seqstore.json`` atomically
+(temporary file, fsync, rename) and only then removes the partial marker. So a store is
+complete exactly when ``seqstore.json`` exists.
+
+The manifest vouches for the data beside it: it records the size of each data file, a digest
+of the store's index (labels, checksums, offsets: whatever the format keeps per record), and
+a digest of its own content. A reader checks the sizes before it maps a file, so a truncated
+file is refused instead of crashing the process, and an edited manifest (a record count
+changed by hand, say) no longer matches its digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from datetime import datetime, timezone
@@ -17,21 +24,25 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import NotAStoreError, PartialStoreError
+from .errors import CorruptStoreError, NotAStoreError, PartialStoreError
 
 __all__ = [
     "MANIFEST_NAME",
     "PARTIAL_NAME",
+    "PROGRESS_NAME",
     "Manifest",
     "Provenance",
     "SkippedFile",
+    "fsync_dir",
     "is_store",
     "read_manifest",
     "write_json_atomic",
+    "write_manifest",
 ]
 
 MANIFEST_NAME = "seqstore.json"
 PARTIAL_NAME = "seqstore.partial.json"
+PROGRESS_NAME = "seqstore.progress.json"
 MANIFEST_VERSION = 1
 
 
@@ -78,6 +89,12 @@ class Manifest(BaseModel):
     store_id : str or None
         A random id drawn when the store was finished: two stores at the same path (one
         replaced by the other) never share it. None for data that seqstore did not write.
+    data_files : dict of str to int
+        Size in bytes of each data file of the store, by name.
+    index_digest : str or None
+        SHA-256 of the format's per-record index, as the writer left it.
+    digest : str or None
+        SHA-256 of this manifest's other fields; None only for manifests made in memory.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,6 +107,9 @@ class Manifest(BaseModel):
     classes: list[str]
     provenance: Provenance
     store_id: str | None = None
+    data_files: dict[str, int] = Field(default_factory=dict)
+    index_digest: str | None = None
+    digest: str | None = None
 
     @property
     def mean_record_bytes(self) -> float:
@@ -121,13 +141,43 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             raise PartialStoreError(_partial_message(p, partial))
         raise NotAStoreError(f"'{p}' is not a seqstore store (no {MANIFEST_NAME})")
     try:
-        return Manifest.model_validate_json(manifest.read_bytes())
+        raw = json.loads(manifest.read_bytes())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        digest = raw.get("digest")
+        if digest is not None and digest != _digest(raw):
+            raise CorruptStoreError(
+                f"'{manifest}' was edited or damaged: it no longer matches its digest; "
+                "re-create the store with seqstore convert (editing a manifest by hand can "
+                "make a store read wrong records)"
+            )
+        return Manifest.model_validate(raw)
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise NotAStoreError(
             f"'{manifest}' is not a valid seqstore manifest ({first}); "
             "re-create the store with seqstore convert"
         ) from None
+
+
+def _digest(raw: dict[str, Any]) -> str:
+    body = {k: v for k, v in raw.items() if k != "digest"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Write ``manifest`` into ``directory`` atomically, sealed with its digest.
+
+    Returns
+    -------
+    Manifest
+        The manifest as written, ``digest`` included.
+    """
+    raw = manifest.model_dump(mode="json", exclude={"digest"})
+    raw["digest"] = _digest(raw)
+    write_json_atomic(directory / MANIFEST_NAME, raw)
+    return Manifest.model_validate(raw)
 
 
 def _partial_message(store: Path, partial: Path) -> str:
@@ -151,11 +201,11 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename itself durable; not all platforms can open a directory.
+def fsync_dir(path: Path) -> None:
+    """Make the renames inside the directory ``path`` durable (where the platform allows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

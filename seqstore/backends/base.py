@@ -10,6 +10,7 @@ the parent can be handed to forked or spawned DataLoader workers.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -22,20 +23,29 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 
 from .._version import __version__
-from ..errors import ConfigError, StoreExistsError
+from ..errors import (
+    ConfigError,
+    CorruptStoreError,
+    DiskFullError,
+    NotAStoreError,
+    StoreExistsError,
+)
 from ..manifest import (
-    MANIFEST_NAME,
     PARTIAL_NAME,
+    PROGRESS_NAME,
     Manifest,
     Provenance,
     is_store,
     write_json_atomic,
+    write_manifest,
 )
 from ..records import Record
+from . import staging
 
-__all__ = ["Backend", "Reader", "Writer"]
+__all__ = ["Backend", "Reader", "Writer", "ensure_space"]
 
 H = TypeVar("H")
+_SPACE_MARGIN = 16 << 20
 
 
 class Reader(ABC, Generic[H]):
@@ -52,6 +62,13 @@ class Reader(ABC, Generic[H]):
     everything else has a working default. The handle (an LMDB environment, an h5py file)
     is created on first use in each process and never shared across a fork.
     """
+
+    #: Whether records carry checksums made when they were written. Where they do not (image
+    #: folders, tensorpack files), a record's checksum is computed as it is read, and checks
+    #: nothing: ``verify`` says so rather than report a match.
+    stores_checksums: ClassVar[bool] = True
+    #: The on-disk layout versions this reader understands.
+    layout_versions: ClassVar[tuple[int, ...]] = (1,)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -151,6 +168,40 @@ class Reader(ABC, Generic[H]):
             out[start : start + len(block)] = [r.label for r in block]
         return out
 
+    def check_index(self) -> None:
+        """Check the store's per-record index against the manifest's digest.
+
+        Raises
+        ------
+        CorruptStoreError
+            The index was damaged or edited. The default checks nothing (no index).
+        """
+
+    def _check_files(self) -> None:
+        """Refuse a store whose layout is unknown or whose data files are not the size its
+        manifest records: mapping a truncated file would crash the process (SIGBUS)."""
+        m = self.manifest
+        if m.format_version not in self.layout_versions:
+            raise NotAStoreError(
+                f"store '{self.path}' has {m.format} layout version {m.format_version} (written "
+                f"by seqstore {m.provenance.seqstore_version}); this seqstore reads version "
+                f"{', '.join(map(str, self.layout_versions))}: convert the source again"
+            )
+        for name, size in m.data_files.items():
+            try:
+                actual = (self.path / name).stat().st_size
+            except FileNotFoundError:
+                raise CorruptStoreError(
+                    f"store '{self.path}' lacks its data file '{name}'; re-create the store "
+                    "with seqstore convert"
+                ) from None
+            if actual != size:
+                raise CorruptStoreError(
+                    f"data file '{self.path / name}' is {actual} bytes, not the {size} its "
+                    "manifest records (truncated or replaced); re-create the store with "
+                    "seqstore convert"
+                )
+
     def _check_range(self, start: int, stop: int) -> None:
         n = len(self)
         if not 0 <= start <= stop <= n:
@@ -183,25 +234,40 @@ class Writer(ABC):
     """Single-pass, append-only writer of one store.
 
     Use it as a context manager: the store is finished when the block exits normally and
-    aborted (its directory removed, and a store it was to replace put back) when it raises.
-    Until :meth:`finish` has run, the directory holds only a partial marker that every reader
-    refuses.
+    aborted when it raises. The store is built in a hidden staging directory beside ``path``
+    (see :mod:`~seqstore.backends.staging`) and moved to ``path`` only once finished, so
+    ``path`` holds the old store or the new one, never a part of either, even if the process
+    is killed.
 
     Parameters
     ----------
     path
-        Directory to create the store in. It must not exist, be empty, or (with
-        ``overwrite``) hold a seqstore store, which is replaced.
+        Directory the store will be at. It must not exist, be empty, or (with ``overwrite``)
+        hold a seqstore store, which is replaced when the new one is finished.
     classes
         Class names that labels index; empty when the names are unknown.
     overwrite
         Replace an existing store at ``path``.
     provenance
         How the store is being written, recorded in the manifest.
+    resume
+        Continue the staging directory of a writer of the same store (same source, format
+        and options) that was killed, from its last :meth:`checkpoint`; start afresh if there
+        is none. :attr:`resumed` then holds what that checkpoint recorded.
+
+    Attributes
+    ----------
+    directory : Path
+        Where the format's files are written: the staging directory.
+    resumed : dict or None
+        The ``extra`` of the checkpoint this writer continues from (None when it started
+        afresh); ``num_records`` and ``total_bytes`` already count what it holds.
     """
 
     format: ClassVar[str]
     format_version: ClassVar[int] = 1
+    #: Names of the files whose sizes the manifest records (readers check them before use).
+    data_files: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -210,26 +276,43 @@ class Writer(ABC):
         classes: Sequence[str] = (),
         overwrite: bool = False,
         provenance: Provenance | None = None,
+        resume: bool = False,
     ) -> None:
         self.path = Path(path)
         self.classes = list(classes)
         self.provenance = provenance or Provenance(seqstore_version=__version__)
+        self.overwrite = overwrite
         self.num_records = 0
         self.total_bytes = 0
+        self.resumed: dict[str, Any] | None = None
         self._state = "new"
-        self._replaced = _prepare_directory(self.path, overwrite)
+        _check_destination(self.path, overwrite)
+        marker = {
+            "format": self.format,
+            "format_version": self.format_version,
+            "classes": self.classes,
+            "source": self.provenance.source,
+            "options": self.provenance.options,
+        }
+        adopted = _adopt_staging(self.path, marker) if resume else None
+        self.directory = adopted or staging.new_staging_dir(self.path)
         write_json_atomic(
-            self.path / PARTIAL_NAME,
-            {
-                "format": self.format,
-                "pid": os.getpid(),
-                "started": self.provenance.created,
-                "source": self.provenance.source,
-            },
+            self.directory / PARTIAL_NAME,
+            {**marker, "pid": os.getpid(), "started": self.provenance.created},
         )
         self._state = "open"
         try:
-            self._open()
+            progress = _read_progress(self.directory) if adopted else None
+            if progress is not None:
+                self.num_records = int(progress["records"])
+                self.total_bytes = int(progress["total_bytes"])
+                self._reopen()
+                self.resumed = progress.get("extra", {})
+            else:
+                for leftover in self.directory.iterdir():  # an adopted dir with no checkpoint
+                    if leftover.name != PARTIAL_NAME:
+                        _remove(leftover)
+                self._open()
         except BaseException:
             self.abort()
             raise
@@ -237,7 +320,7 @@ class Writer(ABC):
     # -- what subclasses provide -------------------------------------------------------------
     @abstractmethod
     def _open(self) -> None:
-        """Create the format's files inside ``self.path``."""
+        """Create the format's files inside ``self.directory``."""
 
     @abstractmethod
     def _write(self, record: Record) -> None:
@@ -249,6 +332,18 @@ class Writer(ABC):
 
     def _abort(self) -> None:  # noqa: B027 - optional hook
         """Release the format's files after an error; the directory is removed afterwards."""
+
+    def _sync(self) -> None:
+        """Make every record written so far durable on disk (for :meth:`checkpoint`)."""
+        raise ConfigError(f"the '{self.format}' writer cannot checkpoint; convert without --resume")
+
+    def _reopen(self) -> None:
+        """Open the files of a checkpointed write and cut them to ``self.num_records``."""
+        raise ConfigError(f"the '{self.format}' writer cannot resume; convert without --resume")
+
+    def _index_digest(self) -> str | None:
+        """SHA-256 of the format's per-record index, once :meth:`_finish` has run."""
+        return None
 
     # -- public ------------------------------------------------------------------------------
     def write(self, record: Record) -> None:
@@ -264,42 +359,67 @@ class Writer(ABC):
         self.num_records += 1
         self.total_bytes += len(record.data)
 
+    def checkpoint(self, extra: dict[str, Any]) -> None:
+        """Make the records written so far durable, so a killed run can resume after them.
+
+        Parameters
+        ----------
+        extra
+            JSON-able facts the caller needs to continue (how far into its source it got,
+            what it skipped); returned as :attr:`resumed` by a writer that resumes.
+        """
+        self._sync()
+        write_json_atomic(
+            self.directory / PROGRESS_NAME,
+            {"records": self.num_records, "total_bytes": self.total_bytes, "extra": extra},
+        )
+
     def finish(self) -> Manifest:
-        """Complete the store: flush data, then write the manifest atomically."""
+        """Complete the store: flush data, seal the manifest, move the store into place."""
         if self._state != "open":
             raise RuntimeError(f"writer for '{self.path}' is {self._state}; cannot finish")
         try:
             self._finish()
-            manifest = Manifest(
-                format=self.format,
-                format_version=self.format_version,
-                num_records=self.num_records,
-                total_bytes=self.total_bytes,
-                classes=self.classes,
-                provenance=self.provenance,
-                store_id=uuid.uuid4().hex,
+            manifest = write_manifest(
+                self.directory,
+                Manifest(
+                    format=self.format,
+                    format_version=self.format_version,
+                    num_records=self.num_records,
+                    total_bytes=self.total_bytes,
+                    classes=self.classes,
+                    provenance=self.provenance,
+                    store_id=uuid.uuid4().hex,
+                    data_files={
+                        name: (self.directory / name).stat().st_size for name in self.data_files
+                    },
+                    index_digest=self._index_digest(),
+                ),
             )
-            write_json_atomic(self.path / MANIFEST_NAME, manifest.model_dump(mode="json"))
+            for name in (PARTIAL_NAME, PROGRESS_NAME):
+                (self.directory / name).unlink(missing_ok=True)
+            staging.swap_into_place(self.directory, self.path, overwrite=self.overwrite)
+        except FileExistsError:
+            self.abort()
+            raise StoreExistsError(
+                f"'{self.path}' was created by someone else while this store was written; "
+                "pass --overwrite (overwrite=True) to replace it"
+            ) from None
         except BaseException:
             self.abort()
             raise
-        (self.path / PARTIAL_NAME).unlink()
         self._state = "finished"
-        if self._replaced is not None:
-            shutil.rmtree(self._replaced, ignore_errors=True)
         return manifest
 
     def abort(self) -> None:
-        """Give up: release files and remove the unfinished store's directory."""
+        """Give up: release files and remove the staging directory; ``path`` is untouched."""
         if self._state in ("finished", "aborted"):
             return
         self._state = "aborted"
         try:
             self._abort()
         finally:
-            shutil.rmtree(self.path, ignore_errors=True)
-            if self._replaced is not None:  # the store it was to replace comes back
-                self._replaced.rename(self.path)
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> Writer:
         return self
@@ -316,8 +436,30 @@ class Writer(ABC):
             self.abort()
 
 
-def _prepare_directory(path: Path, overwrite: bool) -> Path | None:
-    """Make ``path`` ready for a new store; return where a store it replaces was moved."""
+def ensure_space(directory: Path, nbytes: int) -> None:
+    """Refuse to write ``nbytes`` more into ``directory`` unless its disk has room to spare.
+
+    libhdf5 cannot survive a full disk (it crashes the process, even after the error was
+    caught), and LMDB's failure names no cause; checking first gives one clear line.
+
+    Raises
+    ------
+    DiskFullError
+        Fewer than ``nbytes`` plus a margin of 16 MB are free.
+    """
+    free = shutil.disk_usage(directory).free
+    if free < nbytes + _SPACE_MARGIN:
+        raise DiskFullError(
+            f"the disk of '{directory}' is full ({free / 1e6:.1f} MB free, the next write needs "
+            f"{(nbytes + _SPACE_MARGIN) / 1e6:.1f} MB); free some space or choose another "
+            "destination, then convert again"
+        )
+
+
+def _check_destination(path: Path, overwrite: bool) -> None:
+    """Refuse a destination that holds anything but an empty directory or (with overwrite) a
+    store; finish any replacement of it that a killed writer left half done."""
+    staging.recover(path)
     if path.is_file():
         raise StoreExistsError(f"'{path}' is a file; give a directory for the new store")
     if path.is_dir() and any(path.iterdir()):
@@ -330,14 +472,38 @@ def _prepare_directory(path: Path, overwrite: bool) -> Path | None:
             raise StoreExistsError(
                 f"'{path}' already holds a store; pass --overwrite (overwrite=True) to replace it"
             )
-        # Kept aside until the new store is finished, and put back if it is not.
-        replaced = path.with_name(f".{path.name}.replaced-{os.getpid()}")
-        shutil.rmtree(replaced, ignore_errors=True)
-        path.rename(replaced)
-        path.mkdir(parents=True)
-        return replaced
-    path.mkdir(parents=True, exist_ok=True)
+
+
+def _adopt_staging(path: Path, marker: dict[str, Any]) -> Path | None:
+    """The staging directory of a killed writer of the same store, renamed as this process's."""
+    for candidate in staging.dead_staging(path):
+        try:
+            with open(candidate / PARTIAL_NAME, encoding="utf-8") as f:
+                theirs = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if {k: theirs.get(k) for k in marker} == json.loads(json.dumps(marker)):
+            mine = staging.new_staging_dir(path)
+            mine.rmdir()
+            candidate.rename(mine)
+            return mine
     return None
+
+
+def _read_progress(directory: Path) -> dict[str, Any] | None:
+    try:
+        with open(directory / PROGRESS_NAME, encoding="utf-8") as f:
+            progress: dict[str, Any] = json.load(f)
+        return progress
+    except FileNotFoundError:
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 class Backend(ABC):
@@ -365,15 +531,8 @@ class Backend(ABC):
         """Open a reader of the store at ``path``."""
 
     @classmethod
-    def open_writer(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        classes: Sequence[str] = (),
-        overwrite: bool = False,
-        provenance: Provenance | None = None,
-    ) -> Writer:
-        """Create a writer of a new store at ``path``."""
+    def open_writer(cls, path: str | os.PathLike[str], **options: Any) -> Writer:
+        """Create a writer of a new store at ``path`` (options: see :class:`Writer`)."""
         raise ConfigError(f"the '{cls.name}' backend cannot write stores; choose another format")
 
     @classmethod

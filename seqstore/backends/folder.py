@@ -31,8 +31,9 @@ from .._version import __version__
 from ..errors import ConfigError, NotAStoreError
 from ..imageinfo import probe
 from ..manifest import MANIFEST_NAME, Manifest, Provenance, is_store, read_manifest
-from ..records import Record, checksum
+from ..records import Record
 from .base import Backend, Reader, Writer
+from .staging import read_store_manifest
 
 __all__ = ["IMG_EXTENSIONS", "FolderBackend", "FolderReader", "FolderWriter", "find_classes"]
 
@@ -160,7 +161,14 @@ class FolderReader(Reader[None]):
     ignored : list of str
         Files inside class folders without an image extension (for example Tiny-ImageNet's
         ``<wnid>_boxes.txt``); they are not records.
+
+    Notes
+    -----
+    Image files carry no checksums: a record's checksum is computed as it is read, and
+    ``verify`` reports that nothing could be checked.
     """
+
+    stores_checksums: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -172,6 +180,8 @@ class FolderReader(Reader[None]):
         super().__init__(path)
         root = self.path
         if not root.is_dir():
+            if not root.exists():
+                read_store_manifest(root)  # names a folder store whose writer was killed
             raise NotAStoreError(f"image folder '{root}' does not exist or is not a folder")
         class_names = load_classes(classes) if classes is not None else None
         stored = read_manifest(root) if is_store(root) else None
@@ -254,7 +264,7 @@ class FolderReader(Reader[None]):
         out = []
         for key, label, data in self.read_raw_block(start, stop):
             info = probe(data, str(self.path / key))
-            out.append(Record(key, label, data, info.width, info.height, checksum(data)))
+            out.append(Record.make(key, label, data, info.width, info.height))
         return out
 
     def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
@@ -299,7 +309,7 @@ class FolderWriter(Writer):
             name = name if name is not None else f"{label:05d}"
             if not name or name in (".", "..") or "/" in name or os.sep in name:
                 raise ConfigError(f"class name {name!r} cannot be a folder name")
-            (self.path / name).mkdir(exist_ok=True)
+            (self.directory / name).mkdir(exist_ok=True)
             self._dirs[label] = name
         return self._dirs[label]
 
@@ -320,7 +330,7 @@ class FolderWriter(Writer):
         if out in self._written:
             raise ConfigError(f"two records would both be written to '{self.path / out}'")
         self._written.add(out)
-        target = self.path / out
+        target = self.directory / out
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(record.data)
 

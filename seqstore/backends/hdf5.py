@@ -9,15 +9,21 @@ Layout of ``data.h5`` inside a store directory::
     /labels        int32  (n,)
     /widths        uint32 (n,)
     /heights       uint32 (n,)
-    /checksums     uint32 (n,)            CRC-32 of each record's bytes
+    /checksums     uint32 (n,)            CRC-32 of each record (key, label, size, bytes)
 
 All datasets are chunked and resizable, so the writer appends in one pass without knowing
 the count. A block of consecutive records is one contiguous slice of ``/images`` (one
-sequential read), never one variable-length element per record.
+sequential read), never one variable-length element per record. The per-record datasets
+are the index whose digest the manifest keeps; each process checks it as it loads them.
+
+libhdf5 does not survive a full disk: once a write fails for want of space, closing the file
+(or the interpreter's exit) crashes the process. So the writer checks the free space before
+every append and stops with one line while it still can.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,9 +31,11 @@ from typing import Any, ClassVar
 import h5py
 import numpy as np
 
-from ..manifest import Manifest, read_manifest
-from ..records import Record
-from .base import Backend, Reader, Writer
+from ..errors import CorruptStoreError
+from ..manifest import Manifest
+from ..records import Record, encode_key
+from .base import Backend, Reader, Writer, ensure_space
+from .staging import read_store_manifest
 
 __all__ = ["HDF5Backend", "HDF5Reader", "HDF5Writer"]
 
@@ -36,6 +44,14 @@ _BYTES_CHUNK = 1 << 20
 _ROWS_CHUNK = 1 << 14
 _PER_RECORD = ("labels", "widths", "heights", "checksums")
 _DTYPES = {"labels": np.int32, "widths": np.uint32, "heights": np.uint32, "checksums": np.uint32}
+_INDEX = ("offsets", "key_offsets", *_PER_RECORD)
+
+
+def _index_digest(index: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in _INDEX:
+        h.update(np.ascontiguousarray(index[name]).tobytes())
+    return h.hexdigest()
 
 
 class HDF5Reader(Reader[h5py.File]):
@@ -50,9 +66,12 @@ class HDF5Reader(Reader[h5py.File]):
         The store directory.
     """
 
+    layout_versions: ClassVar[tuple[int, ...]] = (2,)
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__(path)
-        self._manifest = read_manifest(self.path)
+        self._manifest = read_store_manifest(self.path)
+        self._check_files()
         self._index: dict[str, np.ndarray] | None = None
         self._index_pid = -1
 
@@ -62,8 +81,18 @@ class HDF5Reader(Reader[h5py.File]):
         return self._manifest
 
     def _open_handle(self) -> h5py.File:
-        # The chunk cache only helps re-reads; block reads are sequential and large.
-        return h5py.File(self.path / DATA_FILE, "r", rdcc_nbytes=4 << 20)
+        self._check_files()
+        try:
+            # The chunk cache only helps re-reads; block reads are sequential and large.
+            return h5py.File(self.path / DATA_FILE, "r", rdcc_nbytes=4 << 20)
+        except OSError as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: Exception) -> CorruptStoreError:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return CorruptStoreError(
+            f"HDF5 store '{self.path}' is damaged ({reason}); re-create it with seqstore convert"
+        )
 
     def _close_handle(self, handle: h5py.File) -> None:
         handle.close()
@@ -73,9 +102,24 @@ class HDF5Reader(Reader[h5py.File]):
         """Offsets and per-record arrays, read from the file once per process."""
         if self._index is None or self._index_pid != os.getpid():
             f = self.handle
-            self._index = {name: f[name][()] for name in ("offsets", "key_offsets", *_PER_RECORD)}
+            try:
+                index = {name: f[name][()] for name in _INDEX}
+            except (OSError, KeyError) as exc:
+                raise self._damaged(exc) from None
+            n = self.manifest.num_records
+            if len(index["offsets"]) != n + 1 or _index_digest(index) != self.manifest.index_digest:
+                raise CorruptStoreError(
+                    f"the index of HDF5 store '{self.path}' does not match its manifest "
+                    "(damaged or edited); re-create the store with seqstore convert"
+                )
+            self._index = index
             self._index_pid = os.getpid()
         return self._index
+
+    def check_index(self) -> None:
+        # docstring inherited
+        self._index = None
+        self.index  # noqa: B018 - loading it checks it
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -86,8 +130,11 @@ class HDF5Reader(Reader[h5py.File]):
         f = self.handle
         offsets = idx["offsets"][start : stop + 1]
         key_offsets = idx["key_offsets"][start : stop + 1]
-        images = _read_slice(f["images"], int(offsets[0]), int(offsets[-1]))
-        keys = _read_slice(f["keys"], int(key_offsets[0]), int(key_offsets[-1]))
+        try:
+            images = _read_slice(f["images"], int(offsets[0]), int(offsets[-1]))
+            keys = _read_slice(f["keys"], int(key_offsets[0]), int(key_offsets[-1]))
+        except (OSError, KeyError, ValueError) as exc:
+            raise self._damaged(exc) from None
         offsets = (offsets - offsets[0]).tolist()
         key_offsets = (key_offsets - key_offsets[0]).tolist()
         labels = idx["labels"][start:stop].tolist()
@@ -96,7 +143,7 @@ class HDF5Reader(Reader[h5py.File]):
         crcs = idx["checksums"][start:stop].tolist()
         return [
             Record(
-                keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8"),
+                keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8", "surrogateescape"),
                 labels[i],
                 images[offsets[i] : offsets[i + 1]],
                 widths[i],
@@ -121,18 +168,20 @@ def _read_slice(dataset: h5py.Dataset, start: int, stop: int) -> bytes:
 class HDF5Writer(Writer):
     """Writer of a seqstore HDF5 store.
 
-    Records are buffered and appended in batches of ``batch_bytes``.
+    Records are buffered and appended in batches of ``batch_bytes``, each after a check that
+    the disk has room for it (see the module docstring).
 
     Parameters
     ----------
-    path, classes, overwrite, provenance
+    path, classes, overwrite, provenance, resume
         See :class:`~seqstore.backends.base.Writer`.
     batch_bytes
         Bytes of records buffered before each append.
     """
 
     format = "hdf5"
-    format_version = 1
+    format_version = 2
+    data_files = (DATA_FILE,)
 
     def __init__(
         self, path: str | os.PathLike[str], *, batch_bytes: int = 64 << 20, **kwargs: Any
@@ -141,7 +190,8 @@ class HDF5Writer(Writer):
         super().__init__(path, **kwargs)
 
     def _open(self) -> None:
-        f = h5py.File(self.path / DATA_FILE, "w", libver="latest")
+        ensure_space(self.directory, 0)
+        f = h5py.File(self.directory / DATA_FILE, "w", libver="latest")
         self._file = f
         for name, chunk in (("images", _BYTES_CHUNK), ("keys", _ROWS_CHUNK)):
             f.create_dataset(name, (0,), np.uint8, maxshape=(None,), chunks=(chunk,))
@@ -160,6 +210,27 @@ class HDF5Writer(Writer):
         self._image_end = 0
         self._key_end = 0
 
+    def _reopen(self) -> None:
+        f = h5py.File(self.directory / DATA_FILE, "r+")
+        self._file = f
+        n = self.num_records
+        if f["offsets"].shape[0] < n + 1 or f["labels"].shape[0] < n:
+            raise CorruptStoreError(
+                f"the checkpoint of '{self.path}' counts {n} records but its data holds fewer; "
+                "convert again without --resume"
+            )
+        self._image_end = int(f["offsets"][n])
+        self._key_end = int(f["key_offsets"][n])
+        for name, size in (("images", self._image_end), ("keys", self._key_end)):
+            f[name].resize((size,))
+        for name in ("offsets", "key_offsets"):
+            f[name].resize((n + 1,))
+        for name in _PER_RECORD:
+            f[name].resize((n,))
+        self._buffer = np.empty(self.batch_bytes, np.uint8)
+        self._pending = []
+        self._pending_bytes = 0
+
     def _write(self, record: Record) -> None:
         size = len(record.data)
         if self._pending_bytes + size > self.batch_bytes:
@@ -177,7 +248,8 @@ class HDF5Writer(Writer):
             return
         f = self._file
         recs = self._pending
-        keys = [r.key.encode("utf-8") for r in recs]
+        keys = [encode_key(r.key) for r in recs]
+        ensure_space(self.directory, self._pending_bytes + sum(map(len, keys)) + 40 * len(recs))
         image_ends = self._image_end + np.cumsum([len(r.data) for r in recs], dtype=np.uint64)
         key_ends = self._key_end + np.cumsum([len(k) for k in keys], dtype=np.uint64)
         _append(f["images"], self._buffer[: self._pending_bytes])
@@ -193,18 +265,31 @@ class HDF5Writer(Writer):
         self._pending = []
         self._pending_bytes = 0
 
+    def _sync(self) -> None:
+        self._flush()
+        self._file.flush()
+        _fsync(self.directory / DATA_FILE)
+
     def _finish(self) -> None:
         self._flush()
+        self._digest = _index_digest({name: self._file[name][()] for name in _INDEX})
         self._file.close()
         # The manifest that follows declares the store complete: the data must be on disk first.
-        fd = os.open(self.path / DATA_FILE, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(self.directory / DATA_FILE)
+
+    def _index_digest(self) -> str | None:
+        return self._digest
 
     def _abort(self) -> None:
         self._file.close()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:

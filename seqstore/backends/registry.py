@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
-from ..manifest import is_store, read_manifest
+from ..manifest import MANIFEST_NAME, is_store, read_manifest
 from .base import Backend, Reader
+from .staging import read_store_manifest
 
 __all__ = ["available_backends", "get_backend", "open_store", "register_backend"]
 
@@ -32,6 +33,9 @@ _BUILTIN: dict[str, str] = {
 }
 # The pip extra that provides a built-in backend's optional dependency.
 _EXTRAS: dict[str, str] = {"tensorpack": "tensorpack"}
+# Data files of the built-in formats: a directory holding one without a manifest is a store
+# that lost its manifest, not an image folder.
+_DATA_FILES = ("data.mdb", "data.h5")
 # Backends that recognise data without a seqstore manifest, tried in this order.
 _SNIFF_ORDER = ("tensorpack", "folder")
 
@@ -126,6 +130,8 @@ def open_store(
         The store's writer never finished.
     """
     p = Path(path)
+    if not p.exists():
+        read_store_manifest(p)  # finishes an interrupted replace, or names a killed write
     if backend is not None:
         if p.is_dir() and is_store(p) and read_manifest(p).format != backend:
             raise ConfigError(
@@ -137,6 +143,12 @@ def open_store(
         raise NotAStoreError(f"'{p}' does not exist")
     if p.is_dir() and is_store(p):
         return _open(get_backend(read_manifest(p).format), p, options)
+    orphans = [name for name in _DATA_FILES if (p / name).is_file()]
+    if orphans:
+        raise NotAStoreError(
+            f"'{p}' holds a store's data ({orphans[0]}) but no {MANIFEST_NAME}: without its "
+            "manifest the data cannot be checked or trusted; convert the source again"
+        )
     for name in _SNIFF_ORDER:
         try:
             candidate = get_backend(name)

@@ -25,13 +25,13 @@ import lmdb
 import numpy as np
 
 from .._version import __version__
-from ..errors import BackendNotFoundError, NotAStoreError, SeqstoreError
+from ..errors import BackendNotFoundError, CorruptStoreError, NotAStoreError, SeqstoreError
 from ..imageinfo import probe
 from ..manifest import Manifest, Provenance
-from ..records import Record, checksum
-from .base import Backend, Reader
+from ..records import Record
+from .base import Backend
 from .folder import load_classes
-from .lmdb import release_env, shared_env
+from .lmdb import SharedEnvReader, acquire_env, release_env
 
 __all__ = ["TensorpackBackend", "TensorpackReader", "loads_datapoint"]
 
@@ -66,13 +66,19 @@ def _msgpack_numpy_hook(obj: dict[Any, Any]) -> Any:
     return obj
 
 
-def loads_datapoint(value: bytes) -> Any:
-    """Deserialise one tensorpack datapoint (msgpack or pickle, told apart by their first byte)."""
+def loads_datapoint(value: bytes, where: str = "a tensorpack datapoint") -> Any:
+    """Deserialise one tensorpack datapoint (msgpack or pickle, told apart by their first byte).
+
+    Raises
+    ------
+    SeqstoreError
+        ``value`` is neither (``where`` names it in the message).
+    """
     if value[:1] == b"\x80":
         try:
             return _NumpyOnlyUnpickler(io.BytesIO(value)).load()
-        except pickle.UnpicklingError as exc:
-            raise SeqstoreError(f"unreadable tensorpack datapoint: {exc}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise SeqstoreError(f"{where} is an unreadable pickle ({exc})") from None
     try:
         import msgpack
     except ImportError:
@@ -80,15 +86,21 @@ def loads_datapoint(value: bytes) -> Any:
             "this tensorpack LMDB file is msgpack-encoded and needs the package 'msgpack'; "
             "run: pip install 'seqstore[tensorpack]'"
         ) from None
-    return msgpack.unpackb(
-        value,
-        raw=False,
-        object_hook=_msgpack_numpy_hook,
-        max_bin_len=1 << 31,
-        max_array_len=1 << 31,
-        max_map_len=1 << 31,
-        max_str_len=1 << 31,
-    )
+    try:
+        return msgpack.unpackb(
+            value,
+            raw=False,
+            object_hook=_msgpack_numpy_hook,
+            max_bin_len=1 << 31,
+            max_array_len=1 << 31,
+            max_map_len=1 << 31,
+            max_str_len=1 << 31,
+        )
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise SeqstoreError(
+            f"{where} is neither msgpack nor a pickle of protocol 2 or later "
+            f"({type(exc).__name__}); seqstore reads files of tensorpack's LMDBSerializer"
+        ) from None
 
 
 def _image_and_label(dp: Any, where: str) -> tuple[bytes, int]:
@@ -105,7 +117,7 @@ def _image_and_label(dp: Any, where: str) -> tuple[bytes, int]:
     return bytes(image), int(label)
 
 
-class TensorpackReader(Reader[lmdb.Environment]):
+class TensorpackReader(SharedEnvReader):
     """Reader of an LMDB file written by tensorpack's ``LMDBSerializer``.
 
     Parameters
@@ -115,7 +127,15 @@ class TensorpackReader(Reader[lmdb.Environment]):
     classes
         Class names for the integer labels (a list, a file with one per line, or an ImageFolder
         root such as the ImageNet train folder). tensorpack files do not record them.
+
+    Notes
+    -----
+    tensorpack stores no checksums: a record's checksum is computed as it is read, and
+    ``verify`` reports that nothing could be checked.
     """
+
+    subdir: ClassVar[bool] = False
+    stores_checksums: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -132,7 +152,8 @@ class TensorpackReader(Reader[lmdb.Environment]):
             raise NotAStoreError(
                 f"'{self.path}' is an LMDB file without tensorpack's __keys__ entry"
             )
-        self._keys: list[bytes] = [bytes(k) for k in loads_datapoint(raw_keys)]
+        keys = loads_datapoint(raw_keys, f"the __keys__ entry of '{self.path}'")
+        self._keys: list[bytes] = [bytes(k) for k in keys]
         n = len(self._keys)
         # LMDBSerializer's zero-padded keys sort in dataset order: a cursor reads sequentially.
         self._cursor_order = n > 0 and all(
@@ -152,40 +173,34 @@ class TensorpackReader(Reader[lmdb.Environment]):
         # docstring inherited
         return self._manifest
 
-    @property
-    def handle(self) -> lmdb.Environment:
-        # docstring inherited
-        try:
-            return shared_env(self.path, subdir=False, readahead=True)
-        except lmdb.Error as exc:
-            raise NotAStoreError(f"'{self.path}' is not an LMDB file ({exc})") from None
-
-    def _open_handle(self) -> lmdb.Environment:
-        return self.handle
-
-    def close(self) -> None:
-        # docstring inherited
-        release_env(self.path)
+    def _env_options(self) -> dict[str, Any]:
+        return {"readahead": True}
 
     def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
         # docstring inherited
         self._check_range(start, stop)
         out: list[tuple[str, int, bytes]] = []
-        with self.handle.begin() as txn:
-            if self._cursor_order and stop > start:
-                cursor = txn.cursor()
-                cursor.set_key(self._keys[start])
-                items = cursor.iternext(keys=True, values=True)
-                values: list[bytes | None] = [
-                    v for _, (_k, v) in zip(range(stop - start), items, strict=False)
-                ]
-            else:
-                values = [txn.get(k) for k in self._keys[start:stop]]
+        try:
+            with self.handle.begin() as txn:
+                if self._cursor_order and stop > start:
+                    cursor = txn.cursor()
+                    cursor.set_key(self._keys[start])
+                    items = cursor.iternext(keys=True, values=True)
+                    values: list[bytes | None] = [
+                        v for _, (_k, v) in zip(range(stop - start), items, strict=False)
+                    ]
+                else:
+                    values = [txn.get(k) for k in self._keys[start:stop]]
+        except lmdb.Error as exc:
+            raise self._damaged(exc) from None
         for i, value in zip(range(start, stop), values, strict=True):
             key = self._keys[i].decode()
             if value is None:
-                raise SeqstoreError(f"tensorpack file '{self.path}' lists key {key} but lacks it")
-            data, label = _image_and_label(loads_datapoint(value), f"entry {key} of '{self.path}'")
+                raise CorruptStoreError(
+                    f"tensorpack file '{self.path}' lists key {key} but lacks it"
+                )
+            where = f"entry {key} of '{self.path}'"
+            data, label = _image_and_label(loads_datapoint(value, where), where)
             out.append((key, label, data))
         return out
 
@@ -194,7 +209,7 @@ class TensorpackReader(Reader[lmdb.Environment]):
         out = []
         for key, label, data in self.read_raw_block(start, stop):
             info = probe(data, f"{self.path}:{key}")
-            out.append(Record(key, label, data, info.width, info.height, checksum(data)))
+            out.append(Record.make(key, label, data, info.width, info.height))
         return out
 
 
@@ -216,8 +231,11 @@ class TensorpackBackend(Backend):
         if not path.is_file():
             return False
         try:
-            env = shared_env(path, subdir=False)
-        except lmdb.Error:
+            env, token = acquire_env(path, subdir=False)
+        except (lmdb.Error, CorruptStoreError, NotAStoreError):
             return False
-        with env.begin() as txn:
-            return txn.get(_KEYS_KEY) is not None
+        try:
+            with env.begin() as txn:
+                return txn.get(_KEYS_KEY) is not None
+        finally:
+            release_env(token)
