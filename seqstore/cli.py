@@ -37,6 +37,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         classes=args.classes,
         on_error=args.on_error,
         overwrite=args.overwrite,
+        resume=args.resume,
+        limit=args.limit,
         source_format=args.source_format,
         progress=not args.quiet,
     )
@@ -216,6 +218,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class names: a file, or the training image folder")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
     p.add_argument("--overwrite", action="store_true", help="replace a store at DST")
+    p.add_argument("--limit", type=int, help="convert only the first N records of the write order")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a convert to DST that was killed, keeping what it had written",
+    )
     p.add_argument("--source-format", help="read SRC with this backend")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)

@@ -47,6 +47,13 @@ class ConvertConfig(BaseModel):
         in the manifest and the summary.
     overwrite : bool
         Replace a store already at the destination.
+    resume : bool
+        Continue a conversion to the same destination, with the same source and options, that
+        was killed: the records it had made durable are kept, and the result is the same as
+        an uninterrupted run. Without one to continue, start afresh. LMDB and HDF5 only.
+    checkpoint_mb : float
+        Megabytes written between the checkpoints ``resume`` continues from (each costs an
+        fsync).
     source_format : str or None
         Read the source with this backend instead of recognising it.
     limit : int or None
@@ -68,6 +75,8 @@ class ConvertConfig(BaseModel):
     classes: Path | None = None
     on_error: Literal["fail", "skip"] = "fail"
     overwrite: bool = False
+    resume: bool = False
+    checkpoint_mb: float = Field(256.0, gt=0)
     source_format: str | None = None
     limit: int | None = Field(None, ge=1)
     progress: bool = True

@@ -124,8 +124,11 @@ def convert(
         seqstore_version=__version__,
         source=str(src_path),
         source_format=reader.manifest.format,
-        options=cfg.model_dump(mode="json", exclude={"progress", "overwrite", "workers"})
-        | {"shuffle": shuffle},
+        options=cfg.model_dump(
+            mode="json",
+            exclude={"progress", "overwrite", "workers", "resume", "checkpoint_mb"},
+        )
+        | {"shuffle": shuffle, "source_records": len(reader)},
     )
     # The writer records the provenance when it finishes: what is skipped or worth a warning
     # on the way is appended to its lists.
@@ -133,30 +136,57 @@ def convert(
     if isinstance(reader, FolderReader) and reader.ignored:
         warnings.append(_ignored_line(reader.ignored))
     start = time.perf_counter()
-    bytes_read = 0
-    with (
-        backend.open_writer(
-            dst_path, classes=classes, overwrite=cfg.overwrite, provenance=provenance
-        ) as writer,
-        tqdm(total=n, unit="img", disable=not cfg.progress, desc=f"convert -> {cfg.format}") as bar,
-    ):
-        for results in _prepared(reader, order, cfg):
-            for result in results:
-                bytes_read += result.nbytes
-                if isinstance(result, _Bad):
-                    if cfg.on_error == "fail":
-                        raise BadImageError(result.reason)
-                    skipped.append(SkippedFile(key=result.key, reason=result.reason))
-                    continue
-                warnings.extend(result.warnings)
-                record = result.record
-                if relabel is not None:
-                    record = replace(record, label=relabel[record.label])
-                writer.write(record)
-            bar.update(len(results))
-            bar.set_postfix_str(
-                f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
-            )
+    with backend.open_writer(
+        dst_path,
+        classes=classes,
+        overwrite=cfg.overwrite,
+        provenance=provenance,
+        resume=cfg.resume,
+    ) as writer:
+        # A resumed write carries on from its last checkpoint: the same order, minus the
+        # source positions already consumed, and what they skipped or warned of.
+        done = writer.resumed or {}
+        consumed = int(done.get("consumed", 0))
+        bytes_read = int(done.get("bytes_read", 0))
+        skipped.extend(SkippedFile.model_validate(x) for x in done.get("skipped", []))
+        warnings.extend(done.get("warnings", []))
+        every = int(cfg.checkpoint_mb * 1e6) if writer.resumable else None
+        next_checkpoint = writer.total_bytes + (every or 0)
+        with tqdm(
+            total=n,
+            initial=consumed,
+            unit="img",
+            disable=not cfg.progress,
+            desc=f"convert -> {cfg.format}",
+        ) as bar:
+            for results in _prepared(reader, order[consumed:], cfg):
+                for result in results:
+                    bytes_read += result.nbytes
+                    if isinstance(result, _Bad):
+                        if cfg.on_error == "fail":
+                            raise BadImageError(result.reason)
+                        skipped.append(SkippedFile(key=result.key, reason=result.reason))
+                        continue
+                    warnings.extend(result.warnings)
+                    record = result.record
+                    if relabel is not None:
+                        record = replace(record, label=relabel[record.label])
+                    writer.write(record)
+                consumed += len(results)
+                if every is not None and writer.total_bytes >= next_checkpoint:
+                    writer.checkpoint(
+                        {
+                            "consumed": consumed,
+                            "bytes_read": bytes_read,
+                            "skipped": [x.model_dump() for x in skipped],
+                            "warnings": warnings,
+                        }
+                    )
+                    next_checkpoint = writer.total_bytes + every
+                bar.update(len(results))
+                bar.set_postfix_str(
+                    f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
+                )
     manifest = Manifest.model_validate_json((dst_path / "seqstore.json").read_bytes())
     return ConvertReport(manifest, time.perf_counter() - start, bytes_read, skipped, warnings)
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..errors import (
     CorruptStoreError,
     DiskFullError,
     NotAStoreError,
+    SeqstoreWarning,
     StoreExistsError,
 )
 from ..manifest import (
@@ -268,6 +270,9 @@ class Writer(ABC):
     format_version: ClassVar[int] = 1
     #: Names of the files whose sizes the manifest records (readers check them before use).
     data_files: ClassVar[tuple[str, ...]] = ()
+    #: Whether :meth:`checkpoint` and ``resume`` work (the format implements ``_sync`` and
+    #: ``_reopen``).
+    resumable: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -286,6 +291,8 @@ class Writer(ABC):
         self.total_bytes = 0
         self.resumed: dict[str, Any] | None = None
         self._state = "new"
+        if resume and not self.resumable:
+            raise ConfigError(f"the '{self.format}' writer cannot resume; convert without --resume")
         _check_destination(self.path, overwrite)
         marker = {
             "format": self.format,
@@ -295,6 +302,14 @@ class Writer(ABC):
             "options": self.provenance.options,
         }
         adopted = _adopt_staging(self.path, marker) if resume else None
+        for litter in staging.dead_staging(self.path):
+            shutil.rmtree(litter, ignore_errors=True)
+            warnings.warn(
+                f"removed '{litter}', the unfinished output of a convert to '{self.path}' that "
+                "was killed (--resume continues such a convert instead)",
+                SeqstoreWarning,
+                stacklevel=3,
+            )
         self.directory = adopted or staging.new_staging_dir(self.path)
         write_json_atomic(
             self.directory / PARTIAL_NAME,
@@ -304,12 +319,23 @@ class Writer(ABC):
         try:
             progress = _read_progress(self.directory) if adopted else None
             if progress is not None:
-                self.num_records = int(progress["records"])
-                self.total_bytes = int(progress["total_bytes"])
-                self._reopen()
-                self.resumed = progress.get("extra", {})
-            else:
-                for leftover in self.directory.iterdir():  # an adopted dir with no checkpoint
+                try:
+                    self.num_records = int(progress["records"])
+                    self.total_bytes = int(progress["total_bytes"])
+                    self._reopen()
+                    self.resumed = progress.get("extra", {})
+                except CorruptStoreError as exc:
+                    warnings.warn(
+                        f"cannot continue the killed convert to '{self.path}': {exc}; "
+                        "starting over",
+                        SeqstoreWarning,
+                        stacklevel=3,
+                    )
+                    self._abort()
+                    progress = None
+                    self.num_records = self.total_bytes = 0
+            if progress is None:
+                for leftover in self.directory.iterdir():  # an adopted dir, not continued
                     if leftover.name != PARTIAL_NAME:
                         _remove(leftover)
                 self._open()
@@ -333,13 +359,11 @@ class Writer(ABC):
     def _abort(self) -> None:  # noqa: B027 - optional hook
         """Release the format's files after an error; the directory is removed afterwards."""
 
-    def _sync(self) -> None:
+    def _sync(self) -> None:  # noqa: B027 - only for resumable formats
         """Make every record written so far durable on disk (for :meth:`checkpoint`)."""
-        raise ConfigError(f"the '{self.format}' writer cannot checkpoint; convert without --resume")
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> None:  # noqa: B027 - only for resumable formats
         """Open the files of a checkpointed write and cut them to ``self.num_records``."""
-        raise ConfigError(f"the '{self.format}' writer cannot resume; convert without --resume")
 
     def _index_digest(self) -> str | None:
         """SHA-256 of the format's per-record index, once :meth:`_finish` has run."""
@@ -368,6 +392,8 @@ class Writer(ABC):
             JSON-able facts the caller needs to continue (how far into its source it got,
             what it skipped); returned as :attr:`resumed` by a writer that resumes.
         """
+        if not self.resumable:
+            raise ConfigError(f"the '{self.format}' writer cannot checkpoint")
         self._sync()
         write_json_atomic(
             self.directory / PROGRESS_NAME,

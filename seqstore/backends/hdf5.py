@@ -126,36 +126,42 @@ class HDF5Reader(Reader[h5py.File]):
         self._check_range(start, stop)
         if start == stop:
             return []
-        idx = self.index
-        f = self.handle
-        offsets = idx["offsets"][start : stop + 1]
-        key_offsets = idx["key_offsets"][start : stop + 1]
         try:
-            images = _read_slice(f["images"], int(offsets[0]), int(offsets[-1]))
-            keys = _read_slice(f["keys"], int(key_offsets[0]), int(key_offsets[-1]))
+            return _read_records(self.handle, self.index, start, stop)
         except (OSError, KeyError, ValueError) as exc:
             raise self._damaged(exc) from None
-        offsets = (offsets - offsets[0]).tolist()
-        key_offsets = (key_offsets - key_offsets[0]).tolist()
-        labels = idx["labels"][start:stop].tolist()
-        widths = idx["widths"][start:stop].tolist()
-        heights = idx["heights"][start:stop].tolist()
-        crcs = idx["checksums"][start:stop].tolist()
-        return [
-            Record(
-                keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8", "surrogateescape"),
-                labels[i],
-                images[offsets[i] : offsets[i + 1]],
-                widths[i],
-                heights[i],
-                crcs[i],
-            )
-            for i in range(stop - start)
-        ]
 
     def labels(self) -> np.ndarray:
         # docstring inherited
         return self.index["labels"].astype(np.int64)
+
+
+def _read_records(
+    f: h5py.File, index: dict[str, np.ndarray], start: int, stop: int
+) -> list[Record]:
+    """Records ``start`` to ``stop - 1`` of the file ``f``: two slice reads, of the image
+    bytes and of the keys, cut by the offsets of ``index``."""
+    offsets = index["offsets"][start : stop + 1]
+    key_offsets = index["key_offsets"][start : stop + 1]
+    images = _read_slice(f["images"], int(offsets[0]), int(offsets[-1]))
+    keys = _read_slice(f["keys"], int(key_offsets[0]), int(key_offsets[-1]))
+    offsets = (offsets - offsets[0]).tolist()
+    key_offsets = (key_offsets - key_offsets[0]).tolist()
+    labels = index["labels"][start:stop].tolist()
+    widths = index["widths"][start:stop].tolist()
+    heights = index["heights"][start:stop].tolist()
+    crcs = index["checksums"][start:stop].tolist()
+    return [
+        Record(
+            keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8", "surrogateescape"),
+            labels[i],
+            images[offsets[i] : offsets[i + 1]],
+            widths[i],
+            heights[i],
+            crcs[i],
+        )
+        for i in range(stop - start)
+    ]
 
 
 def _read_slice(dataset: h5py.Dataset, start: int, stop: int) -> bytes:
@@ -182,6 +188,7 @@ class HDF5Writer(Writer):
     format = "hdf5"
     format_version = 2
     data_files = (DATA_FILE,)
+    resumable = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, batch_bytes: int = 64 << 20, **kwargs: Any
@@ -211,25 +218,27 @@ class HDF5Writer(Writer):
         self._key_end = 0
 
     def _reopen(self) -> None:
-        f = h5py.File(self.directory / DATA_FILE, "r+")
-        self._file = f
-        n = self.num_records
-        if f["offsets"].shape[0] < n + 1 or f["labels"].shape[0] < n:
-            raise CorruptStoreError(
-                f"the checkpoint of '{self.path}' counts {n} records but its data holds fewer; "
-                "convert again without --resume"
-            )
-        self._image_end = int(f["offsets"][n])
-        self._key_end = int(f["key_offsets"][n])
-        for name, size in (("images", self._image_end), ("keys", self._key_end)):
-            f[name].resize((size,))
-        for name in ("offsets", "key_offsets"):
-            f[name].resize((n + 1,))
-        for name in _PER_RECORD:
-            f[name].resize((n,))
-        self._buffer = np.empty(self.batch_bytes, np.uint8)
-        self._pending = []
-        self._pending_bytes = 0
+        # libhdf5 will not reopen for writing a file whose writer never closed it, and what
+        # that writer changed after its last checkpoint may have left the metadata half
+        # written. So the checkpointed records are copied out of it (opened as a SWMR
+        # reader, which skips the open-for-write check), each checked against its checksum.
+        killed = self.directory / (DATA_FILE + ".killed")
+        (self.directory / DATA_FILE).rename(killed)
+        n, self.num_records, self.total_bytes = self.num_records, 0, 0
+        self._open()
+        try:
+            with h5py.File(killed, "r", swmr=True) as old:
+                index = {name: old[name][: n + 1 if "offsets" in name else n] for name in _INDEX}
+                if len(index["offsets"]) != n + 1 or len(index["labels"]) != n:
+                    raise ValueError(f"it holds fewer than the {n} records of its checkpoint")
+                for start in range(0, n, _ROWS_CHUNK):
+                    for record in _read_records(old, index, start, min(start + _ROWS_CHUNK, n)):
+                        if not record.verify():
+                            raise ValueError(f"record '{record.key}' fails its checksum")
+                        self.write(record)
+        except (OSError, KeyError, ValueError) as exc:
+            raise CorruptStoreError(f"the killed write's data file is damaged ({exc})") from None
+        killed.unlink()
 
     def _write(self, record: Record) -> None:
         size = len(record.data)
@@ -281,7 +290,8 @@ class HDF5Writer(Writer):
         return self._digest
 
     def _abort(self) -> None:
-        self._file.close()
+        if hasattr(self, "_file"):  # _open may have failed before making it
+            self._file.close()
 
 
 def _fsync(path: Path) -> None:

@@ -323,6 +323,7 @@ class LMDBWriter(Writer):
     format = "lmdb"
     format_version = 2
     data_files = (DATA_FILE,)
+    resumable = True
 
     def __init__(
         self, path: str | os.PathLike[str], *, batch_bytes: int = 64 << 20, **kwargs: Any
@@ -429,7 +430,8 @@ class LMDBWriter(Writer):
         return _index_digest(*self._index)
 
     def _abort(self) -> None:
-        self._env.close()
+        if hasattr(self, "_env"):  # _open may have failed before making it
+            self._env.close()
 
 
 class LMDBBackend(Backend):
