@@ -36,6 +36,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         labels=args.labels,
         classes=args.classes,
         on_error=args.on_error,
+        check=args.check,
+        max_pixels=args.max_pixels or None,
         overwrite=args.overwrite,
         resume=args.resume,
         limit=args.limit,
@@ -217,6 +219,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="label file of a flat validation folder")
     p.add_argument("--classes", help="class names: a file, or the training image folder")
     p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
+    p.add_argument(
+        "--check",
+        choices=("decode", "header"),
+        default="decode",
+        help="decode every image as the loader will (default), or read only its header",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=2 * 89_478_485,
+        help="refuse images with more pixels (default: PIL's limit, 178956970; 0: no limit)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a store at DST")
     p.add_argument("--limit", type=int, help="convert only the first N records of the write order")
     p.add_argument(

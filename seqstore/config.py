@@ -45,6 +45,13 @@ class ConvertConfig(BaseModel):
     on_error : {"fail", "skip"}
         What to do with a source file that is not a decodable image. Skipped files are listed
         in the manifest and the summary.
+    check : {"decode", "header"}
+        How each source image is checked: ``"decode"`` decodes it with the loader's decoder
+        (:func:`seqstore.decode.decode`), so what converts also trains; ``"header"`` reads
+        only its header and end marker, faster but blind to damaged image data.
+    max_pixels : int or None
+        Refuse images with more pixels than this, from their header (default: PIL's
+        decompression-bomb limit, 178,956,970); None for no limit of seqstore's own.
     overwrite : bool
         Replace a store already at the destination.
     resume : bool
@@ -74,6 +81,9 @@ class ConvertConfig(BaseModel):
     labels: Path | None = None
     classes: Path | None = None
     on_error: Literal["fail", "skip"] = "fail"
+    check: Literal["decode", "header"] = "decode"
+    # PIL's limit (seqstore.imageinfo.MAX_PIXELS), spelt out to keep this module light.
+    max_pixels: int | None = Field(2 * 89_478_485, gt=0)
     overwrite: bool = False
     resume: bool = False
     checkpoint_mb: float = Field(256.0, gt=0)

@@ -18,7 +18,7 @@ from .backends import Reader, get_backend, open_store
 from .backends.folder import FolderReader, load_classes
 from .config import ConvertConfig, load_config
 from .errors import BadImageError, ConfigError
-from .imageinfo import extension_format, probe
+from .imageinfo import ImageInfo, extension_format, probe
 from .manifest import Manifest, Provenance, SkippedFile
 from .records import Record
 
@@ -102,6 +102,17 @@ def convert(
         raise ConfigError(f"source '{src_path}' holds no records; nothing to convert")
     classes = reader.classes
     relabel: list[int] | None = None
+    class_warning = None
+    if cfg.classes is not None:
+        listed = load_classes(cfg.classes, sort=False)
+        if listed != sorted(listed):
+            # A training folder's classes are sorted (torchvision's ImageFolder order), and so
+            # are the file's as used here: a split converted with the file and one without it
+            # then agree on every label.
+            class_warning = (
+                f"--classes '{cfg.classes}' lists classes out of order; they are used sorted "
+                "(torchvision's ImageFolder order), as a training folder's are"
+            )
     if cfg.classes is not None and cfg.labels is None:
         classes = load_classes(cfg.classes)
         if reader.classes and reader.classes != classes:
@@ -135,6 +146,8 @@ def convert(
     skipped, warnings = provenance.skipped, provenance.warnings
     if isinstance(reader, FolderReader) and reader.ignored:
         warnings.append(_ignored_line(reader.ignored))
+    if class_warning is not None:
+        warnings.append(class_warning)
     start = time.perf_counter()
     with backend.open_writer(
         dst_path,
@@ -226,7 +239,7 @@ def _prepared(
     reader: Reader[Any], order: np.ndarray, cfg: ConvertConfig
 ) -> Iterator[list[_Good | _Bad]]:
     shuffled = bool(len(order) > 1 and np.any(np.diff(order) != 1))
-    args = (cfg.max_side, cfg.quality)
+    args = (cfg.max_side, cfg.quality, cfg.check, cfg.max_pixels)
     if cfg.workers == 0:
         _init_worker(reader, *args)
         yield from map(_prepare_chunk, _chunks(order, shuffled))
@@ -240,28 +253,57 @@ def _prepared(
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(reader: Reader[Any], max_side: int | None, quality: int | None) -> None:
+def _init_worker(
+    reader: Reader[Any],
+    max_side: int | None,
+    quality: int | None,
+    check: str,
+    max_pixels: int | None,
+) -> None:
     # Error messages name a folder's file by its path, a file store's entry as file:key.
     prefix = f"{reader.path}/" if reader.path.is_dir() else f"{reader.path}:"
-    _worker_state.update(reader=reader, max_side=max_side, quality=quality, prefix=prefix)
+    _worker_state.update(
+        reader=reader,
+        max_side=max_side,
+        quality=quality,
+        prefix=prefix,
+        check=check,
+        max_pixels=max_pixels,
+    )
 
 
 def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
     reader: Reader[Any] = _worker_state["reader"]
     out: list[_Good | _Bad] = []
     for start, stop in ranges:
-        for key, label, data in reader.read_raw_block(start, stop):
-            out.append(_prepare(key, label, data))
+        try:
+            block = reader.read_raw_block(start, stop)
+        except BadImageError:
+            # One unreadable file (a dangling link, no permission) fails the whole range:
+            # read it again file by file so that only that one is bad.
+            for i in range(start, stop):
+                try:
+                    block = reader.read_raw_block(i, i + 1)
+                except BadImageError as exc:
+                    key = reader.keys[i] if isinstance(reader, FolderReader) else str(i)
+                    out.append(_Bad(key, str(exc), 0))
+                    continue
+                out.extend(_prepare(key, label, data) for key, label, data in block)
+            continue
+        out.extend(_prepare(key, label, data) for key, label, data in block)
     return out
 
 
 def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
     name = _worker_state["prefix"] + key
     try:
-        info = probe(data, name)
+        info = probe(data, name, max_pixels=_worker_state["max_pixels"])
+        _refuse_unlike_pil(info, name)
     except BadImageError as exc:
         return _Bad(key, str(exc), len(data))
     warnings = []
+    if info.animated:
+        warnings.append(f"'{name}' is an animated PNG; only its first frame is kept, as PIL does")
     promised = extension_format(key)
     if promised is not None and promised != info.format:
         warnings.append(
@@ -280,7 +322,31 @@ def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
             data, width, height = _reencode(data, name, max_side, quality or 90)
         except BadImageError as exc:  # a sound header over damaged image data
             return _Bad(key, str(exc), nbytes)
+    elif _worker_state["check"] == "decode":
+        from .decode import decode
+
+        try:
+            decode(data, name=name, max_pixels=None)  # the header check applied the limit
+        except BadImageError as exc:
+            return _Bad(key, str(exc), nbytes)
     return _Good(Record.make(key, label, data, width, height), nbytes, warnings)
+
+
+def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:
+    """Refuse the images whose pixels from :func:`seqstore.decode.decode` differ from PIL's.
+
+    16-bit colour PNGs decode alike (both keep the high byte); 16-bit greyscale ones do not
+    (PIL's ``convert("RGB")`` clips them to white), nor do 16-bit TIFF and PGM files (PIL
+    clips greyscale and rounds colour). A model trained on either decoder's pixels would
+    see other pixels from the other, so such files are refused rather than stored.
+    """
+    if info.bits <= 8 or (info.format == "png" and info.channels != 1):
+        return
+    kind = "greyscale PNG" if info.format == "png" else info.format.upper()
+    raise BadImageError(
+        f"'{name}' is a {info.bits}-bit {kind}, which OpenCV and PIL decode to different "
+        "8-bit pixels; save it as an 8-bit image or use --on-error skip to leave it out"
+    )
 
 
 def _reencode(data: bytes, name: str, max_side: int | None, quality: int) -> tuple[bytes, int, int]:
@@ -288,13 +354,16 @@ def _reencode(data: bytes, name: str, max_side: int | None, quality: int) -> tup
 
     from .decode import decode
 
-    rgb = decode(data, name=name)
+    rgb = decode(data, name=name, max_pixels=None)  # the header check applied the limit
     height, width = rgb.shape[:2]
-    if max_side is not None and max(width, height) > max_side:
-        scale = max_side / max(width, height)
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    try:
+        if max_side is not None and max(width, height) > max_side:
+            scale = max_side / max(width, height)
+            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+            rgb = cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    except cv2.error:
+        ok = False
     if not ok:
         raise BadImageError(f"could not re-encode '{name}' as JPEG")
     return buf.tobytes(), width, height

@@ -32,21 +32,47 @@ the window and stop after its last row, about 1.3x faster over ImageNet-style cr
 pixels are identical to cropping a full decode. Other images, and builds without the
 extension (it needs libjpeg's headers at install time), decode whole and crop.
 
+Images with more pixels than ``max_pixels`` (by default PIL's decompression-bomb limit,
+:data:`~seqstore.imageinfo.MAX_PIXELS`) are refused from their header, before any decoding;
+anything else OpenCV cannot take, a ``cv2.error`` included, is a :class:`BadImageError`.
+
 OpenCV runs one thread per process once :func:`decode` has been called in it (see
 :func:`_single_threaded`); this setting is process-wide, so it also applies to any other OpenCV
-call made in that process afterwards.
+call made in that process afterwards. Importing this module also sets OpenCV's own logging to
+errors only, unless ``OPENCV_LOG_LEVEL`` is set: libpng and libjpeg warn on stderr about
+harmless things (an sRGB profile, padding after the end marker) once per file, which buries
+a conversion's output under hundreds of lines; the errors that matter reach the caller as
+:class:`BadImageError` instead.
 """
 
 from __future__ import annotations
 
+import os
 from io import BytesIO
 from typing import TYPE_CHECKING
 
-import cv2
-import numpy as np
+# Read when OpenCV is first imported, here or in a spawned worker process that imports this
+# module; a user's own setting wins.
+_QUIET = "OPENCV_LOG_LEVEL" not in os.environ
+if _QUIET:
+    os.environ["OPENCV_LOG_LEVEL"] = "ERROR"
 
-from .errors import BadImageError, ConfigError, SeqstoreError
-from .imageinfo import probe
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .errors import BadImageError, ConfigError, SeqstoreError  # noqa: E402
+from .imageinfo import (  # noqa: E402
+    MAX_PIXELS,
+    ImageInfo,
+    _cv2_reason,
+    check_pixels,
+    header_size,
+    probe,
+)
+
+if _QUIET:
+    # OpenCV may have been imported before this module, when the variable comes too late.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -125,6 +151,7 @@ def decode(
     reduce: int = 1,
     exif_orientation: bool = False,
     name: str = "<bytes>",
+    max_pixels: int | None = MAX_PIXELS,
 ) -> np.ndarray:
     """Decode an encoded image to an RGB ``uint8`` array, as PIL's ``convert("RGB")`` would.
 
@@ -143,6 +170,9 @@ def decode(
         With ``reduce``, the reduced size is that of the image as stored, rotated after.
     name
         What to call the image in an error message (its file name or key).
+    max_pixels
+        Refuse an image whose header claims more pixels than this, before decoding it;
+        None for no limit of seqstore's own (OpenCV still refuses more than 2**30).
 
     Returns
     -------
@@ -152,13 +182,15 @@ def decode(
     Raises
     ------
     BadImageError
-        The bytes are not a decodable image (empty, truncated, corrupt, unknown format).
+        The bytes are not a decodable image (empty, truncated, corrupt, unknown format), or
+        the image has more than ``max_pixels`` pixels.
     ConfigError
         ``reduce`` is not 1, 2, 4 or 8, or ``data`` is an array of another dtype.
     """
     if reduce not in _REDUCE_BITS:
         raise ConfigError(f"reduce={reduce!r} is not supported; use one of {REDUCE_FACTORS}")
     buf = _as_buffer(data)
+    _check_size(buf, name, max_pixels)
     _single_threaded()
     is_jpeg = buf[:2].tobytes() == _JPEG_MAGIC
     # Only libjpeg can decode at a reduced size; OpenCV shrinks other formats itself, to
@@ -222,6 +254,7 @@ def _decode_window(
     top, bottom, left, right = window
     if not (0 <= top < bottom and 0 <= left < right):
         raise ConfigError(f"window {window!r} of image '{name}' is empty or negative")
+    _check_size(buf, name, MAX_PIXELS)
     if _jpeg is not None and reduce in _REDUCE_BITS and bytes(buf[:2]) == _JPEG_MAGIC:
         out = np.empty((bottom - top, right - left, 3), np.uint8)
         if _jpeg.crop(buf, out.data, top, left, bottom - top, right - left, reduce):
@@ -285,9 +318,24 @@ def _as_buffer(data: bytes | memoryview | np.ndarray) -> np.ndarray:
     return np.frombuffer(data, np.uint8)
 
 
+def _check_size(buf: bytes | memoryview | np.ndarray, name: str, max_pixels: int | None) -> None:
+    """Refuse a decompression bomb from its header; malformed headers are the decoder's job."""
+    if max_pixels is None:
+        return
+    size = header_size(buf if not isinstance(buf, np.ndarray) else buf.data)
+    if size is not None:
+        check_pixels(ImageInfo("", size[0], size[1], 0), name, max_pixels)
+
+
 def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
-    # OpenCV asserts on an empty buffer rather than returning None.
-    img = cv2.imdecode(buf, flags) if buf.size else None
+    try:
+        # OpenCV asserts on an empty buffer rather than returning None.
+        img = cv2.imdecode(buf, flags) if buf.size else None
+    except cv2.error as exc:  # a header it refuses (a size over its own limit, ...)
+        raise BadImageError(
+            f"image '{name}' cannot be decoded by OpenCV ({_cv2_reason(exc)}); "
+            "use --on-error skip to leave it out"
+        ) from None
     if img is None:
         # The header check names the fault (empty, truncated, not an image) when it can;
         # it costs nothing on the path that succeeds.

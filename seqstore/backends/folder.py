@@ -20,6 +20,7 @@ the round trip. Records read back in sorted order, not write order.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._version import __version__
-from ..errors import ConfigError, NotAStoreError
+from ..errors import BadImageError, ConfigError, NotAStoreError
 from ..imageinfo import probe
 from ..manifest import MANIFEST_NAME, Manifest, Provenance, is_store, read_manifest
 from ..records import Record
@@ -83,6 +84,22 @@ def _scan_tree(
     return keys, labels, ignored
 
 
+def _size(path: Path) -> int:
+    """A file's size for the store's estimate; 0 for one that cannot be read (see below)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:  # reported, with its reason, when the file is read
+        return 0
+
+
+def _why_unreadable(path: str, exc: OSError) -> str:
+    if os.path.islink(path) and exc.errno == errno.ENOENT:
+        return f"a dangling symbolic link to '{os.readlink(path)}'"
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link that loops"
+    return exc.strerror or str(exc)
+
+
 def _parse_label_file(
     label_file: Path, classes: list[str] | None
 ) -> tuple[dict[str, int], list[str]]:
@@ -130,14 +147,32 @@ def _parse_label_file(
     return mapping, classes
 
 
-def load_classes(spec: str | os.PathLike[str] | Sequence[str]) -> list[str]:
-    """Class names from a list, a text file with one name per line, or an ImageFolder root."""
+def load_classes(spec: str | os.PathLike[str] | Sequence[str], *, sort: bool = True) -> list[str]:
+    """Class names from a list, a text file with one name per line, or an ImageFolder root.
+
+    Parameters
+    ----------
+    spec
+        A list of names (kept in its order), a file, or an ImageFolder root.
+    sort
+        Sort a file's names, as an ImageFolder's class folders are sorted (torchvision's
+        order): a split labelled through the file (a validation folder, say) then agrees
+        with a training split read from its folder. False keeps the file's order.
+
+    Returns
+    -------
+    list of str
+    """
     if isinstance(spec, (str, os.PathLike)):
         p = Path(spec)
         if p.is_dir():
             return find_classes(p)
         if p.is_file():
-            return [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
+            names = [line.split()[0] for line in p.read_text().splitlines() if line.strip()]
+            if len(set(names)) != len(names):
+                twice = next(n for n in names if names.count(n) > 1)
+                raise ConfigError(f"classes file '{p}' lists '{twice}' more than once")
+            return sorted(names) if sort else names
         raise ConfigError(f"classes '{p}' is neither a folder nor a file of class names")
     return list(spec)
 
@@ -226,7 +261,7 @@ class FolderReader(Reader[None]):
         n = len(self._keys)
         step = max(1, n // _SIZE_SAMPLE)
         sample = self._keys[::step]
-        sampled = sum(os.stat(self.path / k).st_size for k in sample)
+        sampled = sum(_size(self.path / k) for k in sample)
         total = sampled if step == 1 else round(sampled / len(sample) * n)
         provenance = (
             stored.provenance
@@ -273,8 +308,15 @@ class FolderReader(Reader[None]):
         root = str(self.path)
         out = []
         for key, label in zip(self._keys[start:stop], self._labels[start:stop], strict=True):
-            with open(os.path.join(root, key), "rb") as f:
-                out.append((key, label, f.read()))
+            path = os.path.join(root, key)
+            try:
+                with open(path, "rb") as f:
+                    out.append((key, label, f.read()))
+            except OSError as exc:
+                raise BadImageError(
+                    f"cannot read image '{path}' ({_why_unreadable(path, exc)}); fix or remove "
+                    "it, or use --on-error skip to leave it out"
+                ) from None
         return out
 
     def labels(self) -> np.ndarray:
@@ -326,13 +368,21 @@ class FolderWriter(Writer):
             raise ConfigError(
                 f"record key '{key}' has no image extension; an image folder would not list it"
             )
+        if "\x00" in key:
+            raise ConfigError(
+                f"record key {key!r} holds a NUL byte, which no file name can; export to "
+                "lmdb or hdf5, which keep any key, or rename the record"
+            )
         out = f"{class_dir}/{rel}"
         if out in self._written:
             raise ConfigError(f"two records would both be written to '{self.path / out}'")
         self._written.add(out)
-        target = self.directory / out
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(record.data)
+        # A key read from a file name that is not UTF-8 holds surrogate escapes
+        # (os.fsdecode); os.fsencode turns it back into the very bytes of that name.
+        target = os.fsencode(self.directory / out)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as f:
+            f.write(record.data)
 
     def _finish(self) -> None:
         if not self.classes:

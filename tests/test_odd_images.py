@@ -1,0 +1,292 @@
+"""Images that pass a header check but not a decoder, or that decoders disagree on.
+
+Every file is made here (cv2, PIL, numpy) and checked through the public API and the CLI:
+each is stored with PIL's pixels, or refused with one line that --on-error skip handles.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import seqstore
+from seqstore.backends import get_backend
+from seqstore.convert import convert
+from seqstore.decode import decode
+from seqstore.errors import BadImageError, ConfigError
+from seqstore.records import Record
+
+_RNG = np.random.default_rng(8)
+
+
+def _rgb(height: int = 24, width: int = 32) -> np.ndarray:
+    return _RNG.integers(0, 256, (height, width, 3), np.uint8)
+
+
+def _jpeg() -> bytes:
+    return cv2.imencode(".jpg", _rgb())[1].tobytes()
+
+
+def _jpeg12() -> bytes:
+    data = bytearray(_jpeg())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 4] = 12  # the frame header's sample precision
+    return bytes(data)
+
+
+def _uint16(ext: str, channels: int) -> bytes:
+    shape = (24, 32, channels) if channels > 1 else (24, 32)
+    return cv2.imencode(ext, _RNG.integers(0, 65536, shape, np.uint16))[1].tobytes()
+
+
+def _pil(img: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def _apng() -> bytes:
+    frames = [Image.fromarray(_rgb()) for _ in range(3)]
+    return _pil(frames[0], "PNG", save_all=True, append_images=frames[1:])
+
+
+def _trns_png() -> bytes:
+    img = Image.fromarray(_RNG.integers(0, 16, (24, 32), np.uint8), "P")
+    img.putpalette(_RNG.integers(0, 256, 48, np.uint8).tolist())
+    return _pil(img, "PNG", transparency=3)
+
+
+def _cmyk_jpeg() -> bytes:
+    return _pil(Image.fromarray(_rgb()).convert("CMYK"), "JPEG")
+
+
+def _huge_png() -> bytes:
+    data = bytearray(cv2.imencode(".png", _rgb())[1].tobytes())
+    struct.pack_into(">II", data, 16, 65000, 65000)
+    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))  # a valid IHDR
+    return bytes(data)
+
+
+def _huge_jpeg() -> bytes:
+    data = bytearray(_jpeg())
+    struct.pack_into(">HH", data, data.find(b"\xff\xc0") + 5, 65000, 65000)
+    return bytes(data)
+
+
+def _huge_bmp() -> bytes:
+    data = bytearray(cv2.imencode(".bmp", _rgb())[1].tobytes())
+    struct.pack_into("<ii", data, 18, 65535, 65535)
+    return bytes(data)
+
+
+# Stored, with PIL's pixels.
+KEPT: dict[str, Callable[[], bytes]] = {
+    "png16_rgb.png": lambda: _uint16(".png", 3),
+    "apng.png": _apng,
+    "trns.png": _trns_png,
+}
+# Refused with one line, and why.
+REFUSED: dict[str, tuple[Callable[[], bytes], str]] = {
+    "jpeg12.jpg": (_jpeg12, "12-bit samples"),
+    "png16_grey.png": (lambda: _uint16(".png", 1), "16-bit greyscale PNG"),
+    "tiff16_rgb.tif": (lambda: _uint16(".tiff", 3), "16-bit TIFF"),
+    "tiff16_grey.tif": (lambda: _uint16(".tiff", 1), "16-bit TIFF"),
+    "pgm16.pgm": (lambda: _uint16(".pgm", 1), "16-bit PNM"),
+    "huge.png": (_huge_png, "65000x65000 pixels, over the limit"),
+    "huge.jpg": (_huge_jpeg, "65000x65000 pixels, over the limit"),
+    "huge.bmp": (_huge_bmp, "65535x65535 pixels, over the limit"),
+}
+
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _tree(root: Path, files: dict[str, bytes]) -> Path:
+    """An ImageFolder: class 'good' holds two plain JPEGs, class 'odd' the given files."""
+    for cls in ("good", "odd"):
+        (root / cls).mkdir(parents=True)
+    for i in range(2):
+        (root / "good" / f"{i}.jpg").write_bytes(_jpeg())
+    for name, data in files.items():
+        (root / "odd" / name).write_bytes(data)
+    return root
+
+
+def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "seqstore", "convert", *map(str, args), "-q"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+        | {"PYTHONPATH": str(Path(seqstore.__file__).parents[1])},
+    )
+
+
+@pytest.mark.parametrize("name", sorted(KEPT))
+def test_kept_images_decode_to_pils_pixels(name: str) -> None:
+    data = KEPT[name]()
+    np.testing.assert_array_equal(decode(data, name=name), _pil_rgb(data))
+
+
+def test_cmyk_jpeg_is_within_two_levels_of_pil() -> None:
+    data = _cmyk_jpeg()
+    diff = np.abs(decode(data).astype(int) - _pil_rgb(data))
+    assert diff.max() <= 2
+
+
+@pytest.mark.parametrize("check", ["header", "decode"])
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_odd_image_is_refused_in_one_line(name: str, check: str, tmp_path: Path) -> None:
+    make, why = REFUSED[name]
+    src = _tree(tmp_path / "src", {name: make(), "fine.png": KEPT["trns.png"]()})
+    with pytest.raises(BadImageError, match=why) as info:
+        convert(src, tmp_path / "fail", format="folder", check=check, progress=False)
+    assert name in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "fail").exists()
+    report = convert(
+        src, tmp_path / "skip", format="folder", check=check, on_error="skip", progress=False
+    )
+    assert [s.key for s in report.skipped] == [f"odd/{name}"]
+    assert report.manifest.num_records == 3
+
+
+def test_kept_images_are_stored_as_pil_sees_them(tmp_path: Path) -> None:
+    files = {name: make() for name, make in KEPT.items()}
+    src = _tree(tmp_path / "src", files)
+    report = convert(src, tmp_path / "out", format="folder", progress=False)
+    assert report.skipped == []
+    assert any("animated PNG" in w and "apng.png" in w for w in report.warnings)
+    store = seqstore.open(tmp_path / "out")
+    for record in store.read_block(0, len(store)):
+        name = record.key.split("/")[-1]
+        if name in files:
+            np.testing.assert_array_equal(decode(record.data), _pil_rgb(files[name]))
+
+
+def test_decode_refuses_giant_headers_before_decoding() -> None:
+    for data in (_huge_png(), _huge_jpeg(), _huge_bmp()):
+        with pytest.raises(BadImageError, match="over the limit of 178,956,970"):
+            decode(data, name="giant")
+    # Without seqstore's limit OpenCV's own refusal is still one BadImageError, not cv2.error.
+    with pytest.raises(BadImageError, match="cannot be decoded by OpenCV"):
+        decode(_huge_png(), name="giant", max_pixels=None)
+
+
+def test_max_pixels_is_a_convert_option(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"big.jpg": cv2.imencode(".jpg", _rgb(40, 50))[1].tobytes()})
+    with pytest.raises(BadImageError, match="40x50|50x40"):
+        convert(src, tmp_path / "a", format="folder", max_pixels=1999, progress=False)
+    convert(src, tmp_path / "b", format="folder", max_pixels=2000, progress=False)
+
+
+def test_check_decode_finds_damaged_data_the_header_check_misses(tmp_path: Path) -> None:
+    data = bytearray(cv2.imencode(".png", _rgb())[1].tobytes())
+    idat = data.find(b"IDAT")
+    data[idat + 8 : idat + 40] = bytes(32)  # sound header and IEND, corrupt pixels
+    src = _tree(tmp_path / "src", {"damaged.png": bytes(data)})
+    convert(src, tmp_path / "h", format="folder", check="header", progress=False)
+    with pytest.raises(BadImageError, match="damaged.png"):
+        convert(src, tmp_path / "d", format="folder", check="decode", progress=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_broken_links_are_skipped_not_fatal(tmp_path: Path, workers: int) -> None:
+    src = _tree(tmp_path / "src", {})
+    odd = src / "odd"
+    (odd / "fine.jpg").write_bytes(_jpeg())
+    os.symlink("nowhere.jpg", odd / "dangling.jpg")
+    os.symlink("loop_b.jpg", odd / "loop_a.jpg")
+    os.symlink("loop_a.jpg", odd / "loop_b.jpg")
+    report = convert(
+        src, tmp_path / "out", format="folder", on_error="skip", workers=workers, progress=False
+    )
+    reasons = {s.key: s.reason for s in report.skipped}
+    assert set(reasons) == {"odd/dangling.jpg", "odd/loop_a.jpg", "odd/loop_b.jpg"}
+    assert "dangling symbolic link" in reasons["odd/dangling.jpg"]
+    assert "loops" in reasons["odd/loop_a.jpg"]
+    assert report.manifest.num_records == 3
+    with pytest.raises(BadImageError, match="dangling.jpg"):
+        convert(src, tmp_path / "fail", format="folder", progress=False)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file_is_a_bad_image(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {"secret.jpg": _jpeg()})
+    (src / "odd" / "secret.jpg").chmod(0)
+    with pytest.raises(BadImageError, match="secret.jpg.*Permission denied"):
+        convert(src, tmp_path / "out", format="folder", progress=False)
+
+
+def test_non_utf8_file_name_keeps_its_bytes(tmp_path: Path) -> None:
+    src = _tree(tmp_path / "src", {})
+    with open(os.fsencode(src / "odd") + b"/caf\xe9.jpg", "wb") as f:
+        f.write(_jpeg())
+    report = convert(src, tmp_path / "out", format="folder", progress=False)
+    assert report.manifest.num_records == 3
+    assert b"caf\xe9.jpg" in os.listdir(os.fsencode(tmp_path / "out" / "odd"))
+    keys = seqstore.open(tmp_path / "out").keys  # type: ignore[attr-defined]
+    assert "odd/caf\udce9.jpg" in keys
+
+
+def test_nul_in_a_key_is_one_line_naming_it(tmp_path: Path) -> None:
+    record = Record.make("a/x\x00y.jpg", 0, _jpeg(), 32, 24)
+    with pytest.raises(ConfigError, match=r"'a/x\\x00y.jpg' holds a NUL byte"):
+        with get_backend("folder").open_writer(tmp_path / "out", classes=["a"]) as writer:
+            writer.write(record)
+
+
+def test_classes_file_out_of_order_agrees_with_the_training_folder(tmp_path: Path) -> None:
+    train = tmp_path / "train"
+    val = tmp_path / "val"
+    val.mkdir()
+    lines = []
+    for i, wnid in enumerate(["n03", "n01", "n02"]):
+        (train / wnid).mkdir(parents=True)
+        (train / wnid / "t.jpg").write_bytes(_jpeg())
+        (val / f"v{i}.jpg").write_bytes(_jpeg())
+        lines.append(f"v{i}.jpg\t{wnid}")
+    (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "wnids.txt").write_text("n03\nn01\nn02\n")  # Tiny-ImageNet's is unsorted too
+    convert(train, tmp_path / "t", format="folder", progress=False)
+    convert(
+        val,
+        tmp_path / "v",
+        format="folder",
+        labels=tmp_path / "val.txt",
+        classes=tmp_path / "wnids.txt",
+        progress=False,
+    )
+    t, v = seqstore.open(tmp_path / "t"), seqstore.open(tmp_path / "v")
+    assert t.classes == v.classes == ["n01", "n02", "n03"]
+    labels = {r.key.split("/")[-1]: v.classes[r.label] for r in v.read_block(0, len(v))}
+    assert labels == {"v0.jpg": "n03", "v1.jpg": "n01", "v2.jpg": "n02"}
+
+
+def test_cli_refuses_in_one_line_and_skips(tmp_path: Path) -> None:
+    files = {name: make() for name, (make, _) in REFUSED.items()}
+    src = _tree(tmp_path / "src", files)
+    os.symlink("nowhere.jpg", src / "odd" / "dangling.jpg")
+    failed = _cli(src, tmp_path / "fail", "--format", "folder")
+    assert failed.returncode == 2
+    assert "Traceback" not in failed.stderr
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seqstore: error: ")
+    skipped = _cli(
+        src, tmp_path / "skip", "--format", "lmdb", "--on-error", "skip", "--workers", "2"
+    )
+    assert skipped.returncode == 0, skipped.stderr
+    assert "Traceback" not in skipped.stderr
+    assert f"{len(files) + 1} file(s) skipped" in skipped.stdout
