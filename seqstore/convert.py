@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -315,21 +318,47 @@ def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
     max_side, quality = _worker_state["max_side"], _worker_state["quality"]
     nbytes = len(data)
     width, height = info.width, info.height
-    if (max_side is not None and max(width, height) > max_side) or (
-        quality is not None and max_side is None
-    ):
-        try:
-            data, width, height = _reencode(data, name, max_side, quality or 90)
-        except BadImageError as exc:  # a sound header over damaged image data
-            return _Bad(key, str(exc), nbytes)
-    elif _worker_state["check"] == "decode":
-        from .decode import decode
+    with _c_stderr() as printed:
+        if (max_side is not None and max(width, height) > max_side) or (
+            quality is not None and max_side is None
+        ):
+            try:
+                data, width, height = _reencode(data, name, max_side, quality or 90)
+            except BadImageError as exc:  # a sound header over damaged image data
+                return _Bad(key, str(exc), nbytes)
+        elif _worker_state["check"] == "decode":
+            from .decode import decode
 
-        try:
-            decode(data, name=name, max_pixels=None)  # the header check applied the limit
-        except BadImageError as exc:
-            return _Bad(key, str(exc), nbytes)
+            try:
+                decode(data, name=name, max_pixels=None)  # the header check applied the limit
+            except BadImageError as exc:
+                return _Bad(key, str(exc), nbytes)
+    warnings.extend(f"'{name}' decodes, but libjpeg says: {line}; kept" for line in printed)
     return _Good(Record.make(key, label, data, width, height), nbytes, warnings)
+
+
+@contextmanager
+def _c_stderr() -> Iterator[list[str]]:
+    """Collect what C code prints on file descriptor 2 meanwhile, as lines.
+
+    OpenCV's libjpeg prints warnings such as "Corrupt JPEG data: 2 extraneous bytes before
+    marker 0xd9" straight to stderr, past OpenCV's log level, one line per file and without
+    its name; hundreds of them would bury a conversion's output. Collected, they become
+    warnings that name the file.
+    """
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            lines.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:

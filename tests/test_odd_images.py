@@ -290,3 +290,16 @@ def test_cli_refuses_in_one_line_and_skips(tmp_path: Path) -> None:
     assert skipped.returncode == 0, skipped.stderr
     assert "Traceback" not in skipped.stderr
     assert f"{len(files) + 1} file(s) skipped" in skipped.stdout
+
+
+def test_libjpeg_warnings_become_convert_warnings_naming_the_file(tmp_path: Path) -> None:
+    # Extra bytes before the end-of-image marker: the image decodes, and libjpeg (inside
+    # OpenCV) prints "Corrupt JPEG data: 2 extraneous bytes" on stderr, without a file name.
+    # (whether libjpeg notices depends on the scan's last bits: this image's do)
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
+    data = cv2.imencode(".jpg", noise)[1].tobytes()
+    src = _tree(tmp_path / "src", {"extra.jpg": data[:-2] + b"\x00\x00\x00" + data[-2:]})
+    p = _cli(src, tmp_path / "dst", "--format", "lmdb")
+    assert p.returncode == 0, p.stderr
+    assert "Corrupt JPEG data" not in p.stderr
+    assert "extra.jpg' decodes, but libjpeg says: Corrupt JPEG data" in p.stdout
