@@ -143,28 +143,43 @@ def read_store_manifest(dst: Path) -> Manifest:
     """The manifest of the store at ``dst``, for a reader.
 
     A replacement that a killed writer left half done is finished first; where there is no
-    store yet, a write still running or killed is named instead of "does not exist".
+    store yet, a write still running or killed is named instead of "does not exist"; the
+    leftovers of a killed write beside a whole store are announced, once.
 
     Raises
     ------
     PartialStoreError
         ``dst`` is still being written, or its writer was killed.
     """
+    recover(dst)
     if not (dst / MANIFEST_NAME).is_file() and not (dst / PARTIAL_NAME).is_file():
-        recover(dst)
-        if not (dst / MANIFEST_NAME).is_file():
-            live, dead = live_staging(dst), dead_staging(dst)
-            if live:
-                raise PartialStoreError(
-                    f"store '{dst}' is incomplete: it is still being written (writer pid "
-                    f"{_pid(live[0], _NEW)}); wait for that convert to finish"
-                )
-            if dead:
-                raise PartialStoreError(
-                    f"store '{dst}' is incomplete: its writer (pid {_pid(dead[0], _NEW)}) was "
-                    "killed before it finished; run the same convert again with --resume to "
-                    "continue it, or without --resume to start over"
-                )
-            if not dst.exists():
-                raise NotAStoreError(f"'{dst}' does not exist")
-    return read_manifest(dst)
+        live, dead = live_staging(dst), dead_staging(dst)
+        if live:
+            raise PartialStoreError(
+                f"store '{dst}' is incomplete: it is still being written (writer pid "
+                f"{_pid(live[0], _NEW)}); wait for that convert to finish"
+            )
+        if dead:
+            raise PartialStoreError(
+                f"store '{dst}' is incomplete: its writer (pid {_pid(dead[0], _NEW)}) was "
+                "killed before it finished; run the same convert again with --resume to "
+                "continue it, or without --resume to start over"
+            )
+        if not dst.exists():
+            raise NotAStoreError(f"'{dst}' does not exist")
+    manifest = read_manifest(dst)
+    for leftover in dead_staging(dst):
+        if leftover not in _announced:
+            _announced.add(leftover)
+            warnings.warn(
+                f"a convert to '{dst}' was killed and left its unfinished output at "
+                f"'{leftover}'; convert --resume continues it, a convert without --resume "
+                "removes it",
+                SeqstoreWarning,
+                stacklevel=2,
+            )
+    return manifest
+
+
+# Leftovers already announced in this process: one note per leftover, not one per open.
+_announced: set[Path] = set()
