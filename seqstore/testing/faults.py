@@ -328,6 +328,18 @@ def _flip_label(store: Path, rng: np.random.Generator) -> None:
             f["labels"][index] = (record.label + 1) % 4
 
 
+def _flip_index(store: Path, rng: np.random.Generator) -> None:
+    from ..backends import open_store
+
+    reader = open_store(store)
+    labels = reader.labels().astype(np.int32).tobytes()
+    reader.close()
+    raw = bytearray(_data_file(store).read_bytes())
+    at = raw.find(labels) + int(rng.integers(len(labels)))
+    raw[at] ^= 0x01
+    _data_file(store).write_bytes(bytes(raw))
+
+
 def _edit_manifest(store: Path, rng: np.random.Generator) -> None:
     import json
 
@@ -484,6 +496,7 @@ CASES: list[FaultCase] = [
     ),
     _case("label changed on disk (lmdb)", _damaged("lmdb", _flip_label, True), "handled"),
     _case("label changed on disk (hdf5)", _damaged("hdf5", _flip_label, True), "clear error"),
+    _case("flipped bit in the index (lmdb)", _damaged("lmdb", _flip_index, True), "clear error"),
     _case("manifest num_records edited", _damaged("lmdb", _edit_manifest, False), "clear error"),
     _case("manifest deleted", _damaged("hdf5", _delete_manifest, False), "clear error"),
     *(
