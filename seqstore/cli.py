@@ -300,6 +300,11 @@ def _show_warning(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``seqstore`` command line; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):
+        # A key from a file name that is not UTF-8 (or one damaged on disk) must print, not
+        # end the command with a UnicodeEncodeError.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

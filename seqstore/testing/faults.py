@@ -99,7 +99,14 @@ def _cli(*args: str | Path, timeout: float = _TIMEOUT) -> _Proc:
 
 def _run(argv: list[str], timeout: float) -> _Proc:
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        p = subprocess.run(
+            argv,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",  # a damaged key may print as bytes that are not UTF-8
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         return _Proc(None, str(exc.stdout or ""), str(exc.stderr or ""))
     return _Proc(p.returncode, p.stdout, p.stderr)
@@ -405,7 +412,8 @@ def _racing_writers(fmt: str) -> Callable[[Path, np.random.Generator], str]:
                 [*argv, "--format", fmt, "--quiet"],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
+                encoding="utf-8",
+                errors="replace",
             )
             for _ in range(2)
         ]
