@@ -9,12 +9,15 @@ from __future__ import annotations
 __all__ = [
     "BackendNotFoundError",
     "BadImageError",
+    "BadRecordError",
+    "BadRecordWarning",
     "ConfigError",
     "NotAStoreError",
     "PartialStoreError",
     "ResumeError",
     "SeqstoreError",
     "StoreExistsError",
+    "WorkerDiedError",
 ]
 
 
@@ -51,3 +54,16 @@ class BadImageError(SeqstoreError):
 
 class ResumeError(SeqstoreError):
     """A loader state cannot be restored into a loader of a different shape."""
+
+
+class BadRecordError(SeqstoreError):
+    """A record of a store fails its checksum or cannot be decoded while loading, or more
+    records did than the loader's ``max_bad`` allows."""
+
+
+class WorkerDiedError(SeqstoreError):
+    """A loader worker process ended without a word (killed, or out of memory)."""
+
+
+class BadRecordWarning(UserWarning):
+    """A loader with ``on_error="skip"`` left out a bad record (once per record)."""
