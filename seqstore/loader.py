@@ -608,7 +608,7 @@ class Loader:
         unguard = self._guard_sigchld()
         try:
             yield from self._iter_epoch(batches, epoch)
-        except SeqstoreError:
+        except Exception:  # not GeneratorExit: a loop that breaks off keeps its workers
             # Stop the workers now rather than when the collector gets to them: a traceback
             # kept in a cycle (pytest's, a logger's) would have the DataLoader's queues closed
             # before its workers are told to stop, and its shutdown wait 5 s per worker. The
@@ -641,7 +641,8 @@ class Loader:
             try:
                 previous(signum, frame)
             except RuntimeError as err:
-                self._worker_death = str(err).strip()
+                # torch adds hints on further lines to some of these: keep one line.
+                self._worker_death = " ".join(str(err).split())
 
         signal.signal(signal.SIGCHLD, on_sigchld)
 
@@ -659,7 +660,7 @@ class Loader:
             except RuntimeError as err:
                 if not str(err).startswith("DataLoader worker"):
                     raise
-                death = str(err).strip()
+                death = " ".join(str(err).split())
             death = death or self._worker_death
             if death is not None:
                 raise WorkerDiedError(

@@ -148,6 +148,23 @@ def test_skip_replaces_a_bad_sample_by_the_next_good_one_of_its_batch(damaged: P
     assert batches[2][5] == batches[2][6]  # the bytes themselves
 
 
+def test_skip_raises_when_no_sample_of_a_batch_is_good(damaged_lmdb: Path) -> None:
+    loader = _loader(damaged_lmdb, shuffle=False, batch_size=1, transform="none")
+    with pytest.raises(BadRecordError, match=f"all 1 records of batch {FLIPPED[0]} of store"):
+        _quiet_epoch(loader)
+
+
+def _buggy_transform(image: Any) -> Any:
+    raise TypeError("a bug in the user's transform")
+
+
+def test_an_exception_of_a_user_transform_is_never_skipped(damaged_lmdb: Path) -> None:
+    loader = _loader(damaged_lmdb, transform=_buggy_transform, max_bad=None)
+    with pytest.raises(TypeError, match="a bug in the user's transform"):
+        _quiet_epoch(loader)
+    assert loader.bad_records == []
+
+
 def test_resume_mid_epoch_with_skip_equals_uninterrupted(damaged: Path) -> None:
     whole_indices, whole = _quiet_epoch(_loader(damaged, max_bad=3))
     first = _loader(damaged, max_bad=3)
@@ -165,6 +182,11 @@ def test_resume_mid_epoch_with_skip_equals_uninterrupted(damaged: Path) -> None:
         torch.equal(a, b) for a, b in zip([x for x, _, _ in head] + tail, whole, strict=True)
     )
     assert resumed.epoch == 1
+    # The bad records met before the break still count against max_bad after the resume.
+    strict = _loader(damaged, max_bad=2)
+    strict.load_state_dict(state)
+    with pytest.raises(BadRecordError, match="more than max_bad=2"):
+        _quiet_epoch(strict)
 
 
 @pytest.mark.parametrize(
