@@ -17,11 +17,14 @@ from .backends import open_store as open
 from .errors import (
     BackendNotFoundError,
     BadImageError,
+    BadRecordError,
+    BadRecordWarning,
     ConfigError,
     NotAStoreError,
     PartialStoreError,
     SeqstoreError,
     StoreExistsError,
+    WorkerDiedError,
 )
 from .manifest import Manifest
 from .records import Record
@@ -46,6 +49,8 @@ __all__ = [
     "Backend",
     "BackendNotFoundError",
     "BadImageError",
+    "BadRecordError",
+    "BadRecordWarning",
     "ConfigError",
     "Loader",
     "LoaderConfig",
@@ -56,6 +61,7 @@ __all__ = [
     "Record",
     "SeqstoreError",
     "StoreExistsError",
+    "WorkerDiedError",
     "Writer",
     "__version__",
     "available_backends",

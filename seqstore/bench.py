@@ -3,7 +3,9 @@
 For each backend, in the same run, interleaved, after a warm-up, as medians of repetitions:
 the raw ``read_block`` rate, the Loader's images/s with the chosen transform and workers,
 the time to the first batch, the peak memory of the loader and its workers, and a stage
-breakdown (read, decode, transform, collate) that shows what bounds the loader. Beside them:
+breakdown (read, verify, decode, transform, collate) that shows what bounds the loader, and
+what checking checksums on read costs: the first store's Loader with ``verify`` on and off,
+pass by pass in turn in one process, the fastest pass of each compared. Beside them:
 the ceiling (the same decode and transform in bare processes over bytes already in RAM),
 a torchvision-style pipeline (PIL, one file per sample, float normalisation in workers), and
 the tensorpack pipeline of the old sequential loaders when tensorpack is installed. Every
@@ -14,6 +16,7 @@ alone: how far records move, and how many classes a batch holds against a random
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -94,6 +97,7 @@ class BenchResult:
     megabytes: float
     rows: list[Row]
     notes: list[str]
+    checksum_cost: dict[str, Any] | None = None
 
     def ratio(self, name: str, to: str) -> float | None:
         """images/s of row ``name`` divided by that of row ``to`` (None if either is absent)."""
@@ -227,7 +231,7 @@ def _build(
     kind: str, path: Path, cfg: BenchConfig, extra: dict[str, Any]
 ) -> Callable[[], Iterator[Any]]:
     if kind == "seqstore":
-        return _seqstore_epoch(path, cfg, extra.get("dtype", "uint8"))
+        return _seqstore_epoch(path, cfg, extra.get("dtype", "uint8"), extra.get("verify", True))
     if kind == "torchvision":
         reader = open_store(path)
         if not isinstance(reader, FolderReader):
@@ -288,6 +292,34 @@ def _measure(
     return rate, first or 0.0, rss.peak / 1e6
 
 
+def _measure_checksum_cost(path: Path, cfg_json: str, passes: int) -> tuple[float, float, int]:
+    """In a fresh process: (best images/s with checksums verified, best without, batches
+    per pass). The two Loaders run pass by pass in turn (on, off, then off, on), so that
+    both meet the same load from the rest of the machine; each pass times the batches
+    after its first, up to an epoch or about 2000 images, so that the figure is the steady
+    rate, not the start, and a large store is not read whole a dozen times."""
+    cfg = BenchConfig.model_validate_json(cfg_json)
+    limit = max(8, math.ceil(2000 / cfg.batch_size))
+    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
+    epochs = {verify: _seqstore_epoch(path, cfg, verify=verify) for verify in (True, False)}
+    best = {True: 0.0, False: 0.0}
+    timed = 0
+    for i in range(passes + 1):  # the first round warms both up
+        for verify in (True, False) if i % 2 else (False, True):
+            images, start = 0, 0.0
+            for b, batch in enumerate(epochs[verify]()):
+                if b == 0:
+                    start = time.perf_counter()
+                    continue
+                images += len(batch[1])
+                timed = b
+                if b == limit:
+                    break
+            if i and images:
+                best[verify] = max(best[verify], images / (time.perf_counter() - start))
+    return best[True], best[False], timed
+
+
 def _in_child(
     kind: str, path: Path, cfg: BenchConfig, extra: dict[str, Any]
 ) -> tuple[float, float, float]:
@@ -296,8 +328,11 @@ def _in_child(
     # A plain (non-daemon) process: the pipelines start worker processes of their own.
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    args = (kind, path, cfg.model_dump_json(), extra)
-    proc = ctx.Process(target=_reply, args=(send, _measure, args))
+    fn: Callable[..., Any] = _measure
+    args: tuple[Any, ...] = (kind, path, cfg.model_dump_json(), extra)
+    if kind == "checksum cost":
+        fn, args = _measure_checksum_cost, (path, cfg.model_dump_json(), extra["passes"])
+    proc = ctx.Process(target=_reply, args=(send, fn, args))
     proc.start()
     send.close()  # the child's copy is the only one left: recv() ends if the child dies
     try:
@@ -316,11 +351,11 @@ def _in_child(
 
 # -- the pipelines under test -------------------------------------------------------------------
 def _seqstore_epoch(
-    path: Path, cfg: BenchConfig, dtype: str = "uint8"
+    path: Path, cfg: BenchConfig, dtype: str = "uint8", verify: bool = True
 ) -> Callable[[], Iterator[Any]]:
     """One Loader epoch per call. ``uint8`` batches in channels-last layout are what crosses
     to a GPU, which converts and normalises them on arrival; with ``float32`` the CPU does
-    that too, as a CPU-only training loop needs."""
+    that too, as a CPU-only training loop needs. ``verify``: check checksums on read."""
     from .loader import Loader
 
     loader = Loader(
@@ -333,6 +368,7 @@ def _seqstore_epoch(
         block_mb=cfg.block_mb,
         dtype=dtype,
         channels_last=dtype == "uint8",
+        verify=verify,
     )
     return lambda: iter(loader)
 
@@ -556,6 +592,7 @@ def _stages(
 
     stages: dict[str, Callable[[], object]] = {
         "read": read,
+        "verify": lambda: [r.verify() for r in records],
         "decode (full size)": lambda: [decode(r.data, name=r.key) for r in records],
         "decode + transform": lambda: [
             transform(r, sample_rng(0, 0, i)) for i, r in enumerate(records)
@@ -775,6 +812,18 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         rows[fmt].read_records_per_s = rate
         rows[fmt].read_mb_per_s = rate * mb / n
 
+    # Checksums cost about 1% of a worker's time, within the run-to-run spread of whole
+    # measurements in separate processes: the two settings are compared pass by pass instead.
+    passes = max(6, 2 * cfg.repeat)
+    on, off, batches = _in_child("checksum cost", first_path, cfg, {"passes": passes})
+    checksum_cost = {
+        "store": first_fmt,
+        "verify_on": on,
+        "verify_off": off,
+        "percent": 100 * (1 - on / off) if off else None,
+        "passes": passes,
+        "batches_per_pass": batches,
+    }
     result = BenchResult(
         config=cfg.model_dump(mode="json"),
         machine=_machine(),
@@ -782,6 +831,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         megabytes=mb,
         rows=list(rows.values()),
         notes=notes,
+        checksum_cost=checksum_cost,
     )
     (cfg.out / "bench.png").unlink(missing_ok=True)  # an earlier run's
     if _chart(result, cfg.out / "bench.png") is None:
@@ -867,6 +917,13 @@ def format_table(result: BenchResult) -> str:
                 f"{r.name:<22}{s['displacement']:>13.3f}{s['random_displacement']:>8.3f}"
                 f"{s['classes_per_batch']:>15.1f}{s['random_classes_per_batch']:>8.1f}"
             )
+    cost = result.checksum_cost
+    if cost is not None and cost["percent"] is not None:
+        lines.append(
+            f"checksum cost ({cost['store']} Loader): {cost['percent']:.1f}% "
+            f"({cost['verify_on']:.0f} img/s verifying, {cost['verify_off']:.0f} without; "
+            f"best of {cost['passes']} alternating passes of {cost['batches_per_pass']} batches)"
+        )
     for a, b in (("lmdb", "torchvision-style"), ("tensorpack file", "tensorpack pipeline")):
         ratio = result.ratio(a, b)
         if ratio is not None:

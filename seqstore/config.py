@@ -159,6 +159,22 @@ class LoaderConfig(BaseModel):
         reserved when the loader is made.
     with_indices : bool
         Also yield each batch's store positions (``images, labels, indices``).
+    verify : bool
+        Check each record against the checksum stored with it as it is read (CRC-32, about
+        1% of the loader's time). Data without stored checksums (image folders, tensorpack
+        files) is read unchecked either way.
+    on_error : {"raise", "skip"}
+        What a bad record does: one that fails its checksum, or whose bytes the decoder
+        rejects (:class:`~seqstore.errors.BadImageError` or another seqstore error from
+        decoding or a built-in transform). ``"raise"`` ends the epoch with a
+        :class:`~seqstore.errors.BadRecordError` naming the record and the store;
+        ``"skip"`` puts another sample of the same batch in its place and warns once per
+        record (see :class:`seqstore.Loader`). Exceptions raised by your own transform are
+        never skipped.
+    max_bad : int, float or None
+        With ``on_error="skip"``, raise anyway once more records than this went bad in one
+        epoch on this rank: a count, or (a float) a fraction of the rank's samples per epoch.
+        ``None``: no limit.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
@@ -190,6 +206,20 @@ class LoaderConfig(BaseModel):
     world_size: int | None = Field(None, ge=1)
     prefetch_factor: int = Field(2, ge=1)
     with_indices: bool = False
+    verify: bool = True
+    on_error: Literal["raise", "skip"] = "raise"
+    max_bad: int | float | None = None
+
+    @field_validator("max_bad", mode="before")
+    @classmethod
+    def _valid_max_bad(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float, type(None))):
+            raise ValueError(f"max_bad={value!r} must be a count (int) or a fraction (float)")
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"max_bad={value} is negative; give a count >= 0")
+        if isinstance(value, float) and not 0.0 <= value <= 1.0:
+            raise ValueError(f"max_bad={value} is not a fraction in [0, 1]; give a count as int")
+        return value
 
     @field_validator("transform")
     @classmethod

@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "BackendNotFoundError",
     "BadImageError",
+    "BadRecordError",
+    "BadRecordWarning",
     "ConfigError",
     "CorruptStoreError",
     "DiskFullError",
@@ -18,6 +20,7 @@ __all__ = [
     "SeqstoreError",
     "SeqstoreWarning",
     "StoreExistsError",
+    "WorkerDiedError",
 ]
 
 
@@ -64,5 +67,18 @@ class ResumeError(SeqstoreError):
     """A loader state cannot be restored into a loader of a different shape."""
 
 
+class BadRecordError(SeqstoreError):
+    """A record of a store fails its checksum or cannot be decoded while loading, or more
+    records did than the loader's ``max_bad`` allows."""
+
+
+class WorkerDiedError(SeqstoreError):
+    """A loader worker process ended without a word (killed, or out of memory)."""
+
+
 class SeqstoreWarning(UserWarning):
     """Something seqstore did on its own that a user should know of (a rollback, a skip)."""
+
+
+class BadRecordWarning(SeqstoreWarning):
+    """A loader with ``on_error="skip"`` left out a bad record (once per record)."""

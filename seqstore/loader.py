@@ -13,6 +13,10 @@ the copy itself (about 7 ms per 64 images of 224x224, 8% of a worker's time on 2
 main process copies (or converts, or moves to the GPU) each batch out of the ring before the
 training loop sees it, and hands the buffer back, so a batch a user keeps is never
 overwritten.
+
+Errors travel as values: a worker that meets a bad record or any other seqstore error sends
+it in place of a batch, and the main process raises it, so that the training loop gets the
+one-line error rather than DataLoader's re-raise with the worker's traceback.
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +40,23 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import transforms
 from .backends import Reader, open_store
 from .config import LoaderConfig, load_config
-from .engine.order import num_batches, worker_plan
+from .engine.order import num_batches, rank_sample_count, worker_plan
 from .engine.stream import RawBatch, iter_batches
-from .errors import ConfigError, NotAStoreError, ResumeError
+from .errors import (
+    BadRecordError,
+    BadRecordWarning,
+    ConfigError,
+    NotAStoreError,
+    ResumeError,
+    SeqstoreError,
+    WorkerDiedError,
+)
 from .records import Record
 
 __all__ = ["Loader", "resolve_split"]
 
-_STATE_VERSION = 1
+# 2: the store's identity and the epoch's bad-record count joined the state.
+_STATE_VERSION = 2
 # What must match between a saved loader state and the loader it is loaded into.
 _TOPOLOGY = (
     "num_records",
@@ -96,6 +112,45 @@ def _default_rank_world() -> tuple[int, int]:
         ) from None
 
 
+def _stores_checksums(reader: Reader[Any]) -> bool:
+    """Whether ``reader``'s records carry checksums written with the data.
+
+    The image-folder and tensorpack readers compute a record's checksum from the bytes they
+    have just read, so :meth:`~seqstore.records.Record.verify` cannot fail there and
+    checking would only claim an integrity nothing backs.
+    """
+    return reader.manifest.format not in ("folder", "tensorpack")
+
+
+@dataclass(frozen=True)
+class _Bad:
+    """In place of a sample: its record fails its checksum (``decode_error`` None) or
+    cannot be decoded (the decoder's message)."""
+
+    key: str
+    decode_error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """In place of a batch: the worker stopped on ``error``, which the main process raises."""
+
+    error: SeqstoreError
+
+
+def _bad_message(key: str, index: int, store: Path, decode_error: str | None) -> str:
+    where = f"record '{key}' (#{index}) of store '{store}'"
+    if decode_error is None:
+        return (
+            f"{where} fails its checksum: the store is damaged; run `seqstore info --verify "
+            f"{store}` and rewrite the store, or pass on_error='skip' to load around it"
+        )
+    return (
+        f"{where} cannot be decoded ({decode_error}); rewrite the store from a good copy of "
+        "the image, or pass on_error='skip' to load around it"
+    )
+
+
 class _Transform:
     """Record + generator -> sample, for every kind of transform a config can name."""
 
@@ -117,22 +172,34 @@ class _Transform:
         elif spec != "none":
             self.user = spec
         self.image_format = cfg.image_format
+        self.verify = False  # set by the Loader, which knows whether checksums were stored
 
     def __call__(self, record: Record, rng: np.random.Generator) -> Any:
-        if self.pipeline is not None:
-            return self.pipeline(record.data, rng, name=record.key)
-        if self.user is None:  # transform="none": the encoded bytes
-            return record.data
-        from .decode import decode, decode_pil
+        """The sample of ``record``, or a :class:`_Bad` when the record is bad: it fails its
+        checksum, or decoding it (in a built-in pipeline, everything up to the sample)
+        raises a seqstore error. A user callable's own exceptions propagate."""
+        if self.verify and not record.verify():
+            return _Bad(record.key)
+        try:
+            if self.pipeline is not None:
+                return self.pipeline(record.data, rng, name=record.key)
+            if self.user is None:  # transform="none": the encoded bytes
+                return record.data
+            from .decode import decode, decode_pil
 
-        # User transforms draw from torch's and Python's generators (torchvision does):
-        # seed both from the record's generator so augmentation is reproducible.
-        seed = int(rng.integers(2**63))
-        torch.manual_seed(seed)
-        random.seed(seed)
-        if self.image_format == "pil":
-            return self.user(decode_pil(record.data, name=record.key))
-        return self.user(decode(record.data, name=record.key))
+            # User transforms draw from torch's and Python's generators (torchvision does):
+            # seed both from the record's generator so augmentation is reproducible.
+            seed = int(rng.integers(2**63))
+            torch.manual_seed(seed)
+            random.seed(seed)
+            image: Any
+            if self.image_format == "pil":
+                image = decode_pil(record.data, name=record.key)
+            else:
+                image = decode(record.data, name=record.key)
+        except SeqstoreError as err:
+            return _Bad(record.key, str(err))
+        return self.user(image)
 
 
 def _normalize(
@@ -200,6 +267,43 @@ class _Ring:
         self.busy[slot.worker, slot.slot] = 0
 
 
+# A bad record as it travels with its batch: key, store index, decoder message or None.
+_BadRecord = tuple[str, int, str | None]
+
+
+def _replace_bad(raw: RawBatch, store: Path, skip: bool) -> list[_BadRecord]:
+    """Put the next good sample of the batch (wrapping around) in place of each bad one, in
+    ``raw``, and return the bad records.
+
+    Raises
+    ------
+    BadRecordError
+        A bad record with ``skip`` off, or a batch with no good sample to take from.
+    """
+    bad = [i for i, s in enumerate(raw.samples) if isinstance(s, _Bad)]
+    if not bad:
+        return []
+    found: list[_BadRecord] = [
+        (raw.samples[i].key, int(raw.indices[i]), raw.samples[i].decode_error) for i in bad
+    ]
+    if not skip:
+        key, index, decode_error = found[0]
+        raise BadRecordError(_bad_message(key, index, store, decode_error))
+    if len(bad) == len(raw.samples):
+        raise BadRecordError(
+            f"all {len(bad)} records of batch {raw.batch} of store '{store}' are bad, so none "
+            f"can stand in for the others (first: '{found[0][0]}' (#{found[0][1]})); "
+            "run `seqstore info --verify` on the store and rewrite it"
+        )
+    n = len(raw.samples)
+    for i in bad:
+        j = next(k % n for k in range(i + 1, i + n) if not isinstance(raw.samples[k % n], _Bad))
+        raw.samples[i] = raw.samples[j]
+        raw.labels[i] = raw.labels[j]
+        raw.indices[i] = raw.indices[j]
+    return found
+
+
 def _collate(
     raw: RawBatch, ring: _Ring | None, worker: int | None
 ) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -232,23 +336,39 @@ def _collate(
     return out, raw.labels, raw.indices
 
 
-class _EpochDataset(IterableDataset[tuple[Any, np.ndarray, np.ndarray]]):
+# What a worker sends: a batch (images, labels, indices, bad records) or the error it met.
+_Item = tuple[Any, np.ndarray, np.ndarray, list[_BadRecord]] | _Failure
+
+
+class _EpochDataset(IterableDataset[_Item]):
     def __init__(
         self,
         reader: Reader[Any],
         transform: _Transform,
         params: dict[str, Any],
         ring: _Ring | None,
+        skip_bad: bool,
     ) -> None:
         self.reader = reader
         self.transform = transform
         self.params = params
         self.ring = ring
+        self.skip_bad = skip_bad
         # (epoch, batches to skip), in shared memory: workers persist across epochs and read
         # the values the main process sets before each epoch starts.
         self.state = torch.zeros(2, dtype=torch.int64).share_memory_()
 
-    def __iter__(self) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[_Item]:
+        try:
+            yield from self._batches()
+        except SeqstoreError as err:
+            # Answer every further request with the error rather than end: a worker that
+            # ended would leave its share of the requests to the others, more batches than
+            # their ring slots hold, and they would wait for a free slot forever.
+            while True:
+                yield _Failure(err)
+
+    def _batches(self) -> Iterator[_Item]:
         p = self.params
         epoch, skip_batches = (int(v) for v in self.state)
         info = get_worker_info()
@@ -288,7 +408,8 @@ class _EpochDataset(IterableDataset[tuple[Any, np.ndarray, np.ndarray]]):
         if self.ring is not None and in_worker is not None:
             self.ring.reset(in_worker)
         for raw in batches:
-            yield _collate(raw, self.ring, in_worker)
+            bad = _replace_bad(raw, self.reader.path, self.skip_bad)
+            yield (*_collate(raw, self.ring, in_worker), bad)
 
 
 class Loader:
@@ -317,6 +438,26 @@ class Loader:
     ``device``, labels int64. ``len(loader)`` is the exact number of batches, the same on
     every rank. Iterating again after a whole epoch runs the next one; after breaking off,
     the same epoch starts over (:meth:`state_dict` continues it instead).
+
+    Bad records: each record is checked against its stored checksum as it is read
+    (``verify``), and a record is bad when that fails or when decoding it raises a seqstore
+    error (:class:`~seqstore.errors.BadImageError` for bytes that are not an image). With
+    ``on_error="raise"`` the first one ends the epoch with a
+    :class:`~seqstore.errors.BadRecordError` naming the record and the store. With
+    ``on_error="skip"`` a bad sample is replaced by the next good sample of its own batch
+    (wrapping around to the batch's start), label and index included: every batch keeps its
+    size, every rank yields ``len(loader)`` batches, and since a batch's records depend only
+    on (seed, epoch, rank, batch), a resumed epoch yields what the uninterrupted one would.
+    Each bad record is warned about once (:class:`~seqstore.errors.BadRecordWarning`) and
+    its key kept in :attr:`bad_records`; past ``max_bad`` bad records in an epoch, or a
+    batch whose every record is bad, the loader raises anyway. An exception raised by your
+    own transform callable is a bug to see, never skipped: it reaches you as DataLoader
+    re-raises it, with the worker's traceback.
+
+    A worker process that dies (killed, out of memory) ends the epoch with a
+    :class:`~seqstore.errors.WorkerDiedError`; the loader's :meth:`state_dict` still holds
+    the last batch delivered, so iterating again after :meth:`load_state_dict` of it (on
+    this loader or a new one) continues the epoch exactly.
     """
 
     def __init__(
@@ -363,6 +504,7 @@ class Loader:
             "shuffle_capacity": max(1, capacity // workers),
         }
         transform = _Transform(cfg)
+        transform.verify = self.verifies = cfg.verify and _stores_checksums(self.reader)
         pipeline = transform.pipeline
         # The built-in pipelines make HWC arrays; uint8 ones of one size go through the ring.
         self._hwc = pipeline is not None
@@ -376,28 +518,44 @@ class Loader:
             if cfg.num_workers > 0 and size is not None
             else None
         )
-        self._dataset = _EpochDataset(self.reader, transform, self._params, self._ring)
+        self._dataset = _EpochDataset(
+            self.reader, transform, self._params, self._ring, skip_bad=cfg.on_error == "skip"
+        )
         self.device = torch.device(cfg.device)
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = pin and self.device.type == "cuda"
-        self._loader = DataLoader(
-            self._dataset,
-            batch_size=None,
-            num_workers=cfg.num_workers,
-            # Batches in the ring are pinned as they are copied out of it (see _deliver).
-            pin_memory=pin and self._ring is None,
-            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
-            # Workers start once, not every epoch; each epoch's plan comes from dataset.state.
-            persistent_workers=cfg.num_workers > 0,
-        )
+        self._pin_batches = pin and self._ring is None
+        self._loader = self._make_dataloader()
         self._num_batches = num_batches(
             n, world=world, batch_size=cfg.batch_size, drop_last=cfg.drop_last
         )
+        max_bad = cfg.max_bad
+        if isinstance(max_bad, float):
+            max_bad = int(max_bad * rank_sample_count(n, world, cfg.drop_last))
+        self._max_bad = max_bad
+        self._bad_in_epoch = 0
+        self.bad_records: list[str] = []
+        """Keys of the bad records met so far (``on_error="skip"``), each once, in order."""
+        self._warned: set[str] = set()
+        self._worker_death: str | None = None
         self._epoch = 0
         self._batches_done = 0
         self._resume_at = 0
         self._mean = torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self._inv_std = 1 / (torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def _make_dataloader(self) -> DataLoader[_Item]:
+        cfg = self.config
+        return DataLoader(
+            self._dataset,
+            batch_size=None,
+            num_workers=cfg.num_workers,
+            # Batches in the ring are pinned as they are copied out of it (see _deliver).
+            pin_memory=self._pin_batches,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
+            # Workers start once, not every epoch; each epoch's plan comes from dataset.state.
+            persistent_workers=cfg.num_workers > 0,
+        )
 
     # -- facts -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -443,17 +601,99 @@ class Loader:
         self._dataset.state[0] = epoch
         self._dataset.state[1] = start
         self._batches_done = start
-        for images, labels, indices in self._loader:
-            labels, indices = torch.as_tensor(labels), torch.as_tensor(indices)
-            if isinstance(images, _Slot):
-                assert self._ring is not None
-                slot = images
+        if start == 0:
+            self._bad_in_epoch = 0
+        batches = iter(self._loader)
+        self._worker_death = None
+        unguard = self._guard_sigchld()
+        try:
+            yield from self._iter_epoch(batches, epoch)
+        except Exception:  # not GeneratorExit: a loop that breaks off keeps its workers
+            # Stop the workers now rather than when the collector gets to them: a traceback
+            # kept in a cycle (pytest's, a logger's) would have the DataLoader's queues closed
+            # before its workers are told to stop, and its shutdown wait 5 s per worker. The
+            # next iteration starts new ones.
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._loader = self._make_dataloader()
+            raise
+        finally:
+            unguard()
+
+    def _guard_sigchld(self) -> Callable[[], None]:
+        """Make a dead worker a note for :meth:`_iter_epoch` rather than an exception.
+
+        DataLoader's SIGCHLD handler raises its RuntimeError wherever the main thread is,
+        often inside the training step, where no loader code can turn it into one clear
+        error. While an epoch runs, this wraps that handler to keep the message instead.
+        Returns what restores the handler.
+        """
+        previous = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+        if (
+            not callable(previous)
+            or self.config.num_workers == 0
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return lambda: None
+
+        def on_sigchld(signum: int, frame: Any) -> None:
+            try:
+                previous(signum, frame)
+            except RuntimeError as err:
+                # torch adds hints on further lines to some of these: keep one line.
+                self._worker_death = " ".join(str(err).split())
+
+        signal.signal(signal.SIGCHLD, on_sigchld)
+
+        def unguard() -> None:
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGCHLD, previous)
+
+        return unguard
+
+    def _iter_epoch(self, batches: Iterator[_Item], epoch: int) -> Iterator[Any]:
+        while True:
+            death = self._worker_death
+            try:
+                item = next(batches, None) if death is None else None
+            except RuntimeError as err:
+                if not str(err).startswith("DataLoader worker"):
+                    raise
+                death = " ".join(str(err).split())
+            death = death or self._worker_death
+            if death is not None:
+                raise WorkerDiedError(
+                    f"a loader worker of store '{self.reader.path}' died in epoch {epoch} "
+                    f"after batch {self._batches_done} ({death}); state_dict() still holds "
+                    "the last batch delivered: load_state_dict() it and iterate to continue"
+                )
+            if item is None:
+                break
+            if isinstance(item, _Failure):
+                error = item.error
+                del item
                 try:
-                    images, labels = self._deliver(self._ring.view(slot), labels, owned=False)
+                    raise error.with_traceback(None)
                 finally:
+                    # The traceback holds this frame: without this the frame and the error
+                    # form a cycle, and when the collector breaks it the DataLoader's queues
+                    # are closed before its workers are told to stop (10 s of waiting).
+                    del error
+            images, label_array, index_array, bad = item
+            labels, indices = torch.as_tensor(label_array), torch.as_tensor(index_array)
+            slot = images if isinstance(images, _Slot) else None
+            try:
+                self._note_bad(bad)
+                if slot is not None:
+                    if self._ring is None:
+                        raise RuntimeError("a worker sent a ring slot, but this loader has none")
+                    images, labels = self._deliver(self._ring.view(slot), labels, owned=False)
+                else:
+                    images, labels = self._deliver(images, labels, owned=True)
+            finally:
+                if slot is not None and self._ring is not None:
                     self._ring.release(slot)
-            else:
-                images, labels = self._deliver(images, labels, owned=True)
             self._batches_done += 1
             if self._batches_done == self._num_batches:
                 # Finished: the next iteration (and a state saved now) is the next epoch.
@@ -462,6 +702,31 @@ class Loader:
                 yield images, labels, indices
             else:
                 yield images, labels
+
+    def _note_bad(self, bad: list[_BadRecord]) -> None:
+        """Count, keep and warn about a batch's bad records; past ``max_bad``, raise."""
+        if not bad:
+            return
+        store = self.reader.path
+        if self._max_bad is not None and self._bad_in_epoch + len(bad) > self._max_bad:
+            key, index, decode_error = bad[-1]
+            raise BadRecordError(
+                f"more than max_bad={self.config.max_bad} bad records in epoch {self._epoch} "
+                f"of store '{store}' on rank {self.rank}; the last: "
+                + _bad_message(key, index, store, decode_error)
+            )
+        self._bad_in_epoch += len(bad)
+        for key, index, decode_error in bad:
+            if key in self._warned:
+                continue
+            self._warned.add(key)
+            self.bad_records.append(key)
+            what = "fails its checksum" if decode_error is None else "cannot be decoded"
+            warnings.warn(
+                f"skipped record '{key}' (#{index}) of store '{store}': it {what}",
+                BadRecordWarning,
+                stacklevel=4,
+            )
 
     def _deliver(self, images: Any, labels: torch.Tensor, owned: bool) -> tuple[Any, torch.Tensor]:
         """A collated batch -> what the loop gets: NCHW on the device, in ``dtype``.
@@ -513,8 +778,11 @@ class Loader:
         """Where this loader is: enough to continue an interrupted epoch exactly."""
         return {
             "version": _STATE_VERSION,
+            "store": self.reader.identity,
+            "store_path": str(self.reader.path),
             "epoch": self._epoch,
             "batches_done": self._batches_done,
+            "bad_in_epoch": self._bad_in_epoch,
             **{key: self._params[key] for key in _TOPOLOGY},
         }
 
@@ -524,11 +792,23 @@ class Loader:
         Raises
         ------
         ResumeError
-            The state comes from a loader of another shape (world size, workers, batch size,
-            store, seed ...): the remaining samples would not be the ones it left.
+            The state comes from a loader of another store, or of another shape (world size,
+            workers, batch size, seed ...): the remaining samples would not be the ones it
+            left. Or it was saved by an older seqstore (state version 1).
         """
-        if state.get("version") != _STATE_VERSION:
-            raise ResumeError(f"loader state version {state.get('version')!r} is not supported")
+        version = state.get("version")
+        if version != _STATE_VERSION:
+            raise ResumeError(
+                f"loader state version {version!r} is not supported (this seqstore saves and "
+                f"reads version {_STATE_VERSION}); start the epoch afresh with set_epoch()"
+            )
+        if state.get("store") != self.reader.identity:
+            raise ResumeError(
+                f"cannot resume: the saved loader state is of store '{state.get('store_path')}' "
+                f"(id {state.get('store')}), not of '{self.reader.path}' "
+                f"(id {self.reader.identity}); resume on the store it was saved on, or start "
+                "the epoch afresh with set_epoch()"
+            )
         diff = [
             f"{key} {state.get(key)!r} != {self._params[key]!r}"
             for key in _TOPOLOGY
@@ -545,3 +825,4 @@ class Loader:
             raise ResumeError(f"saved batches_done={done} is outside 0..{self._num_batches}")
         self._epoch = int(state["epoch"])
         self._batches_done = self._resume_at = done
+        self._bad_in_epoch = int(state["bad_in_epoch"])

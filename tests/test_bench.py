@@ -63,6 +63,7 @@ def test_table_and_json_hold_every_figure(bench_run: tuple[Path, str]) -> None:
         assert rows[name]["read_records_per_s"] > 0 and rows[name]["read_mb_per_s"] > 0
         assert set(rows[name]["stages_ms"]) == {
             "read",
+            "verify",
             "decode (full size)",
             "decode + transform",
             "collate + normalize",
@@ -72,6 +73,9 @@ def test_table_and_json_hold_every_figure(bench_run: tuple[Path, str]) -> None:
     for name in expected:
         assert name in printed
     assert "shuffle quality" in printed and "stage ms per image" in printed
+    cost = result["checksum_cost"]
+    assert cost["store"] == "lmdb" and cost["verify_on"] > 0 and cost["verify_off"] > 0
+    assert "checksum cost (lmdb Loader): " in printed
 
 
 def test_chart_written_when_matplotlib_is_there(bench_run: tuple[Path, str]) -> None:
