@@ -112,16 +112,6 @@ def _default_rank_world() -> tuple[int, int]:
         ) from None
 
 
-def _stores_checksums(reader: Reader[Any]) -> bool:
-    """Whether ``reader``'s records carry checksums written with the data.
-
-    The image-folder and tensorpack readers compute a record's checksum from the bytes they
-    have just read, so :meth:`~seqstore.records.Record.verify` cannot fail there and
-    checking would only claim an integrity nothing backs.
-    """
-    return reader.manifest.format not in ("folder", "tensorpack")
-
-
 @dataclass(frozen=True)
 class _Bad:
     """In place of a sample: its record fails its checksum (``decode_error`` None) or
@@ -504,7 +494,7 @@ class Loader:
             "shuffle_capacity": max(1, capacity // workers),
         }
         transform = _Transform(cfg)
-        transform.verify = self.verifies = cfg.verify and _stores_checksums(self.reader)
+        transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
         pipeline = transform.pipeline
         # The built-in pipelines make HWC arrays; uint8 ones of one size go through the ring.
         self._hwc = pipeline is not None
