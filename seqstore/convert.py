@@ -333,6 +333,16 @@ def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
                 decode(data, name=name, max_pixels=None)  # the header check applied the limit
             except BadImageError as exc:
                 return _Bad(key, str(exc), nbytes)
+    damage = [line for line in printed if "extraneous bytes" not in line]
+    if damage:
+        # libjpeg decodes damaged data anyway, filling what it lost with grey, and says so
+        # only on stderr: the image would train as a grey-smeared picture.
+        return _Bad(
+            key,
+            f"'{name}' has damaged image data (libjpeg: {damage[0]}); re-copy it from the "
+            "original or use --on-error skip to leave it out",
+            nbytes,
+        )
     warnings.extend(f"'{name}' decodes, but libjpeg says: {line}; kept" for line in printed)
     return _Good(Record.make(key, label, data, width, height), nbytes, warnings)
 

@@ -303,3 +303,18 @@ def test_libjpeg_warnings_become_convert_warnings_naming_the_file(tmp_path: Path
     assert p.returncode == 0, p.stderr
     assert "Corrupt JPEG data" not in p.stderr
     assert "extra.jpg' decodes, but libjpeg says: Corrupt JPEG data" in p.stdout
+
+
+def test_check_decode_refuses_jpeg_data_that_libjpeg_fills_with_grey(tmp_path: Path) -> None:
+    # Cut short, with its end marker put back: the header check passes, and OpenCV decodes
+    # it with the lost rows grey, saying "premature end of data segment" only on stderr.
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
+    data = cv2.imencode(".jpg", noise)[1].tobytes()
+    cut = data[: len(data) * 2 // 3] + b"\xff\xd9"
+    src = _tree(tmp_path / "src", {"cut.jpg": cut})
+    p = _cli(src, tmp_path / "dst", "--format", "lmdb")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cut.jpg' has damaged image data (libjpeg: Corrupt JPEG data" in p.stderr
+    report = convert(src, tmp_path / "dst", format="lmdb", on_error="skip", progress=False)
+    assert [s.key for s in report.skipped] == ["odd/cut.jpg"]
+    assert convert(src, tmp_path / "hdr", format="lmdb", check="header", progress=False)
