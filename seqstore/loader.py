@@ -22,6 +22,7 @@ one-line error rather than DataLoader's re-raise with the worker's traceback.
 from __future__ import annotations
 
 import math
+import multiprocessing.connection
 import os
 import random
 import signal
@@ -110,6 +111,23 @@ def _default_rank_world() -> tuple[int, int]:
             f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
             "are not integers; fix the environment or pass rank= and world_size="
         ) from None
+
+
+def _dead_worker(batches: Iterator[Any], wait: float = 2.0) -> str | None:
+    """How a worker of the DataLoader iterator ``batches`` ended, if one has.
+
+    A queue can break as a worker is killed, a moment before the process can be reaped:
+    wait up to ``wait`` seconds for one to end before answering that none has.
+    """
+    workers = list(getattr(batches, "_workers", ()))
+    if workers:
+        multiprocessing.connection.wait([w.sentinel for w in workers], timeout=wait)
+    for worker in workers:
+        code = worker.exitcode
+        if code is not None and code != 0:
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            return f"worker pid {worker.pid}: {how}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -647,10 +665,14 @@ class Loader:
             death = self._worker_death
             try:
                 item = next(batches, None) if death is None else None
-            except RuntimeError as err:
-                if not str(err).startswith("DataLoader worker"):
+            except (RuntimeError, OSError, EOFError) as err:
+                # A worker killed while its batch was in flight can also surface as a broken
+                # connection of the queue the batch was coming through.
+                death = _dead_worker(batches)
+                if isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker"):
+                    death = " ".join(str(err).split())
+                if death is None:
                     raise
-                death = " ".join(str(err).split())
             death = death or self._worker_death
             if death is not None:
                 raise WorkerDiedError(
