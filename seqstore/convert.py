@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from ._version import __version__
 from .backends import Reader, get_backend, open_store
-from .backends.folder import FolderReader, load_classes
+from .backends.folder import load_classes
 from .config import ConvertConfig, load_config
 from .errors import BadImageError, ConfigError
 from .imageinfo import ImageInfo, extension_format, probe
@@ -128,7 +128,7 @@ def convert(
                     f"'{src_path}', e.g. '{missing[0]}'; give a list that holds all of them"
                 )
             relabel = [index[c] for c in reader.classes]
-    is_training_tree = isinstance(reader, FolderReader) and cfg.labels is None
+    is_training_tree = reader.class_sorted and cfg.labels is None
     shuffle = is_training_tree if cfg.shuffle is None else cfg.shuffle
     order = np.random.default_rng(cfg.seed).permutation(n) if shuffle else np.arange(n)
     order = order[: cfg.limit]
@@ -147,7 +147,7 @@ def convert(
     # The writer records the provenance when it finishes: what is skipped or worth a warning
     # on the way is appended to its lists.
     skipped, warnings = provenance.skipped, provenance.warnings
-    if isinstance(reader, FolderReader) and reader.ignored:
+    if reader.ignored:
         warnings.append(_ignored_line(reader.ignored))
     if class_warning is not None:
         warnings.append(class_warning)
@@ -288,7 +288,8 @@ def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
                 try:
                     block = reader.read_raw_block(i, i + 1)
                 except BadImageError as exc:
-                    key = reader.keys[i] if isinstance(reader, FolderReader) else str(i)
+                    files = reader.source_files
+                    key = str(files[i].relative_to(reader.path)) if files else str(i)
                     out.append(_Bad(key, str(exc), 0))
                     continue
                 out.extend(_prepare(key, label, data) for key, label, data in block)

@@ -71,6 +71,11 @@ class Reader(ABC, Generic[H]):
     stores_checksums: ClassVar[bool] = True
     #: The on-disk layout versions this reader understands.
     layout_versions: ClassVar[tuple[int, ...]] = (1,)
+    #: Whether storage order groups records by class (an image folder's sorted walk), so
+    #: that a conversion from it shuffles by default.
+    class_sorted: ClassVar[bool] = False
+    #: Files of the source that are not records (an image folder's ``*_boxes.txt``).
+    ignored: Sequence[str] = ()
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -141,6 +146,12 @@ class Reader(ABC, Generic[H]):
     def classes(self) -> list[str]:
         """Class names; a record's label indexes this list (empty when names are unknown)."""
         return list(self.manifest.classes)
+
+    @property
+    def source_files(self) -> list[Path] | None:
+        """The file each record is read from, in record order, for data read in place as
+        one file per record (an image folder); None for stores that hold their records."""
+        return None
 
     def read(self, index: int) -> Record:
         """Read one record by position. Only for backends with ``random_access``."""

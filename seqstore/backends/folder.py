@@ -204,6 +204,7 @@ class FolderReader(Reader[None]):
     """
 
     stores_checksums: ClassVar[bool] = False
+    class_sorted: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -290,6 +291,11 @@ class FolderReader(Reader[None]):
     def keys(self) -> list[str]:
         """Every record's key (path relative to the folder), in record order."""
         return list(self._keys)
+
+    @property
+    def source_files(self) -> list[Path] | None:
+        # docstring inherited
+        return [self.path / key for key in self._keys]
 
     def _open_handle(self) -> None:
         return None
