@@ -292,17 +292,19 @@ def _measure(
     return rate, first or 0.0, rss.peak / 1e6
 
 
-def _measure_checksum_cost(path: Path, cfg_json: str, passes: int) -> tuple[float, float, int]:
-    """In a fresh process: (best images/s with checksums verified, best without, batches
-    per pass). The two Loaders run pass by pass in turn (on, off, then off, on), so that
-    both meet the same load from the rest of the machine; each pass times the batches
-    after its first, up to an epoch or about 2000 images, so that the figure is the steady
-    rate, not the start, and a large store is not read whole a dozen times."""
+def _measure_checksum_cost(
+    path: Path, cfg_json: str, passes: int
+) -> tuple[list[float], list[float], int]:
+    """In a fresh process: (images/s of each pass with checksums verified, of each pass
+    without, batches per pass). The two Loaders run pass by pass in turn (on, off, then
+    off, on), so that both meet the same load from the rest of the machine; each pass times
+    the batches after its first, up to an epoch or about 2000 images, so that the figure is
+    the steady rate, not the start, and a large store is not read whole a dozen times."""
     cfg = BenchConfig.model_validate_json(cfg_json)
     limit = max(8, math.ceil(2000 / cfg.batch_size))
     mp.set_start_method(mp.get_all_start_methods()[0], force=True)
     epochs = {verify: _seqstore_epoch(path, cfg, verify=verify) for verify in (True, False)}
-    best = {True: 0.0, False: 0.0}
+    rates: dict[bool, list[float]] = {True: [], False: []}
     timed = 0
     for i in range(passes + 1):  # the first round warms both up
         for verify in (True, False) if i % 2 else (False, True):
@@ -316,15 +318,14 @@ def _measure_checksum_cost(path: Path, cfg_json: str, passes: int) -> tuple[floa
                 if b == limit:
                     break
             if i and images:
-                best[verify] = max(best[verify], images / (time.perf_counter() - start))
-    return best[True], best[False], timed
+                rates[verify].append(images / (time.perf_counter() - start))
+    return rates[True], rates[False], timed
 
 
-def _in_child(
-    kind: str, path: Path, cfg: BenchConfig, extra: dict[str, Any]
-) -> tuple[float, float, float]:
-    """Run :func:`_measure` in a spawned process: each pipeline alone with its workers, its
-    memory counted apart, and py-lmdb's one-open-per-path rule kept per pipeline."""
+def _in_child(kind: str, path: Path, cfg: BenchConfig, extra: dict[str, Any]) -> tuple[Any, ...]:
+    """Run :func:`_measure` (or, for ``kind="checksum cost"``, :func:`_measure_checksum_cost`)
+    in a spawned process: each pipeline alone with its workers, its memory counted apart,
+    and py-lmdb's one-open-per-path rule kept per pipeline."""
     # A plain (non-daemon) process: the pipelines start worker processes of their own.
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
@@ -815,14 +816,20 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
     # Checksums cost about 1% of a worker's time, within the run-to-run spread of whole
     # measurements in separate processes: the two settings are compared pass by pass instead.
     passes = max(6, 2 * cfg.repeat)
+    # Two figures: the best pass of each setting, and the median over pairs of adjacent
+    # passes, which cancels the machine's load drifting between pairs.
     on, off, batches = _in_child("checksum cost", first_path, cfg, {"passes": passes})
+    pairs = [100 * (1 - a / b) for a, b in zip(on, off, strict=True) if b]
     checksum_cost = {
         "store": first_fmt,
-        "verify_on": on,
-        "verify_off": off,
-        "percent": 100 * (1 - on / off) if off else None,
+        "verify_on": max(on, default=0.0),
+        "verify_off": max(off, default=0.0),
+        "percent": 100 * (1 - max(on) / max(off)) if on and off and max(off) else None,
+        "percent_pairs_median": statistics.median(pairs) if pairs else None,
         "passes": passes,
         "batches_per_pass": batches,
+        "runs_on": on,
+        "runs_off": off,
     }
     result = BenchResult(
         config=cfg.model_dump(mode="json"),
@@ -922,7 +929,8 @@ def format_table(result: BenchResult) -> str:
         lines.append(
             f"checksum cost ({cost['store']} Loader): {cost['percent']:.1f}% "
             f"({cost['verify_on']:.0f} img/s verifying, {cost['verify_off']:.0f} without; "
-            f"best of {cost['passes']} alternating passes of {cost['batches_per_pass']} batches)"
+            f"best of {cost['passes']} alternating passes of {cost['batches_per_pass']} "
+            f"batches); median of adjacent pairs {cost['percent_pairs_median']:.1f}%"
         )
     for a, b in (("lmdb", "torchvision-style"), ("tensorpack file", "tensorpack pipeline")):
         ratio = result.ratio(a, b)
