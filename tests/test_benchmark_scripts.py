@@ -1,0 +1,49 @@
+"""The benchmark scripts the README shows run as written (on small data, one repetition)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import seqstore
+from seqstore.testing import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {"PYTHONPATH": str(Path(seqstore.__file__).parents[1])}
+
+
+def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **ENV},
+        timeout=300,
+        check=False,
+    )
+
+
+def test_storage_benchmark_times_every_conversion_and_read(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(ROOT / "benchmarks" / "storage.py", src, "--repeat", "1", "--workdir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    for row in (
+        "convert -> lmdb --check header",
+        "convert -> hdf5 --check header",
+        "convert -> lmdb --check decode",
+        "convert -> lmdb --check decode -w2",
+        "seqstore lmdb read_block",
+        "seqstore hdf5 read_block",
+    ):
+        assert row in p.stdout, row
+
+
+def test_fault_benchmark_prints_its_table() -> None:
+    p = _run(ROOT / "benchmarks" / "faults.py", "--tries", "1", "--only", "manifest")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("| case") and "silent wrong" in lines[0]
+    rows = [line for line in lines[2:] if line.startswith("| manifest")]
+    assert len(rows) == 2 and all(" 1 |" in row for row in rows)
