@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import subprocess
 import sys
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -26,6 +23,7 @@ from seqstore.convert import convert
 from seqstore.decode import decode
 from seqstore.errors import BadImageError, ConfigError
 from seqstore.records import Record
+from seqstore.testing.odd import KEPT, REFUSED, cmyk_jpeg, jpeg
 
 _RNG = np.random.default_rng(8)
 
@@ -34,79 +32,8 @@ def _rgb(height: int = 24, width: int = 32) -> np.ndarray:
     return _RNG.integers(0, 256, (height, width, 3), np.uint8)
 
 
-def _jpeg() -> bytes:
-    return cv2.imencode(".jpg", _rgb())[1].tobytes()
-
-
-def _jpeg12() -> bytes:
-    data = bytearray(_jpeg())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 4] = 12  # the frame header's sample precision
-    return bytes(data)
-
-
-def _uint16(ext: str, channels: int) -> bytes:
-    shape = (24, 32, channels) if channels > 1 else (24, 32)
-    return cv2.imencode(ext, _RNG.integers(0, 65536, shape, np.uint16))[1].tobytes()
-
-
-def _pil(img: Image.Image, fmt: str, **options: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **options)
-    return buf.getvalue()
-
-
-def _apng() -> bytes:
-    frames = [Image.fromarray(_rgb()) for _ in range(3)]
-    return _pil(frames[0], "PNG", save_all=True, append_images=frames[1:])
-
-
-def _trns_png() -> bytes:
-    img = Image.fromarray(_RNG.integers(0, 16, (24, 32), np.uint8), "P")
-    img.putpalette(_RNG.integers(0, 256, 48, np.uint8).tolist())
-    return _pil(img, "PNG", transparency=3)
-
-
-def _cmyk_jpeg() -> bytes:
-    return _pil(Image.fromarray(_rgb()).convert("CMYK"), "JPEG")
-
-
-def _huge_png() -> bytes:
-    data = bytearray(cv2.imencode(".png", _rgb())[1].tobytes())
-    struct.pack_into(">II", data, 16, 65000, 65000)
-    struct.pack_into(">I", data, 29, zlib.crc32(bytes(data[12:29])))  # a valid IHDR
-    return bytes(data)
-
-
-def _huge_jpeg() -> bytes:
-    data = bytearray(_jpeg())
-    struct.pack_into(">HH", data, data.find(b"\xff\xc0") + 5, 65000, 65000)
-    return bytes(data)
-
-
-def _huge_bmp() -> bytes:
-    data = bytearray(cv2.imencode(".bmp", _rgb())[1].tobytes())
-    struct.pack_into("<ii", data, 18, 65535, 65535)
-    return bytes(data)
-
-
-# Stored, with PIL's pixels.
-KEPT: dict[str, Callable[[], bytes]] = {
-    "png16_rgb.png": lambda: _uint16(".png", 3),
-    "apng.png": _apng,
-    "trns.png": _trns_png,
-}
-# Refused with one line, and why.
-REFUSED: dict[str, tuple[Callable[[], bytes], str]] = {
-    "jpeg12.jpg": (_jpeg12, "12-bit samples"),
-    "png16_grey.png": (lambda: _uint16(".png", 1), "16-bit greyscale PNG"),
-    "tiff16_rgb.tif": (lambda: _uint16(".tiff", 3), "16-bit TIFF"),
-    "tiff16_grey.tif": (lambda: _uint16(".tiff", 1), "16-bit TIFF"),
-    "pgm16.pgm": (lambda: _uint16(".pgm", 1), "16-bit PNM"),
-    "huge.png": (_huge_png, "65000x65000 pixels, over the limit"),
-    "huge.jpg": (_huge_jpeg, "65000x65000 pixels, over the limit"),
-    "huge.bmp": (_huge_bmp, "65535x65535 pixels, over the limit"),
-}
+_jpeg = jpeg
+_cmyk_jpeg = cmyk_jpeg
 
 
 def _pil_rgb(data: bytes) -> np.ndarray:
@@ -177,12 +104,12 @@ def test_kept_images_are_stored_as_pil_sees_them(tmp_path: Path) -> None:
 
 
 def test_decode_refuses_giant_headers_before_decoding() -> None:
-    for data in (_huge_png(), _huge_jpeg(), _huge_bmp()):
+    for data in (REFUSED[name][0]() for name in ("huge.png", "huge.jpg", "huge.bmp")):
         with pytest.raises(BadImageError, match="over the limit of 178,956,970"):
             decode(data, name="giant")
     # Without seqstore's limit OpenCV's own refusal is still one BadImageError, not cv2.error.
     with pytest.raises(BadImageError, match="cannot be decoded by OpenCV"):
-        decode(_huge_png(), name="giant", max_pixels=None)
+        decode(REFUSED["huge.png"][0](), name="giant", max_pixels=None)
 
 
 def test_max_pixels_is_a_convert_option(tmp_path: Path) -> None:

@@ -459,6 +459,32 @@ def _concurrent_readers(workdir: Path, rng: np.random.Generator) -> str:
     return "handled"
 
 
+def _odd_images(on_error: str) -> Callable[[Path, np.random.Generator], str]:
+    """Convert a folder of every odd image (12/16-bit, APNG, tRNS, CMYK, giant headers,
+    links that dangle or loop, a name that is not UTF-8) with ``--on-error``."""
+
+    def run(workdir: Path, rng: np.random.Generator) -> str:
+        import json
+
+        from .odd import make_odd_folder
+
+        src, refused = make_odd_folder(workdir / "src")
+        dst = workdir / "dst"
+        fmt = str(rng.choice(["lmdb", "hdf5"]))
+        p = _cli("convert", src, dst, "--format", fmt, "--on-error", on_error, "--quiet")
+        if p.rc != 0:
+            return _failure(p)
+        skipped = {
+            s["key"]
+            for s in json.loads((dst / "seqstore.json").read_text())["provenance"]["skipped"]
+        }
+        if skipped != refused or _fingerprint(dst) == "corrupt":
+            return "silent wrong"
+        return "handled"
+
+    return run
+
+
 def _old_pickle_tensorpack(workdir: Path, rng: np.random.Generator) -> str:
     import pickle
 
@@ -610,6 +636,8 @@ CASES: list[FaultCase] = [
         for fmt in ("lmdb", "hdf5")
     ),
     _case("16 concurrent readers", _concurrent_readers, "handled"),
+    _case("odd images, convert --on-error fail", _odd_images("fail"), "clear error"),
+    _case("odd images, convert --on-error skip", _odd_images("skip"), "handled"),
     _case("tensorpack file with protocol-0 pickles", _old_pickle_tensorpack, "clear error"),
 ]
 
