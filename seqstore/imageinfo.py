@@ -14,6 +14,7 @@ error. The default limit is PIL's (:data:`MAX_PIXELS`).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,11 +190,18 @@ def extension_format(name: str) -> str | None:
     return _EXTENSION_FORMATS.get(name[dot:].lower()) if dot >= 0 else None
 
 
-def _jpeg_frame(mv: memoryview) -> ImageInfo | None:
-    """The JPEG's frame header (size, components, precision), or None if none is found."""
+def _jpeg_segments(mv: memoryview) -> Iterator[tuple[int, int]]:
+    """``(position, marker)`` of each header segment of a JPEG, up to its start of scan.
+
+    Fill bytes and the markers that stand alone are passed over. A byte that should be a
+    marker and is not ends the walk with marker -1.
+    """
     n = len(mv)
     pos = 2
-    while pos + 4 <= n and mv[pos] == 0xFF:
+    while pos + 4 <= n:
+        if mv[pos] != 0xFF:
+            yield pos, -1
+            return
         marker = mv[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -201,41 +209,40 @@ def _jpeg_frame(mv: memoryview) -> ImageInfo | None:
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2
             continue
-        if marker in _JPEG_SOF:
-            if pos + 10 > n:
-                return None
-            height, width = struct.unpack_from(">HH", mv, pos + 5)
-            return ImageInfo(
-                "jpeg", width, height, mv[pos + 9], progressive=marker == 0xC2, bits=mv[pos + 4]
-            )
+        yield pos, marker
         if marker == 0xDA:
-            return None
+            return
         pos += 2 + struct.unpack_from(">H", mv, pos + 2)[0]
+
+
+def _jpeg_frame_at(mv: memoryview, pos: int, marker: int) -> ImageInfo | None:
+    """The frame header at ``pos`` (size, components, precision); None if cut short."""
+    if pos + 10 > len(mv):
+        return None
+    height, width = struct.unpack_from(">HH", mv, pos + 5)
+    return ImageInfo(
+        "jpeg", width, height, mv[pos + 9], progressive=marker == 0xC2, bits=mv[pos + 4]
+    )
+
+
+def _jpeg_frame(mv: memoryview) -> ImageInfo | None:
+    """The JPEG's frame header, or None if none is found."""
+    for pos, marker in _jpeg_segments(mv):
+        if marker in _JPEG_SOF:
+            return _jpeg_frame_at(mv, pos, marker)
     return None
 
 
 def _probe_jpeg(mv: memoryview, name: str) -> ImageInfo:
     n = len(mv)
-    pos = 2
     info: ImageInfo | None = None
-    while pos + 4 <= n:
-        if mv[pos] != 0xFF:
+    for pos, marker in _jpeg_segments(mv):
+        if marker == -1:
             raise BadImageError(f"JPEG '{name}' has a corrupt header (no marker at byte {pos})")
-        marker = mv[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        (length,) = struct.unpack_from(">H", mv, pos + 2)
         if marker in _JPEG_SOF:
-            if pos + 10 > n:
+            info = _jpeg_frame_at(mv, pos, marker)
+            if info is None:
                 break
-            height, width = struct.unpack_from(">HH", mv, pos + 5)
-            info = ImageInfo(
-                "jpeg", width, height, mv[pos + 9], progressive=marker == 0xC2, bits=mv[pos + 4]
-            )
             if info.bits != 8:
                 # libjpeg-turbo reads 12-bit data only through a separate API that neither
                 # OpenCV's decoder nor PIL's uses: training would fail on it at decode time.
@@ -257,7 +264,6 @@ def _probe_jpeg(mv: memoryview, name: str) -> ImageInfo:
                     f"JPEG '{name}' declares a zero size ({info.width}x{info.height})"
                 )
             return info
-        pos += 2 + length
     raise BadImageError(
         f"JPEG '{name}' is truncated ({n} bytes, header incomplete); "
         "re-copy it from the original or use --on-error skip to leave it out"
