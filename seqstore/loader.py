@@ -120,12 +120,20 @@ def _dead_worker(batches: Iterator[Any], wait: float = 2.0) -> str | None:
     wait up to ``wait`` seconds for one to end before answering that none has.
     """
     workers = list(getattr(batches, "_workers", ()))
-    if workers:
-        multiprocessing.connection.wait([w.sentinel for w in workers], timeout=wait)
+    if not workers:
+        return None
+    # The sentinel tells that a process ended even where its exit status cannot be had
+    # (torch's own SIGCHLD handling may have reaped it first).
+    ended = multiprocessing.connection.wait([w.sentinel for w in workers], timeout=wait)
     for worker in workers:
-        code = worker.exitcode
-        if code is not None and code != 0:
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if worker.sentinel in ended:
+            code = worker.exitcode
+            if code is None:
+                how = "ended"
+            elif code < 0:
+                how = f"killed by {signal.Signals(-code).name}"
+            else:
+                how = f"exit status {code}"
             return f"worker pid {worker.pid}: {how}"
     return None
 

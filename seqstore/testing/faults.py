@@ -553,11 +553,14 @@ def _loader_worker_killed(workdir: Path, rng: np.random.Generator) -> str:
     _convert(_source(workdir), store, "lmdb")
     after = int(rng.integers(1, 10))
     body = f"""
-import os, signal, psutil, torch
+import gc, os, signal, psutil, torch
 from seqstore import Loader
 from seqstore.errors import WorkerDiedError
 options = dict(batch_size=16, num_workers=2, with_indices=True, seed=3)
-full = [i for _, _, idx in Loader({str(store)!r}, **options) for i in idx.tolist()]
+first = Loader({str(store)!r}, **options)
+full = [i for _, _, idx in first for i in idx.tolist()]
+del first
+gc.collect()  # its persistent workers end: the only children are the next loader's
 loader = Loader({str(store)!r}, **options)
 seen, state = [], None
 try:
