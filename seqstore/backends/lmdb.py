@@ -9,8 +9,8 @@ Record ``i`` lives under the 8-byte big-endian key ``i``, so key order is write 
 cursor walking ``[start, stop)`` reads consecutive leaf pages: a sequential read. Its value is
 a fixed little-endian header ``<iIIIH`` (label, width, height, CRC-32, key length), the key
 in UTF-8, then the image bytes. The labels (int32) and checksums (uint32) of all records are
-also kept, as arrays, under the keys ``b"\xffseqstore:labels"`` and
-``b"\xffseqstore:checksums"``, so the engine and the benchmark can get them without reading
+also kept, as arrays, under the keys ``b"\\xffseqstore:labels"`` and
+``b"\\xffseqstore:checksums"``, so the engine and the benchmark can get them without reading
 any image; the manifest's ``index_digest`` is
 :func:`~seqstore.manifest.index_digest` of ``(labels, checksums)``. The environment holds no
 lock file: readers open it with ``lock=False``.
