@@ -239,7 +239,7 @@ def _chunks(order: np.ndarray, shuffled: bool) -> Iterator[list[tuple[int, int]]
 
 
 def _prepared(
-    reader: Reader[Any], order: np.ndarray, cfg: ConvertConfig
+    reader: Reader, order: np.ndarray, cfg: ConvertConfig
 ) -> Iterator[list[_Good | _Bad]]:
     shuffled = bool(len(order) > 1 and np.any(np.diff(order) != 1))
     args = (cfg.max_side, cfg.quality, cfg.check, cfg.max_pixels)
@@ -257,7 +257,7 @@ _worker_state: dict[str, Any] = {}
 
 
 def _init_worker(
-    reader: Reader[Any],
+    reader: Reader,
     max_side: int | None,
     quality: int | None,
     check: str,
@@ -276,7 +276,7 @@ def _init_worker(
 
 
 def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
-    reader: Reader[Any] = _worker_state["reader"]
+    reader: Reader = _worker_state["reader"]
     out: list[_Good | _Bad] = []
     for start, stop in ranges:
         try:

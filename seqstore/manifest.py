@@ -34,6 +34,7 @@ __all__ = [
     "Provenance",
     "SkippedFile",
     "fsync_dir",
+    "index_digest",
     "is_store",
     "read_manifest",
     "write_json_atomic",
@@ -92,7 +93,8 @@ class Manifest(BaseModel):
     data_files : dict of str to int
         Size in bytes of each data file of the store, by name.
     index_digest : str or None
-        SHA-256 of the format's per-record index, as the writer left it.
+        SHA-256 of the format's per-record index, as the writer left it (see
+        :func:`index_digest`; each backend's module says which arrays, in which order).
     digest : str or None
         SHA-256 of this manifest's other fields; None only for manifests made in memory.
     """
@@ -158,6 +160,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             f"'{manifest}' is not a valid seqstore manifest ({first}); "
             "re-create the store with seqstore convert"
         ) from None
+
+
+def index_digest(*parts: bytes) -> str:
+    """The manifest's ``index_digest``: SHA-256 of a format's index arrays, as raw bytes,
+    one after the other in the order the format documents."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
 
 
 def _digest(raw: dict[str, Any]) -> str:

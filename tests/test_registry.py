@@ -10,17 +10,17 @@ import pytest
 
 import seqstore
 from seqstore.backends import registry
-from seqstore.errors import BackendNotFoundError
+from seqstore.errors import BackendNotFoundError, ConfigError, NotAStoreError
 from seqstore.testing import make_records
 
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    saved = dict(registry._registry)
+    saved = dict(registry.registry)
     registry._entry_points_loaded = False
     yield
-    registry._registry.clear()
-    registry._registry.update(saved)
+    registry._table.clear()
+    registry._table.update(saved)
     registry._entry_points_loaded = False
 
 
@@ -46,6 +46,51 @@ def test_name_clash_needs_overwrite(clean_registry: None) -> None:
     assert seqstore.get_backend("lmdb").name == "hdf5"
 
 
+def test_registering_the_same_backend_again_is_not_a_clash(clean_registry: None) -> None:
+    from seqstore.backends.lmdb import LMDBBackend
+
+    seqstore.register_backend("lmdb", LMDBBackend)  # the class of the built-in's dotted path
+    seqstore.register_backend("lmdb", LMDBBackend)
+    seqstore.register_backend("lmdb", "seqstore.backends.lmdb:LMDBBackend")
+    assert seqstore.get_backend("lmdb") is LMDBBackend
+    assert registry.registry["lmdb"].data_files == ("data.mdb",)  # the row keeps its facts
+
+
+def test_registry_is_a_read_only_view() -> None:
+    assert registry.registry["tensorpack"].extra == "tensorpack"
+    with pytest.raises(TypeError):
+        registry.registry["x"] = registry.BackendEntry("x:Y")  # type: ignore[index]
+
+
+def test_backend_without_writer_refuses_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="'tensorpack' backend cannot write stores"):
+        seqstore.get_backend("tensorpack").open_writer("anywhere")
+
+
+def test_reader_without_random_access_refuses_single_reads(tmp_path: Path) -> None:
+    from seqstore.backends.lmdb import LMDBReader
+
+    class BlocksOnly(LMDBReader):
+        random_access = False
+
+    path = tmp_path / "store"
+    records = make_records(3)
+    with seqstore.get_backend("lmdb").open_writer(path) as writer:
+        for record in records:
+            writer.write(record)
+    reader = BlocksOnly(path)
+    assert reader.read_block(1, 2) == records[1:2]
+    with pytest.raises(ConfigError, match="cannot read one record by position"):
+        reader.read(1)
+
+
+def test_url_location_is_kept_and_refused_only_as_a_local_path() -> None:
+    from seqstore.backends.folder import FolderReader
+
+    with pytest.raises(NotAStoreError, match="'s3://bucket/train' is not a local path"):
+        FolderReader("s3://bucket/train")
+
+
 def test_plugin_found_through_entry_point(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registry: None
 ) -> None:
@@ -59,10 +104,7 @@ def test_plugin_found_through_entry_point(
 
             class MirrorBackend(LMDBBackend):
                 name = "mirror"
-
-                @classmethod
-                def open_writer(cls, path, **kwargs):
-                    return MirrorWriter(path, **kwargs)
+                writer_cls = MirrorWriter
             """
         )
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lmdb
@@ -14,9 +14,9 @@ import pytest
 import seqstore
 from seqstore.convert import convert
 from seqstore.errors import SeqstoreError
+from seqstore.records import Record
+from seqstore.testing.backend import BackendSuite
 from seqstore.testing.data import make_records
-
-pytest.importorskip("tensorpack")
 
 RECORDS = make_records(23, classes=5, seed=11)  # what make_tensorpack_file writes
 
@@ -51,7 +51,7 @@ def test_tensorpack_to_hdf5_and_back_to_lmdb_is_lossless(tp_file: Path, tmp_path
 
 def test_old_unpadded_keys_read_in_keys_order(tmp_path: Path) -> None:
     msgpack = pytest.importorskip("msgpack")
-    import msgpack_numpy
+    msgpack_numpy = pytest.importorskip("msgpack_numpy")
 
     path = tmp_path / "old.lmdb"
     env = lmdb.open(str(path), subdir=False, map_size=1 << 26)
@@ -75,3 +75,27 @@ def test_pickled_code_is_refused(tmp_path: Path) -> None:
     env.close()
     with pytest.raises(SeqstoreError, match="refusing to load posix.system"):
         seqstore.open(path).read_block(0, 1)
+
+
+class TestTensorpackReadOnly(BackendSuite):
+    """The suite, read-only: the store is an LMDBSerializer file written with lmdb and pickle,
+    as tensorpack 0.10+ writes it (zero-padded keys, a pickled ``__keys__`` list)."""
+
+    backend_name = "tensorpack"
+
+    def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
+        del classes  # tensorpack files record no class names
+        env = lmdb.open(str(path), subdir=False, map_size=1 << 28, meminit=False)
+        keys = [f"{i:08d}".encode("ascii") for i in range(len(records))]
+        with env.begin(write=True) as txn:
+            for key, r in zip(keys, records, strict=True):
+                txn.put(key, pickle.dumps([np.frombuffer(r.data, np.uint8), r.label], -1))
+            txn.put(b"__keys__", pickle.dumps(keys, -1))
+        env.close()
+
+    def expected(self, records: Sequence[Record]) -> list[Record]:
+        # Keys are the file's own; checksums are computed as records are read.
+        return [
+            Record.make(f"{i:08d}", r.label, r.data, r.width, r.height)
+            for i, r in enumerate(records)
+        ]

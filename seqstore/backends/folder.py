@@ -24,7 +24,7 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def load_classes(spec: str | os.PathLike[str] | Sequence[str], *, sort: bool = T
     return list(spec)
 
 
-class FolderReader(Reader[None]):
+class FolderReader(Reader):
     """Reader of an image folder, read in place.
 
     Parameters
@@ -297,9 +297,6 @@ class FolderReader(Reader[None]):
         # docstring inherited
         return [self.path / key for key in self._keys]
 
-    def _open_handle(self) -> None:
-        return None
-
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
         out = []
@@ -339,7 +336,7 @@ class FolderWriter(Writer):
     Parameters
     ----------
     path, classes, overwrite, provenance
-        See :class:`~seqstore.backends.base.Writer`. Without class names, class folders are
+        See :class:`~seqstore.backends.writer.Writer`. Without class names, class folders are
         named by zero-padded label (``00000``, ``00001``, ...), which sort in label order.
     """
 
@@ -403,17 +400,9 @@ class FolderBackend(Backend):
 
     name: ClassVar[str] = "folder"
     description: ClassVar[str] = "image files in place (torchvision ImageFolder rules)"
+    reader_cls = FolderReader
+    writer_cls = FolderWriter
     keeps_order: ClassVar[bool] = False
-
-    @classmethod
-    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> FolderReader:
-        # docstring inherited
-        return FolderReader(Path(path), **options)
-
-    @classmethod
-    def open_writer(cls, path: str | os.PathLike[str], **kwargs: Any) -> FolderWriter:
-        # docstring inherited
-        return FolderWriter(path, **kwargs)
 
     @classmethod
     def sniff(cls, path: Path) -> bool:

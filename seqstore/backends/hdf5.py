@@ -11,6 +11,10 @@ Layout of ``data.h5`` inside a store directory::
     /heights       uint32 (n,)
     /checksums     uint32 (n,)            CRC-32 of each record (key, label, size, bytes)
 
+The file's attributes ``seqstore_format`` and ``seqstore_format_version`` repeat the
+manifest's. The manifest's ``index_digest`` is :func:`~seqstore.manifest.index_digest` of
+the arrays ``offsets, key_offsets, labels, widths, heights, checksums``, in that order.
+
 All datasets are chunked and resizable, so the writer appends in one pass without knowing
 the count. A block of consecutive records is one contiguous slice of ``/images`` (one
 sequential read), never one variable-length element per record. The per-record datasets
@@ -23,7 +27,6 @@ every append and stops with one line while it still can.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,10 +35,13 @@ import h5py
 import numpy as np
 
 from ..errors import CorruptStoreError
-from ..manifest import Manifest
+from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
-from .base import Backend, Reader, Writer, ensure_space
+from .base import Backend
+from .handles import ProcessLocal
+from .reader import Reader
 from .staging import read_store_manifest
+from .writer import Writer, ensure_space
 
 __all__ = ["HDF5Backend", "HDF5Reader", "HDF5Writer"]
 
@@ -48,13 +54,14 @@ _INDEX = ("offsets", "key_offsets", *_PER_RECORD)
 
 
 def _index_digest(index: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in _INDEX:
-        h.update(np.ascontiguousarray(index[name]).tobytes())
-    return h.hexdigest()
+    return index_digest(*(np.ascontiguousarray(index[name]).tobytes() for name in _INDEX))
 
 
-class HDF5Reader(Reader[h5py.File]):
+def _close_file(f: h5py.File) -> None:
+    f.close()
+
+
+class HDF5Reader(Reader):
     """Reader of a seqstore HDF5 store.
 
     The offsets and per-record arrays (a few bytes per record) are loaded once per process;
@@ -62,25 +69,30 @@ class HDF5Reader(Reader[h5py.File]):
 
     Parameters
     ----------
-    path
+    location
         The store directory.
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path)
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        super().__init__(location)
         self._manifest = read_store_manifest(self.path)
         self._check_files()
-        self._index: dict[str, np.ndarray] | None = None
-        self._index_pid = -1
+        self._file: ProcessLocal[h5py.File] = ProcessLocal(_close_file)
+        self._index: ProcessLocal[dict[str, np.ndarray]] = ProcessLocal()
 
     @property
     def manifest(self) -> Manifest:
         # docstring inherited
         return self._manifest
 
-    def _open_handle(self) -> h5py.File:
+    @property
+    def file(self) -> h5py.File:
+        """This process's open ``data.h5``, opened on first use."""
+        return self._file.get(self._open_file)
+
+    def _open_file(self) -> h5py.File:
         self._check_files()
         try:
             # The chunk cache only helps re-reads; block reads are sequential and large.
@@ -94,32 +106,34 @@ class HDF5Reader(Reader[h5py.File]):
             f"HDF5 store '{self.path}' is damaged ({reason}); re-create it with seqstore convert"
         )
 
-    def _close_handle(self, handle: h5py.File) -> None:
-        handle.close()
+    def close(self) -> None:
+        # docstring inherited
+        self._index.close()
+        self._file.close()
 
     @property
     def index(self) -> dict[str, np.ndarray]:
         """Offsets and per-record arrays, read from the file once per process."""
-        if self._index is None or self._index_pid != os.getpid():
-            f = self.handle
-            try:
-                index = {name: f[name][()] for name in _INDEX}
-            except (OSError, KeyError) as exc:
-                raise self._damaged(exc) from None
-            n = self.manifest.num_records
-            if len(index["offsets"]) != n + 1 or _index_digest(index) != self.manifest.index_digest:
-                raise CorruptStoreError(
-                    f"the index of HDF5 store '{self.path}' does not match its manifest "
-                    "(damaged or edited); re-create the store with seqstore convert"
-                )
-            self._index = index
-            self._index_pid = os.getpid()
-        return self._index
+        return self._index.get(self._load_index)
+
+    def _load_index(self) -> dict[str, np.ndarray]:
+        f = self.file
+        try:
+            index = {name: f[name][()] for name in _INDEX}
+        except (OSError, KeyError) as exc:
+            raise self._damaged(exc) from None
+        n = self.manifest.num_records
+        if len(index["offsets"]) != n + 1 or _index_digest(index) != self.manifest.index_digest:
+            raise CorruptStoreError(
+                f"the index of HDF5 store '{self.path}' does not match its manifest "
+                "(damaged or edited); re-create the store with seqstore convert"
+            )
+        return index
 
     def check_index(self) -> None:
         # docstring inherited
-        self._index = None
-        self.index  # noqa: B018 - loading it checks it
+        self._index.close()
+        self._index.get(self._load_index)
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -127,7 +141,7 @@ class HDF5Reader(Reader[h5py.File]):
         if start == stop:
             return []
         try:
-            return _read_records(self.handle, self.index, start, stop)
+            return _read_records(self.file, self.index, start, stop)
         except (OSError, KeyError, ValueError) as exc:
             raise self._damaged(exc) from None
 
@@ -180,7 +194,7 @@ class HDF5Writer(Writer):
     Parameters
     ----------
     path, classes, overwrite, provenance, resume
-        See :class:`~seqstore.backends.base.Writer`.
+        See :class:`~seqstore.backends.writer.Writer`.
     batch_bytes
         Bytes of records buffered before each append.
     """
@@ -313,13 +327,5 @@ class HDF5Backend(Backend):
 
     name: ClassVar[str] = "hdf5"
     description: ClassVar[str] = "HDF5 file, flat byte dataset sliced by offsets"
-
-    @classmethod
-    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> HDF5Reader:
-        # docstring inherited
-        return HDF5Reader(Path(path), **options)
-
-    @classmethod
-    def open_writer(cls, path: str | os.PathLike[str], **kwargs: Any) -> HDF5Writer:
-        # docstring inherited
-        return HDF5Writer(path, **kwargs)
+    reader_cls = HDF5Reader
+    writer_cls = HDF5Writer

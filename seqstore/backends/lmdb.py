@@ -7,10 +7,13 @@ Layout of a store directory::
 
 Record ``i`` lives under the 8-byte big-endian key ``i``, so key order is write order and a
 cursor walking ``[start, stop)`` reads consecutive leaf pages: a sequential read. Its value is
-a fixed header (label, width, height, CRC-32, key length), the key, then the image bytes.
-The labels and checksums of all records are also kept under two extra keys, so the engine
-and the benchmark can get them without reading any image; their digest is the manifest's
-``index_digest``.
+a fixed little-endian header ``<iIIIH`` (label, width, height, CRC-32, key length), the key
+in UTF-8, then the image bytes. The labels (int32) and checksums (uint32) of all records are
+also kept, as arrays, under the keys ``b"\\xffseqstore:labels"`` and
+``b"\\xffseqstore:checksums"``, so the engine and the benchmark can get them without reading
+any image; the manifest's ``index_digest`` is
+:func:`~seqstore.manifest.index_digest` of ``(labels, checksums)``. The environment holds no
+lock file: readers open it with ``lock=False``.
 
 Layout version 2 (seqstore 0.2) checksums the key, label and size with the bytes; version 1
 stores are refused with a line that says to convert again.
@@ -18,23 +21,21 @@ stores are refused with a line that says to convert again.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
-import weakref
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lmdb
 import numpy as np
 
-from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
-from ..manifest import Manifest
+from ..errors import CorruptStoreError, SeqstoreError
+from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
-from .base import Backend, Reader, Writer, ensure_space
+from .base import Backend
+from .lmdb_env import DATA_FILE, SharedEnvReader
 from .staging import read_store_manifest
+from .writer import Writer, ensure_space
 
 __all__ = ["LMDBBackend", "LMDBReader", "LMDBWriter"]
 
@@ -42,161 +43,6 @@ _HEADER = struct.Struct("<iIIIH")  # label, width, height, crc32, key length
 _LABELS_KEY = b"\xffseqstore:labels"
 _CHECKSUMS_KEY = b"\xffseqstore:checksums"
 _INITIAL_MAP_SIZE = 1 << 28
-DATA_FILE = "data.mdb"
-_META = struct.Struct("<I")  # at byte 16 of a meta page: LMDB's magic
-
-
-@dataclass
-class _Env:
-    pid: int
-    file_id: tuple[int, ...]
-    env: lmdb.Environment
-    users: int
-
-
-# py-lmdb allows one open environment per path and process, so read-only environments are
-# shared by the readers of a path in a process, counted, and closed with the last of them.
-# An entry is tied to the identity of the data file (device, inode, size, mtime): a store
-# replaced at the same path is a new file, and never read through the old one's environment.
-# A forked child inherits the parent's entries; it closes them before opening its own:
-# without a lock table (lock=False) that only unmaps the child's copy.
-_envs: dict[str, _Env] = {}
-
-
-def _data_file(path: Path, subdir: bool) -> Path:
-    return path / DATA_FILE if subdir else path
-
-
-def check_lmdb_file(file: Path) -> None:
-    """Refuse an LMDB file shorter than its own meta pages say (it would crash on SIGBUS).
-
-    Raises
-    ------
-    CorruptStoreError
-        The file is truncated, or its meta pages are not LMDB's.
-    """
-    try:
-        with open(file, "rb") as f:
-            head = f.read(2 * 65536)
-    except OSError as exc:
-        raise NotAStoreError(f"cannot read LMDB file '{file}': {exc.strerror}") from None
-    size = file.stat().st_size
-    metas = []
-    psize = struct.unpack_from("<I", head, 40)[0] if len(head) >= 44 else 0
-    for page in (0, 1):
-        off = page * psize
-        if (
-            psize < 512
-            or off + 152 > len(head)
-            or _META.unpack_from(head, off + 16)[0] != 0xBEEFC0DE
-        ):
-            raise CorruptStoreError(
-                f"'{file}' is not a whole LMDB file (its meta pages are missing or damaged); "
-                "re-create the store with seqstore convert"
-            )
-        metas.append(struct.unpack_from("<QQ", head, off + 136))  # last page, txn id
-    last_page = max(metas, key=lambda m: m[1])[0]
-    if size < (last_page + 1) * psize:
-        raise CorruptStoreError(
-            f"LMDB file '{file}' is truncated ({size} bytes; its pages need "
-            f"{(last_page + 1) * psize}); re-create the store with seqstore convert"
-        )
-
-
-def acquire_env(path: Path, *, subdir: bool, **options: Any) -> tuple[lmdb.Environment, Any]:
-    """This process's read-only environment of the LMDB data at ``path``, and a token for
-    :func:`release_env`. The file is checked (:func:`check_lmdb_file`) before it is mapped."""
-    file = _data_file(path, subdir)
-    key = str(path.resolve())
-    st = file.stat()
-    file_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    pid = os.getpid()
-    entry = _envs.get(key)
-    if entry is not None and entry.pid == pid and entry.file_id == file_id:
-        entry.users += 1
-        return entry.env, (key, file_id, pid)
-    if entry is not None:  # inherited over fork, or the file was replaced since
-        entry.env.close()
-        del _envs[key]
-    check_lmdb_file(file)
-    env = lmdb.open(key, readonly=True, lock=False, meminit=False, subdir=subdir, **options)
-    _envs[key] = _Env(pid, file_id, env, 1)
-    return env, (key, file_id, pid)
-
-
-def release_env(token: Any) -> None:
-    """Give back an environment from :func:`acquire_env`; the last user closes it."""
-    key, file_id, pid = token
-    entry = _envs.get(key)
-    if entry is not None and entry.pid == pid == os.getpid() and entry.file_id == file_id:
-        entry.users -= 1
-        if entry.users <= 0:
-            entry.env.close()
-            del _envs[key]
-
-
-def env_is_current(env: lmdb.Environment, token: Any) -> bool:
-    """Whether ``env`` is still this process's environment of its path (not closed because
-    the store was replaced and a newer reader opened the new one)."""
-    entry = _envs.get(token[0])
-    return entry is not None and entry.env is env
-
-
-class SharedEnvReader(Reader[lmdb.Environment]):
-    """A reader whose handle is a shared, counted LMDB environment (see :func:`acquire_env`).
-
-    Subclasses set :attr:`subdir` and may override :meth:`_env_options`.
-    """
-
-    subdir: ClassVar[bool] = True
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path)
-        self._env: lmdb.Environment | None = None
-        self._env_token: Any = None
-        self._release: weakref.finalize | None = None
-
-    def _env_options(self) -> dict[str, Any]:
-        return {}
-
-    @property
-    def handle(self) -> lmdb.Environment:
-        # docstring inherited
-        if self._env is None or self._env_token[2] != os.getpid():
-            try:
-                self._env, self._env_token = acquire_env(
-                    self.path, subdir=self.subdir, **self._env_options()
-                )
-            except lmdb.Error as exc:
-                raise NotAStoreError(
-                    f"'{self.path}' is not a readable LMDB store ({exc})"
-                ) from None
-            # Released when the reader is closed or garbage-collected, whichever is first.
-            self._release = weakref.finalize(self, release_env, self._env_token)
-        elif not env_is_current(self._env, self._env_token):
-            raise CorruptStoreError(
-                f"store '{self.path}' was replaced after this reader opened it; open it again"
-            )
-        return self._env
-
-    def _open_handle(self) -> lmdb.Environment:
-        return self.handle
-
-    def close(self) -> None:
-        # docstring inherited
-        if self._release is not None and self._env_token[2] == os.getpid():
-            self._release()
-        self._env = self._env_token = self._release = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state.update(_env=None, _env_token=None, _release=None)
-        return state
-
-    def _damaged(self, exc: lmdb.Error) -> CorruptStoreError:
-        return CorruptStoreError(
-            f"LMDB store '{self.path}' is damaged ({exc}); re-create it with seqstore convert"
-        )
 
 
 def _index_key(i: int) -> bytes:
@@ -216,16 +62,12 @@ def _decode(value: memoryview | bytes) -> Record:
     return Record(key, label, bytes(value[key_end:]), width, height, crc)
 
 
-def _index_digest(labels: bytes, checksums: bytes) -> str:
-    return hashlib.sha256(labels + checksums).hexdigest()
-
-
 class LMDBReader(SharedEnvReader):
     """Reader of a seqstore LMDB store.
 
     Parameters
     ----------
-    path
+    location
         The store directory.
     readahead
         Let the OS read ahead of the cursor. Good for the sequential block reads seqstore
@@ -234,8 +76,8 @@ class LMDBReader(SharedEnvReader):
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, path: str | os.PathLike[str], *, readahead: bool = True) -> None:
-        super().__init__(path)
+    def __init__(self, location: str | os.PathLike[str], *, readahead: bool = True) -> None:
+        super().__init__(location)
         self.readahead = readahead
         self._manifest = read_store_manifest(self.path)
         self._check_files()
@@ -255,7 +97,7 @@ class LMDBReader(SharedEnvReader):
             return []
         out: list[Record] = []
         try:
-            with self.handle.begin(buffers=True) as txn:
+            with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
                 if not cursor.set_key(_index_key(start)):
                     raise CorruptStoreError(
@@ -276,7 +118,7 @@ class LMDBReader(SharedEnvReader):
 
     def _index(self) -> tuple[bytes, bytes]:
         try:
-            with self.handle.begin() as txn:
+            with self.env.begin() as txn:
                 labels, checksums = txn.get(_LABELS_KEY), txn.get(_CHECKSUMS_KEY)
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
@@ -289,7 +131,7 @@ class LMDBReader(SharedEnvReader):
     def _checked_index(self) -> tuple[bytes, bytes]:
         labels, checksums = self._index()
         n = self.manifest.num_records
-        if len(labels) != 4 * n or _index_digest(labels, checksums) != self.manifest.index_digest:
+        if len(labels) != 4 * n or index_digest(labels, checksums) != self.manifest.index_digest:
             raise CorruptStoreError(
                 f"the index of LMDB store '{self.path}' does not match its manifest (damaged "
                 "or edited); re-create the store with seqstore convert"
@@ -310,12 +152,12 @@ class LMDBWriter(Writer):
 
     Records are committed in batches; when a batch does not fit in the map, the map is
     doubled and the batch retried, so no size has to be guessed up front. Each commit is a
-    point a killed conversion can resume from (:meth:`~seqstore.backends.base.Writer.checkpoint`).
+    point a killed conversion can resume from (:meth:`~seqstore.backends.writer.Writer.checkpoint`).
 
     Parameters
     ----------
     path, classes, overwrite, provenance, resume
-        See :class:`~seqstore.backends.base.Writer`.
+        See :class:`~seqstore.backends.writer.Writer`.
     batch_bytes
         Bytes of records per write transaction.
     """
@@ -427,7 +269,7 @@ class LMDBWriter(Writer):
             lock.unlink()
 
     def _index_digest(self) -> str | None:
-        return _index_digest(*self._index)
+        return index_digest(*self._index)
 
     def _abort(self) -> None:
         if hasattr(self, "_env"):  # _open may have failed before making it
@@ -439,13 +281,5 @@ class LMDBBackend(Backend):
 
     name: ClassVar[str] = "lmdb"
     description: ClassVar[str] = "LMDB B-tree, records under ordered keys"
-
-    @classmethod
-    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> LMDBReader:
-        # docstring inherited
-        return LMDBReader(Path(path), **options)
-
-    @classmethod
-    def open_writer(cls, path: str | os.PathLike[str], **kwargs: Any) -> LMDBWriter:
-        # docstring inherited
-        return LMDBWriter(path, **kwargs)
+    reader_cls = LMDBReader
+    writer_cls = LMDBWriter

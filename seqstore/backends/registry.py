@@ -1,8 +1,9 @@
-"""Backend names to backend classes, imported on first use.
+"""The registry: backend names to backend classes, imported on first use.
 
-Built-in backends are named by dotted path so that importing seqstore does not import
-lmdb or h5py. Third-party backends register through the ``seqstore.backends`` entry-point
-group in their package metadata::
+One table, :data:`registry`, maps each name to a :class:`BackendEntry`: the class, or its
+``"module:Class"`` path until first use, so that importing seqstore does not import lmdb or
+h5py, and the pip extra that provides its dependency. Third-party backends register through
+the ``seqstore.backends`` entry-point group in their package metadata::
 
     [project.entry-points."seqstore.backends"]
     zarr = "seqstore_zarr:ZarrBackend"
@@ -12,8 +13,11 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
@@ -21,25 +25,59 @@ from ..manifest import MANIFEST_NAME, is_store, read_manifest
 from .base import Backend, Reader
 from .staging import read_store_manifest
 
-__all__ = ["available_backends", "get_backend", "open_store", "register_backend"]
+__all__ = [
+    "BackendEntry",
+    "available_backends",
+    "get_backend",
+    "open_store",
+    "register_backend",
+    "registry",
+]
 
 ENTRY_POINT_GROUP = "seqstore.backends"
 
-_BUILTIN: dict[str, str] = {
-    "folder": "seqstore.backends.folder:FolderBackend",
-    "hdf5": "seqstore.backends.hdf5:HDF5Backend",
-    "lmdb": "seqstore.backends.lmdb:LMDBBackend",
-    "tensorpack": "seqstore.backends.tensorpack:TensorpackBackend",
-}
-# The pip extra that provides a built-in backend's optional dependency.
-_EXTRAS: dict[str, str] = {"tensorpack": "tensorpack"}
-# Data files of the built-in formats: a directory holding one without a manifest is a store
-# that lost its manifest, not an image folder.
-_DATA_FILES = ("data.mdb", "data.h5")
-# Backends that recognise data without a seqstore manifest, tried in this order.
-_SNIFF_ORDER = ("tensorpack", "folder")
 
-_registry: dict[str, type[Backend] | str] = dict(_BUILTIN)
+@dataclass(frozen=True)
+class BackendEntry:
+    """One row of the registry.
+
+    Attributes
+    ----------
+    target : type of Backend, or str
+        The backend class, or its ``"module:Class"`` path before first use.
+    extra : str or None
+        The pip extra of seqstore that installs the backend's dependency.
+    sniff : bool
+        Whether :func:`open_store` asks this backend to recognise data that carries no
+        manifest (rows are asked in table order).
+    data_files : tuple of str
+        Names of the format's data files: a directory holding one but no manifest is a
+        store that lost its manifest, not an image folder.
+    """
+
+    target: type[Backend] | str
+    extra: str | None = None
+    sniff: bool = False
+    data_files: tuple[str, ...] = ()
+
+    @property
+    def path(self) -> str:
+        """The ``"module:Class"`` path of the backend."""
+        if isinstance(self.target, str):
+            return self.target
+        return f"{self.target.__module__}:{self.target.__qualname__}"
+
+
+_table: dict[str, BackendEntry] = {
+    "lmdb": BackendEntry("seqstore.backends.lmdb:LMDBBackend", data_files=("data.mdb",)),
+    "hdf5": BackendEntry("seqstore.backends.hdf5:HDF5Backend", data_files=("data.h5",)),
+    "tensorpack": BackendEntry(
+        "seqstore.backends.tensorpack:TensorpackBackend", extra="tensorpack", sniff=True
+    ),
+    "folder": BackendEntry("seqstore.backends.folder:FolderBackend", sniff=True),
+}
+#: A read-only view of the registry (entry-point plugins appear once a lookup has run).
+registry: Mapping[str, BackendEntry] = MappingProxyType(_table)
 _entry_points_loaded = False
 
 
@@ -53,18 +91,33 @@ def register_backend(name: str, backend: type[Backend] | str, *, overwrite: bool
     backend
         The Backend subclass, or its ``"module:Class"`` path to import on first use.
     overwrite
-        Replace a backend already registered under ``name``.
+        Replace a different backend already registered under ``name``. Registering the
+        same backend again is allowed without it.
+
+    Raises
+    ------
+    ValueError
+        Another backend is registered under ``name`` and ``overwrite`` is False.
     """
     _load_entry_points()
-    if name in _registry and not overwrite:
-        raise ValueError(f"a backend named '{name}' is already registered; pass overwrite=True")
-    _registry[name] = backend
+    new = BackendEntry(backend)
+    old = _table.get(name)
+    if old is not None and old.path == new.path:
+        if isinstance(backend, type):
+            _table[name] = replace(old, target=backend)
+        return
+    if old is not None and not overwrite:
+        raise ValueError(
+            f"a backend named '{name}' is already registered ({old.path}); pass overwrite=True "
+            f"to replace it with {new.path}"
+        )
+    _table[name] = new
 
 
 def available_backends() -> list[str]:
     """Names of every registered backend, built-in and from entry points, sorted."""
     _load_entry_points()
-    return sorted(_registry)
+    return sorted(_table)
 
 
 def get_backend(name: str) -> type[Backend]:
@@ -77,26 +130,28 @@ def get_backend(name: str) -> type[Backend]:
     """
     _load_entry_points()
     try:
-        entry = _registry[name]
+        entry = _table[name]
     except KeyError:
-        known = ", ".join(sorted(_registry))
+        known = ", ".join(sorted(_table))
         raise BackendNotFoundError(f"unknown backend '{name}'; choose one of: {known}") from None
-    if isinstance(entry, str):
-        module_name, _, attr = entry.partition(":")
+    target = entry.target
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            extra = _EXTRAS.get(name)
-            hint = f"pip install 'seqstore[{extra}]'" if extra else f"install '{exc.name}'"
+            hint = (
+                f"pip install 'seqstore[{entry.extra}]'" if entry.extra else f"install '{exc.name}'"
+            )
             raise BackendNotFoundError(
                 f"backend '{name}' needs the package '{exc.name}', which is not installed; "
                 f"run: {hint}"
             ) from None
-        entry = getattr(module, attr)
-        _registry[name] = entry
-    if not (isinstance(entry, type) and issubclass(entry, Backend)):
-        raise BackendNotFoundError(f"backend '{name}' is {entry!r}, not a seqstore Backend class")
-    return entry
+        target = getattr(module, attr)
+    if not (isinstance(target, type) and issubclass(target, Backend)):
+        raise BackendNotFoundError(f"backend '{name}' is {target!r}, not a seqstore Backend class")
+    _table[name] = replace(entry, target=target)
+    return target
 
 
 def _load_entry_points() -> None:
@@ -105,12 +160,10 @@ def _load_entry_points() -> None:
         return
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        _registry.setdefault(ep.name, ep.value)
+        _table.setdefault(ep.name, BackendEntry(ep.value))
 
 
-def open_store(
-    path: str | os.PathLike[str], backend: str | None = None, **options: Any
-) -> Reader[Any]:
+def open_store(path: str | os.PathLike[str], backend: str | None = None, **options: Any) -> Reader:
     """Open any readable store: seqstore's own, a tensorpack LMDB file, or an image folder.
 
     Parameters
@@ -143,13 +196,13 @@ def open_store(
         raise NotAStoreError(f"'{p}' does not exist")
     if p.is_dir() and is_store(p):
         return _open(get_backend(read_manifest(p).format), p, options)
-    orphans = [name for name in _DATA_FILES if (p / name).is_file()]
+    orphans = [f for e in _table.values() for f in e.data_files if (p / f).is_file()]
     if orphans:
         raise NotAStoreError(
             f"'{p}' holds a store's data ({orphans[0]}) but no {MANIFEST_NAME}: without its "
             "manifest the data cannot be checked or trusted; convert the source again"
         )
-    for name in _SNIFF_ORDER:
+    for name in [name for name, entry in _table.items() if entry.sniff]:
         try:
             candidate = get_backend(name)
         except BackendNotFoundError:
@@ -162,7 +215,7 @@ def open_store(
     )
 
 
-def _open(backend: type[Backend], path: Path, options: dict[str, Any]) -> Reader[Any]:
+def _open(backend: type[Backend], path: Path, options: dict[str, Any]) -> Reader:
     try:
         return backend.open_reader(path, **options)
     except TypeError as exc:

@@ -31,7 +31,7 @@ from ..manifest import Manifest, Provenance
 from ..records import Record
 from .base import Backend
 from .folder import load_classes
-from .lmdb import SharedEnvReader, acquire_env, release_env
+from .lmdb_env import SharedEnvReader, acquire_env, release_env
 
 __all__ = ["TensorpackBackend", "TensorpackReader", "loads_datapoint"]
 
@@ -122,7 +122,7 @@ class TensorpackReader(SharedEnvReader):
 
     Parameters
     ----------
-    path
+    location
         The ``.lmdb`` file.
     classes
         Class names for the integer labels (a list, a file with one per line, or an ImageFolder
@@ -139,14 +139,14 @@ class TensorpackReader(SharedEnvReader):
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        location: str | os.PathLike[str],
         *,
         classes: str | os.PathLike[str] | list[str] | None = None,
     ) -> None:
-        super().__init__(path)
+        super().__init__(location)
         if not self.path.is_file():
             raise NotAStoreError(f"'{self.path}' is not a tensorpack LMDB file")
-        with self.handle.begin() as txn:
+        with self.env.begin() as txn:
             raw_keys = txn.get(_KEYS_KEY)
         if raw_keys is None:
             raise NotAStoreError(
@@ -181,7 +181,7 @@ class TensorpackReader(SharedEnvReader):
         self._check_range(start, stop)
         out: list[tuple[str, int, bytes]] = []
         try:
-            with self.handle.begin() as txn:
+            with self.env.begin() as txn:
                 if self._cursor_order and stop > start:
                     cursor = txn.cursor()
                     cursor.set_key(self._keys[start])
@@ -218,12 +218,7 @@ class TensorpackBackend(Backend):
 
     name: ClassVar[str] = "tensorpack"
     description: ClassVar[str] = "tensorpack LMDBSerializer file (read only)"
-    can_write: ClassVar[bool] = False
-
-    @classmethod
-    def open_reader(cls, path: str | os.PathLike[str], **options: Any) -> TensorpackReader:
-        # docstring inherited
-        return TensorpackReader(Path(path), **options)
+    reader_cls = TensorpackReader
 
     @classmethod
     def sniff(cls, path: Path) -> bool:

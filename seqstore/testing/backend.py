@@ -1,37 +1,78 @@
-"""The conformance suite every writable backend must pass, plugins included.
+"""The conformance suite every backend must pass, plugins and read-only formats included.
 
-Subclass :class:`BackendSuite` in a test module and set ``backend_name``::
+Subclass :class:`BackendSuite` in a test module, set ``backend_name`` and supply the bypass
+hooks, which touch the format's files without the store, following the layout that the
+backend's module documents::
 
     from seqstore.testing.backend import BackendSuite
 
     class TestMyBackend(BackendSuite):
         backend_name = "mine"
 
-Every test writes real files under pytest's ``tmp_path``.
+        def write_raw(self, path, records, classes):
+            ...  # the store's files, written with the format's own library
+
+        def read_raw(self, path):
+            ...  # the records in those files, read with the format's own library
+
+So a writer and a reader that agree on a wrong layout still fail: the reader must read
+files written by :meth:`~BackendSuite.write_raw`, and :meth:`~BackendSuite.read_raw` must
+find the records in files the writer wrote. Tests of a capability the backend lacks (a
+writer, single-record reads) are skipped with the reason; a read-only backend needs no
+``read_raw``. Every test writes real files under pytest's ``tmp_path``.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pytest
 
 import seqstore
 from seqstore.backends import Backend, Reader, get_backend
 from seqstore.errors import PartialStoreError, StoreExistsError
+from seqstore.manifest import Manifest, Provenance, write_manifest
 from seqstore.records import Record
 
 from .data import make_records
 
-__all__ = ["BackendSuite"]
+__all__ = ["CLASSES", "BackendSuite", "seal_raw_store"]
 
 CLASSES = ["class00", "class01", "class02", "class03"]
 
 
-def _checksums_of(reader: Reader[Any], start: int, stop: int) -> list[tuple[str, int]]:
+def seal_raw_store(
+    path: Path,
+    *,
+    format: str,
+    format_version: int,
+    records: Sequence[Record],
+    classes: Sequence[str],
+    data_files: Sequence[str] = (),
+    index_digest: str | None = None,
+) -> None:
+    """Write the manifest of a store whose data files a ``write_raw`` hook wrote into
+    ``path``: the manifest is what makes a directory a complete store."""
+    write_manifest(
+        path,
+        Manifest(
+            format=format,
+            format_version=format_version,
+            num_records=len(records),
+            total_bytes=sum(len(r.data) for r in records),
+            classes=list(classes),
+            provenance=Provenance(seqstore_version=seqstore.__version__),
+            data_files={name: (path / name).stat().st_size for name in data_files},
+            index_digest=index_digest,
+        ),
+    )
+
+
+def _checksums_of(reader: Reader, start: int, stop: int) -> list[tuple[str, int]]:
     return [(r.key, r.checksum if r.verify() else -1) for r in reader.read_block(start, stop)]
 
 
@@ -42,10 +83,46 @@ def _write_half_and_die(backend: type[Backend], path: Path, records: list[Record
     os._exit(0)  # the writer never finishes, as when a process is killed
 
 
+def _needs_writer(backend: type[Backend]) -> None:
+    if backend.writer_cls is None:
+        pytest.skip(f"the '{backend.name}' backend has no writer")
+
+
 class BackendSuite:
-    """Behaviour users rely on, checked against real files of one backend."""
+    """Behaviour users rely on, checked against real files of one backend.
+
+    Attributes
+    ----------
+    backend_name : str
+        The registered name of the backend under test.
+    """
 
     backend_name: ClassVar[str]
+
+    # -- hooks the subclass supplies ---------------------------------------------------------
+    def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
+        """Write ``records`` as a complete store at ``path`` without the backend's writer,
+        with the format's own library, following the documented layout (manifest included,
+        see :func:`seal_raw_store`, for formats that have one)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement write_raw")
+
+    def read_raw(self, path: Path) -> list[Record]:
+        """The records of the store at ``path``, in storage order, read without the backend's
+        reader. Needed only for a backend with a writer."""
+        raise NotImplementedError(f"{type(self).__name__} must implement read_raw")
+
+    def expected(self, records: Sequence[Record]) -> list[Record]:
+        """What a reader returns for ``records`` written by the writer or :meth:`write_raw`.
+
+        The default: the records in written order, or in key order for a backend that does
+        not keep write order (an image folder). Override it for a format that does not keep
+        every field (tensorpack files keep no keys).
+        """
+        if get_backend(self.backend_name).keeps_order:
+            return list(records)
+        return sorted(records, key=lambda r: r.key)
+
+    # -- fixtures ----------------------------------------------------------------------------
 
     @pytest.fixture
     def backend(self) -> type[Backend]:
@@ -57,30 +134,54 @@ class BackendSuite:
 
     @pytest.fixture
     def store(self, tmp_path: Path, backend: type[Backend], records: list[Record]) -> Path:
+        """The records as a store: written by the backend's writer, or by :meth:`write_raw`
+        for a backend without one."""
         path = tmp_path / "store"
+        if backend.writer_cls is None:
+            self.write_raw(path, records, CLASSES)
+            return path
         with backend.open_writer(path, classes=CLASSES) as writer:
             for record in records:
                 writer.write(record)
         return path
 
-    def expected(self, backend: type[Backend], records: list[Record]) -> list[Record]:
-        # A backend that does not keep write order (an image folder) reads in key order.
-        return list(records) if backend.keeps_order else sorted(records, key=lambda r: r.key)
+    # -- the layout, through the bypass hooks ------------------------------------------------
+    def test_reader_reads_files_written_raw(self, tmp_path: Path, records: list[Record]) -> None:
+        path = tmp_path / "raw"
+        self.write_raw(path, records, CLASSES)
+        reader = seqstore.open(path)
+        assert reader.read_block(0, len(reader)) == self.expected(records)
+        assert reader.labels().tolist() == [r.label for r in self.expected(records)]
+        reader.check_index()
 
+    def test_writer_writes_the_documented_layout(
+        self, tmp_path: Path, backend: type[Backend], records: list[Record]
+    ) -> None:
+        _needs_writer(backend)
+        path = tmp_path / "written"
+        with backend.open_writer(path, classes=CLASSES) as writer:
+            for record in records:
+                writer.write(record)
+        assert self.read_raw(path) == self.expected(records)
+
+    # -- reading -----------------------------------------------------------------------------
     def test_round_trip_keeps_bytes_labels_keys_and_order(
-        self, store: Path, backend: type[Backend], records: list[Record]
+        self, store: Path, records: list[Record]
     ) -> None:
         reader = seqstore.open(store)
         got = reader.read_block(0, len(reader))
-        assert got == self.expected(backend, records)
+        assert got == self.expected(records)
         assert all(r.verify() for r in got)
 
-    def test_open_dispatches_on_manifest(self, store: Path, backend: type[Backend]) -> None:
+    def test_open_dispatches_on_format(self, store: Path, backend: type[Backend]) -> None:
         reader = seqstore.open(store)
         assert reader.manifest.format == self.backend_name
-        assert isinstance(reader, type(backend.open_reader(store)))
+        assert isinstance(reader, backend.reader_cls)
 
-    def test_manifest_describes_the_store(self, store: Path, records: list[Record]) -> None:
+    def test_manifest_describes_the_store(
+        self, store: Path, backend: type[Backend], records: list[Record]
+    ) -> None:
+        _needs_writer(backend)
         m = seqstore.open(store).manifest
         assert m.num_records == len(records)
         assert m.total_bytes == sum(len(r.data) for r in records)
@@ -88,7 +189,11 @@ class BackendSuite:
         assert m.provenance.seqstore_version == seqstore.__version__
 
     @pytest.mark.parametrize("span", [(0, 0), (0, 1), (5, 6), (3, 20), (0, 37), (30, 37), (36, 37)])
-    def test_read_block_equals_single_reads(self, store: Path, span: tuple[int, int]) -> None:
+    def test_read_block_equals_single_reads(
+        self, store: Path, backend: type[Backend], span: tuple[int, int]
+    ) -> None:
+        if not backend.reader_cls.random_access:
+            pytest.skip(f"the '{backend.name}' reader has no random access")
         reader = seqstore.open(store)
         start, stop = span
         assert reader.read_block(start, stop) == [reader.read(i) for i in range(start, stop)]
@@ -111,9 +216,11 @@ class BackendSuite:
         assert halves[0] + halves[1] == expected
         assert _checksums_of(reader, 0, len(reader)) == expected  # parent still fine
 
+    # -- writing -----------------------------------------------------------------------------
     def test_partial_store_is_refused(
         self, tmp_path: Path, backend: type[Backend], records: list[Record]
     ) -> None:
+        _needs_writer(backend)
         path = tmp_path / "partial"
         child = mp.get_context("fork").Process(
             target=_write_half_and_die, args=(backend, path, records)
@@ -128,6 +235,7 @@ class BackendSuite:
     def test_error_while_writing_leaves_no_store(
         self, tmp_path: Path, backend: type[Backend], records: list[Record]
     ) -> None:
+        _needs_writer(backend)
         path = tmp_path / "aborted"
         with pytest.raises(RuntimeError, match="boom"):
             with backend.open_writer(path, classes=CLASSES) as writer:
@@ -138,6 +246,7 @@ class BackendSuite:
     def test_existing_store_refused_unless_overwrite(
         self, store: Path, backend: type[Backend], records: list[Record]
     ) -> None:
+        _needs_writer(backend)
         with pytest.raises(StoreExistsError, match="overwrite"):
             backend.open_writer(store, classes=CLASSES)
         with backend.open_writer(store, classes=CLASSES, overwrite=True) as writer:
@@ -148,6 +257,7 @@ class BackendSuite:
     def test_failed_overwrite_keeps_the_old_store(
         self, store: Path, backend: type[Backend], records: list[Record]
     ) -> None:
+        _needs_writer(backend)
         old = seqstore.open(store)
         before = [r.data for r in old.read_block(0, len(old))]
         old.close()
@@ -162,12 +272,14 @@ class BackendSuite:
     def test_non_store_directory_is_never_overwritten(
         self, tmp_path: Path, backend: type[Backend]
     ) -> None:
+        _needs_writer(backend)
         (tmp_path / "mine.txt").write_text("user data")
         with pytest.raises(StoreExistsError, match="not a seqstore store"):
             backend.open_writer(tmp_path, classes=CLASSES, overwrite=True)
         assert (tmp_path / "mine.txt").read_text() == "user data"
 
     def test_empty_store(self, tmp_path: Path, backend: type[Backend]) -> None:
+        _needs_writer(backend)
         with backend.open_writer(tmp_path / "empty", classes=CLASSES):
             pass
         reader = backend.open_reader(tmp_path / "empty")

@@ -1,0 +1,223 @@
+"""The reading room: :class:`Reader`, read access to one store, whatever its format.
+
+The loading engine only ever calls :meth:`Reader.read_block` over contiguous ranges, so that
+each read is one sequential pass over the underlying file; :meth:`Reader.read` of a single
+record exists where the format allows it (:attr:`Reader.random_access`) and is the exception.
+A reader is opened from a location, which only readers of local files turn into a
+:attr:`Reader.path`. Handles (see :mod:`.handles`) open lazily in the process that uses them,
+so a reader made in the parent can be handed to forked or spawned DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import ConfigError, CorruptStoreError, NotAStoreError
+from ..manifest import Manifest
+from ..records import Record
+
+__all__ = ["Reader", "is_local"]
+
+
+def is_local(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names a local file or directory rather than a URL."""
+    return "://" not in os.fspath(location)
+
+
+class Reader(ABC):
+    """Read access to one store.
+
+    Parameters
+    ----------
+    location
+        Where the store is: a directory for seqstore's own formats, a file or a folder tree
+        otherwise. A backend for remote data may take a URL (``s3://...``); readers of local
+        files use :attr:`path`.
+
+    Notes
+    -----
+    Subclasses implement :attr:`manifest` and :meth:`read_block`; everything else has a
+    working default. A reader that holds handles keeps them in
+    :class:`~seqstore.backends.handles.ProcessLocal` and releases them in :meth:`close`.
+    """
+
+    #: Whether records carry checksums made when they were written. Where they do not (image
+    #: folders, tensorpack files), a record's checksum is computed as it is read, and checks
+    #: nothing: ``verify`` says so rather than report a match.
+    stores_checksums: ClassVar[bool] = True
+    #: Whether :meth:`read` can fetch one record by position. A format that can only be
+    #: streamed (a compressed archive, say) sets it False, and :meth:`read` refuses.
+    random_access: ClassVar[bool] = True
+    #: The on-disk layout versions this reader understands.
+    layout_versions: ClassVar[tuple[int, ...]] = (1,)
+    #: Whether storage order groups records by class (an image folder's sorted walk), so
+    #: that a conversion from it shuffles by default.
+    class_sorted: ClassVar[bool] = False
+    #: Files of the source that are not records (an image folder's ``*_boxes.txt``).
+    ignored: Sequence[str] = ()
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.location = location
+
+    @property
+    def path(self) -> Path:
+        """The store as a local path, for readers of local files.
+
+        Raises
+        ------
+        NotAStoreError
+            The location is a URL, which this reader cannot open.
+        """
+        if not is_local(self.location):
+            raise NotAStoreError(
+                f"'{os.fspath(self.location)}' is not a local path; the "
+                f"{type(self).__name__} reads local files only"
+            )
+        return Path(self.location)
+
+    # -- what subclasses provide -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def manifest(self) -> Manifest:
+        """The store's metadata: format, record count, class names, provenance."""
+
+    @abstractmethod
+    def read_block(self, start: int, stop: int) -> list[Record]:
+        """Read records ``start`` to ``stop - 1`` in store order, in one sequential pass.
+
+        Parameters
+        ----------
+        start, stop
+            A range with ``0 <= start <= stop <= len(self)``.
+
+        Returns
+        -------
+        list of Record
+        """
+
+    # -- defaults --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.manifest.num_records
+
+    @property
+    def identity(self) -> str:
+        """What tells this store from any other, even one later written at the same path.
+
+        The manifest's ``store_id`` for stores seqstore wrote; for other data, a digest of
+        where it is and what the manifest made of it (format, records, bytes, classes).
+        A loader state records it, so that it is never resumed on another store.
+        """
+        m = self.manifest
+        if m.store_id is not None:
+            return m.store_id
+        where = str(self.path.resolve()) if is_local(self.location) else os.fspath(self.location)
+        facts = [m.format, where, m.num_records, m.total_bytes, m.classes]
+        return hashlib.sha256(repr(facts).encode()).hexdigest()[:32]
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names; a record's label indexes this list (empty when names are unknown)."""
+        return list(self.manifest.classes)
+
+    @property
+    def source_files(self) -> list[Path] | None:
+        """The file each record is read from, in record order, for data read in place as
+        one file per record (an image folder); None for stores that hold their records."""
+        return None
+
+    def read(self, index: int) -> Record:
+        """Read one record by position.
+
+        Raises
+        ------
+        ConfigError
+            The format has no :attr:`random_access`.
+        """
+        if not self.random_access:
+            raise ConfigError(
+                f"{type(self).__name__} of '{os.fspath(self.location)}' cannot read one record "
+                "by position; read blocks with read_block"
+            )
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"record {index} is out of range for a store of {n} records")
+        index %= n
+        return self.read_block(index, index + 1)[0]
+
+    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+        """Keys, labels and bytes of a block, without checking that the bytes are images.
+
+        Conversion reads sources this way and checks each file itself, so that a bad file
+        can be skipped instead of ending the read.
+        """
+        return [(r.key, r.label, r.data) for r in self.read_block(start, stop)]
+
+    def labels(self) -> np.ndarray:
+        """The label of every record, in store order, as an int64 array.
+
+        The default reads the whole store; backends that keep labels apart override it.
+        """
+        out = np.empty(len(self), np.int64)
+        step = 4096
+        for start in range(0, len(self), step):
+            block = self.read_block(start, min(start + step, len(self)))
+            out[start : start + len(block)] = [r.label for r in block]
+        return out
+
+    def check_index(self) -> None:  # noqa: B027 - optional hook
+        """Check the store's per-record index against the manifest's digest.
+
+        Raises
+        ------
+        CorruptStoreError
+            The index was damaged or edited. The default checks nothing (no index).
+        """
+
+    def _check_files(self) -> None:
+        """Refuse a store whose layout is unknown or whose data files are not the size its
+        manifest records: mapping a truncated file would crash the process (SIGBUS)."""
+        m = self.manifest
+        if m.format_version not in self.layout_versions:
+            raise NotAStoreError(
+                f"store '{self.path}' has {m.format} layout version {m.format_version} (written "
+                f"by seqstore {m.provenance.seqstore_version}); this seqstore reads version "
+                f"{', '.join(map(str, self.layout_versions))}: convert the source again"
+            )
+        for name, size in m.data_files.items():
+            try:
+                actual = (self.path / name).stat().st_size
+            except FileNotFoundError:
+                raise CorruptStoreError(
+                    f"store '{self.path}' lacks its data file '{name}'; re-create the store "
+                    "with seqstore convert"
+                ) from None
+            if actual != size:
+                raise CorruptStoreError(
+                    f"data file '{self.path / name}' is {actual} bytes, not the {size} its "
+                    "manifest records (truncated or replaced); re-create the store with "
+                    "seqstore convert"
+                )
+
+    def _check_range(self, start: int, stop: int) -> None:
+        n = len(self)
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"block [{start}, {stop}) is out of range for a store of {n} records")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release this process's handles; the reader reopens them on next use."""
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{os.fspath(self.location)}')"
