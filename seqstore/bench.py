@@ -558,7 +558,7 @@ class _TensorpackMap:
 
 # -- stage breakdown ----------------------------------------------------------------------------
 def _stages(
-    reader: Reader[Any], cfg: BenchConfig, sample: int = 256, repeat: int = 3
+    reader: Reader, cfg: BenchConfig, sample: int = 256, repeat: int = 3
 ) -> dict[str, float]:
     """Milliseconds per image of each stage, in this process, over the first ``sample``
     records: the fastest of ``repeat`` passes, so that opening the store and first-touch
@@ -667,7 +667,7 @@ def _prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path]
     return stores, tensorpack_file
 
 
-def _fingerprint(reader: Reader[Any]) -> str:
+def _fingerprint(reader: Reader) -> str:
     """What identifies a source's content: where it is, its size, and when a store was made.
     Adding, removing or replacing images changes the record count or the byte total."""
     m = reader.manifest
@@ -686,7 +686,7 @@ def _reusable(dst: Path, marker: Path, wanted: str) -> bool:
     return True
 
 
-def _write_tensorpack(reader: Reader[Any], path: Path) -> None:
+def _write_tensorpack(reader: Reader, path: Path) -> None:
     import tensorpack.dataflow as td
 
     class Records(td.DataFlow):

@@ -12,7 +12,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from ._version import __version__
 from .backends import Reader
@@ -108,7 +108,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify(reader: Reader[Any]) -> list[str]:
+def _verify(reader: Reader) -> list[str]:
     """Keys of the records whose checksum fails."""
     from tqdm import tqdm
 

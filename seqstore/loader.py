@@ -359,7 +359,7 @@ _Item = tuple[Any, np.ndarray, np.ndarray, list[_BadRecord]] | _Failure
 class _EpochDataset(IterableDataset[_Item]):
     def __init__(
         self,
-        reader: Reader[Any],
+        reader: Reader,
         transform: _Transform,
         params: dict[str, Any],
         ring: _Ring | None,
@@ -494,7 +494,7 @@ class Loader:
         if cfg.split is not None:
             path_, found = resolve_split(cfg.path, cfg.split)
             reader_options = {**found, **reader_options}
-        self.reader: Reader[Any] = open_store(path_, cfg.backend, **reader_options)
+        self.reader: Reader = open_store(path_, cfg.backend, **reader_options)
         rank, world = _default_rank_world()
         rank = cfg.rank if cfg.rank is not None else rank
         world = cfg.world_size if cfg.world_size is not None else world
