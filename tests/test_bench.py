@@ -97,7 +97,7 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
     assert "converting" in printed
     store = out / "stores" / "lmdb" / "seqstore.json"
     before = store.stat().st_mtime_ns
-    from seqstore.bench import _prepare_stores
+    from seqstore.bench import prepare_stores
     from seqstore.config import BenchConfig
 
     cfg = BenchConfig(
@@ -106,7 +106,7 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
         out=out,
         baselines=False,
     )
-    _prepare_stores(cfg, [])
+    prepare_stores(cfg, [])
     assert store.stat().st_mtime_ns == before
 
 
@@ -126,16 +126,16 @@ def test_a_changed_source_is_converted_again(tmp_path: Path) -> None:
     import shutil
 
     import seqstore
-    from seqstore.bench import _prepare_stores
+    from seqstore.bench import prepare_stores
     from seqstore.config import BenchConfig
     from seqstore.testing import make_image_folder
 
     src = make_image_folder(tmp_path / "images", classes=2, per_class=3, max_side=48)
     cfg = BenchConfig(src=src, formats=["lmdb"], out=tmp_path / "out", baselines=False)
-    store = _prepare_stores(cfg, [])[0]["lmdb"]
+    store = prepare_stores(cfg, [])[0]["lmdb"]
     made = seqstore.open(store).manifest.provenance.created
-    assert seqstore.open(_prepare_stores(cfg, [])[0]["lmdb"]).manifest.provenance.created == made
+    assert seqstore.open(prepare_stores(cfg, [])[0]["lmdb"]).manifest.provenance.created == made
     first = sorted((src / "class00").iterdir())[0]
     shutil.copy(first, src / "class00" / "added.JPEG")  # one more image
-    again = seqstore.open(_prepare_stores(cfg, [])[0]["lmdb"])
+    again = seqstore.open(prepare_stores(cfg, [])[0]["lmdb"])
     assert len(again) == 7 and again.manifest.provenance.created != made
