@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import seqstore
-from seqstore.bench import _in_child
+from seqstore.bench import measure
 from seqstore.config import BenchConfig
 from seqstore.convert import convert
 from seqstore.records import Record
@@ -45,7 +45,7 @@ def replicate(src: Path, dst: Path, times: int) -> Path:
 def median(
     kind: str, path: Path, cfg: BenchConfig, extra: dict, repeat: int
 ) -> tuple[float, float, float]:
-    runs = [_in_child(kind, path, cfg, extra) for _ in range(repeat)]
+    runs = [measure(kind, path, cfg, extra) for _ in range(repeat)]
     return (
         statistics.median(r[0] for r in runs),
         statistics.median(r[1] for r in runs),
@@ -80,7 +80,7 @@ def main() -> None:
                 ("torchvision-style baseline", "torchvision", src, {}),
                 ("ceiling", "ceiling", store, {}),
             ):
-                rows.setdefault(name, []).append(_in_child(kind, path, cfg, extra))
+                rows.setdefault(name, []).append(measure(kind, path, cfg, extra))
         n = len(seqstore.open(store))
         ceiling = statistics.median(r[0] for r in rows["ceiling"])
         baseline = statistics.median(r[0] for r in rows["torchvision-style baseline"])

@@ -1,0 +1,123 @@
+"""The bench's stores room: each format's store of the same records, converted once.
+
+Converted stores live in ``out/stores`` beside a marker of what they were made from, so
+that the next run reuses them unless the source changed; the tensorpack-format LMDB file
+(for the tensorpack rows) is written there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import Reader, open_store
+from ..config import BenchConfig
+from ..convert import convert
+from ..errors import SeqstoreError
+from ..manifest import is_store
+
+__all__ = ["prepare_stores"]
+
+
+def prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path], Path | None]:
+    """Each format of ``cfg.formats`` as a store of the same records, converted into
+    ``cfg.out`` unless an earlier run's conversion still holds.
+
+    Returns
+    -------
+    stores : dict
+        Format name -> store path (the source itself where it is already that format).
+    tensorpack_file : Path or None
+        The tensorpack-format LMDB file, when baselines are on and tensorpack is installed.
+        Otherwise None, with the reason appended to ``notes``.
+    """
+    src = cfg.src
+    source = open_store(src)
+    stores: dict[str, Path] = {}
+    folder_src = source.source_files is not None and cfg.limit is None
+    for fmt in cfg.formats:
+        if fmt == "folder" and folder_src:
+            stores[fmt] = src
+            continue
+        if fmt == source.manifest.format and cfg.limit is None:
+            stores[fmt] = src
+            continue
+        dst = cfg.out / "stores" / fmt
+        marker = dst.with_suffix(".source")
+        wanted = f"{_fingerprint(source)} limit={cfg.limit}"
+        if not _reusable(dst, marker, wanted):
+            print(f"converting {src} -> {dst} ({fmt}) ...")
+            marker.unlink(missing_ok=True)
+            convert(
+                src,
+                dst,
+                format=fmt,
+                overwrite=True,
+                limit=cfg.limit,
+                shuffle=cfg.limit is not None or None,
+            )
+            marker.write_text(wanted)
+        stores[fmt] = dst
+    tensorpack_file = None
+    if cfg.baselines:
+        try:
+            import tensorpack  # noqa: F401
+        except ImportError:
+            notes.append(
+                "tensorpack is not installed: its pipeline is left out"
+                " (pip install 'seqstore[tensorpack]')"
+            )
+        else:
+            tensorpack_file = cfg.out / "stores" / "ILSVRC-bench.lmdb"
+            base = stores.get("lmdb") or next(iter(stores.values()))
+            marker = tensorpack_file.with_suffix(".source")
+            base_reader = open_store(base)
+            wanted = _fingerprint(base_reader)
+            if not tensorpack_file.exists() or not _reusable(tensorpack_file, marker, wanted):
+                print(f"writing {tensorpack_file} with tensorpack's LMDBSerializer ...")
+                marker.unlink(missing_ok=True)
+                _write_tensorpack(base_reader, tensorpack_file)
+                marker.write_text(wanted)
+            base_reader.close()
+    # Closed, so that no mapping of a store in this process keeps its pages cached (--cold).
+    source.close()
+    return stores, tensorpack_file
+
+
+def _fingerprint(reader: Reader) -> str:
+    """What identifies a source's content: where it is, its size, and when a store was made.
+    Adding, removing or replacing images changes the record count or the byte total."""
+    m = reader.manifest
+    made = m.provenance.created if is_store(reader.path) else ""
+    return f"{reader.path.resolve()} {m.format} {m.num_records} {m.total_bytes} {made}"
+
+
+def _reusable(dst: Path, marker: Path, wanted: str) -> bool:
+    """Whether ``dst``, converted earlier, holds what converting now would give."""
+    if not marker.is_file() or marker.read_text() != wanted:
+        return False
+    try:
+        open_store(dst).close()
+    except SeqstoreError:  # a conversion that did not finish
+        return False
+    return True
+
+
+def _write_tensorpack(reader: Reader, path: Path) -> None:
+    import tensorpack.dataflow as td
+
+    class Records(td.DataFlow):
+        def __len__(self) -> int:
+            return len(reader)
+
+        def __iter__(self) -> Iterator[list[Any]]:
+            for start in range(0, len(reader), 512):
+                for r in reader.read_block(start, min(start + 512, len(reader))):
+                    yield [np.frombuffer(r.data, np.uint8), r.label]
+
+    if path.exists():
+        path.unlink()
+    td.LMDBSerializer.save(Records(), str(path))
