@@ -226,3 +226,12 @@ def test_store_options_and_backends_that_do_not_fit(images: Path, tmp_path: Path
         seqstore.open(tmp_path / "h5", "lmdb")
     with pytest.raises(ConfigError, match="takes no option 'labels'"):
         seqstore.open(tmp_path / "h5", labels=tmp_path / "labels.txt")
+
+
+def test_cli_verify_of_an_image_folder_claims_no_match(
+    images: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(images), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verify: nothing to check: folder data stores no checksums" in out
+    assert "records match" not in out

@@ -99,3 +99,15 @@ class TestTensorpackReadOnly(BackendSuite):
             Record.make(f"{i:08d}", r.label, r.data, r.width, r.height)
             for i, r in enumerate(records)
         ]
+
+
+def test_info_says_what_wrote_the_file_and_that_nothing_can_be_verified(
+    tp_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seqstore.cli import main
+
+    assert main(["info", str(tp_file), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "written: not by seqstore (tensorpack data, read in place)" in out
+    assert "verify: nothing to check: tensorpack data stores no checksums" in out
+    assert "records match" not in out
