@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -313,3 +315,15 @@ def test_named_transforms_are_one_table() -> None:
     with pytest.raises(ValueError, match="choose one of imagenet_train, imagenet_val"):
         LoaderConfig(path=".", transform="imagenet_tran")
 
+
+def test_transforms_are_reachable_from_the_package_without_torch() -> None:
+    code = (
+        "import sys, numpy, seqstore\n"
+        "assert 'torch' not in sys.modules and 'cv2' not in sys.modules\n"
+        "pipe = seqstore.transforms.imagenet_train(8)\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(pipe.output_size)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(8, 8)"
