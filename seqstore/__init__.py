@@ -30,18 +30,23 @@ from .manifest import Manifest
 from .records import Record
 
 if TYPE_CHECKING:
+    from . import transforms
     from .config import LoaderConfig
     from .loader import Loader
 
-# The loader imports torch; the storage layer and the CLI's convert/info do not need it.
+# The loader imports torch, the transforms OpenCV; the storage layer and the CLI's
+# convert/info need neither.
 _LAZY = {"Loader": "seqstore.loader", "LoaderConfig": "seqstore.config"}
+_LAZY_MODULES = ("transforms",)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'seqstore' has no attribute {name!r}")
 
 
@@ -68,4 +73,5 @@ __all__ = [
     "get_backend",
     "open",
     "register_backend",
+    "transforms",
 ]

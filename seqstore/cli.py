@@ -196,6 +196,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from .transforms import NAMED_TRANSFORMS
+
     parser = argparse.ArgumentParser(
         prog="seqstore", description="Sequential, shuffled image stores for PyTorch training."
     )
@@ -254,11 +256,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default="lmdb,hdf5,folder", help="comma-separated backends")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--transform",
-        choices=("imagenet_train", "imagenet_val", "decode", "none"),
-        default="imagenet_train",
-    )
+    p.add_argument("--transform", choices=tuple(NAMED_TRANSFORMS), default="imagenet_train")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--limit", type=int, help="use only this many records")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")

@@ -12,7 +12,10 @@ from .errors import ConfigError
 
 __all__ = ["BenchConfig", "ConvertConfig", "LoaderConfig", "load_config"]
 
+#: Per-channel RGB mean of ImageNet on the 0..1 scale (torchvision's); also
+#: ``seqstore.transforms.IMAGENET_MEAN``.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: Per-channel RGB standard deviation of ImageNet on the 0..1 scale (torchvision's).
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 M = TypeVar("M", bound=BaseModel)
@@ -224,9 +227,8 @@ class LoaderConfig(BaseModel):
     @field_validator("transform")
     @classmethod
     def _known_transform(cls, value: Any) -> Any:
-        names = ("imagenet_train", "imagenet_val", "decode", "none")
-        if isinstance(value, str) and value not in names:
-            raise ValueError(f"unknown transform {value!r}; choose one of {', '.join(names)}")
+        if isinstance(value, str):
+            _check_transform_name(value)
         if value is not None and not isinstance(value, str) and not callable(value):
             raise ValueError("transform must be a name, a Pipeline or a callable")
         return value
@@ -297,7 +299,7 @@ class BenchConfig(BaseModel):
     formats: list[str] = Field(default_factory=lambda: ["lmdb", "hdf5", "folder"], min_length=1)
     workers: int = Field(2, ge=0, le=256)
     batch_size: int = Field(64, ge=1)
-    transform: Literal["imagenet_train", "imagenet_val", "decode", "none"] = "imagenet_train"
+    transform: str = "imagenet_train"
     image_size: int = Field(224, ge=1)
     limit: int | None = Field(None, ge=1)
     repeat: int = Field(3, ge=1)
@@ -307,6 +309,20 @@ class BenchConfig(BaseModel):
     shuffle_buffer_mb: float = Field(64.0, gt=0)
     block_mb: float = Field(4.0, gt=0)
     baselines: bool = True
+
+    @field_validator("transform")
+    @classmethod
+    def _known_transform(cls, value: str) -> str:
+        _check_transform_name(value)
+        return value
+
+
+def _check_transform_name(name: str) -> None:
+    # Imported here: the transforms need OpenCV, which validating a convert config does not.
+    from .transforms import NAMED_TRANSFORMS
+
+    if name not in NAMED_TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(NAMED_TRANSFORMS)}")
 
 
 def load_config(

@@ -80,9 +80,11 @@ if TYPE_CHECKING:
 __all__ = [
     "REDUCE_FACTORS",
     "HAS_WINDOW_DECODER",
+    "JPEG_MAGIC",
     "decode",
     "decode_pil",
     "decode_window",
+    "is_jpeg",
     "reduced_size",
 ]
 
@@ -100,7 +102,8 @@ _REDUCE_BITS = {
 # it replaces IMREAD_COLOR (OpenCV refuses both at once).
 _RGB_FLAG: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 _COLOR_FLAG = cv2.IMREAD_COLOR if _RGB_FLAG is None else _RGB_FLAG
-_JPEG_MAGIC = b"\xff\xd8"
+#: The first two bytes of every JPEG file (the start-of-image marker).
+JPEG_MAGIC = b"\xff\xd8"
 
 _threads_set = False
 
@@ -192,14 +195,14 @@ def decode(
     buf = _as_buffer(data)
     _check_size(buf, name, max_pixels)
     _single_threaded()
-    is_jpeg = buf[:2].tobytes() == _JPEG_MAGIC
+    jpeg = is_jpeg(buf)
     # Only libjpeg can decode at a reduced size; OpenCV shrinks other formats itself, to
     # floor() sizes with linear interpolation, so they are decoded whole and shrunk below.
-    flags = _COLOR_FLAG | _REDUCE_BITS[reduce if is_jpeg else 1]
+    flags = _COLOR_FLAG | _REDUCE_BITS[reduce if jpeg else 1]
     if not exif_orientation:
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
     img = _imdecode(buf, flags, name)
-    if reduce > 1 and not is_jpeg:
+    if reduce > 1 and not jpeg:
         width, height = reduced_size(img.shape[1], img.shape[0], reduce)
         img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
     return img
@@ -211,6 +214,7 @@ def decode_window(
     *,
     reduce: int = 1,
     name: str = "<bytes>",
+    probed: bool = False,
 ) -> np.ndarray:
     """``decode(data, reduce=reduce)[top:bottom, left:right]``, decoding only that window.
 
@@ -225,6 +229,9 @@ def decode_window(
         1, 2, 4 or 8, as in :func:`decode`.
     name
         What to call the image in an error message (its file name or key).
+    probed
+        The caller has already checked ``data`` with :func:`seqstore.imageinfo.probe` (as
+        it must to know the image's size); skip checking it again.
 
     Returns
     -------
@@ -240,7 +247,7 @@ def decode_window(
         ``reduce`` is not 1, 2, 4 or 8, or the window is empty.
     """
     buf = data if isinstance(data, (bytes, memoryview)) else _as_buffer(data).data
-    if bytes(buf[:2]) == _JPEG_MAGIC:
+    if not probed and is_jpeg(buf):
         # The window decoder reads no further than the window's last row: check the whole
         # file (header, end-of-image marker) first, as a full decode would.
         probe(buf, name)
@@ -255,7 +262,7 @@ def _decode_window(
     if not (0 <= top < bottom and 0 <= left < right):
         raise ConfigError(f"window {window!r} of image '{name}' is empty or negative")
     _check_size(buf, name, MAX_PIXELS)
-    if _jpeg is not None and reduce in _REDUCE_BITS and bytes(buf[:2]) == _JPEG_MAGIC:
+    if _jpeg is not None and reduce in _REDUCE_BITS and is_jpeg(buf):
         out = np.empty((bottom - top, right - left, 3), np.uint8)
         if _jpeg.crop(buf, out.data, top, left, bottom - top, right - left, reduce):
             return out
@@ -267,6 +274,11 @@ def _decode_window(
             f"at 1/{reduce})"
         )
     return img[top:bottom, left:right]
+
+
+def is_jpeg(data: bytes | memoryview | np.ndarray) -> bool:
+    """Whether ``data`` starts as a JPEG file does (:data:`JPEG_MAGIC`)."""
+    return bytes(data[:2]) == JPEG_MAGIC
 
 
 def decode_pil(data: bytes | memoryview | np.ndarray, *, name: str = "<bytes>") -> Image.Image:

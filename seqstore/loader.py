@@ -174,15 +174,11 @@ class _Transform:
         spec = cfg.transform
         if spec is None:
             spec = "imagenet_train" if cfg.shuffle and cfg.split != "val" else "imagenet_val"
-        named = {
-            "imagenet_train": lambda: transforms.imagenet_train(cfg.image_size),
-            "imagenet_val": lambda: transforms.imagenet_val(cfg.image_size, cfg.resize_size),
-            "decode": transforms.decode_only,
-        }
+        named = transforms.NAMED_TRANSFORMS
         self.pipeline: transforms.Pipeline | None = None
         self.user: Callable[[Any], Any] | None = None
         if isinstance(spec, str) and spec in named:
-            self.pipeline = named[spec]()
+            self.pipeline = named[spec](cfg.image_size, cfg.resize_size)
         elif isinstance(spec, transforms.Pipeline):
             self.pipeline = spec
         elif spec != "none":
@@ -525,9 +521,7 @@ class Loader:
         # The built-in pipelines make HWC arrays; uint8 ones of one size go through the ring.
         self._hwc = pipeline is not None
         size = pipeline.output_size if pipeline is not None else None
-        if pipeline is not None and any(
-            isinstance(t, transforms.Normalize) for t in pipeline.transforms
-        ):
+        if pipeline is not None and pipeline.output_dtype != np.uint8:
             size = None
         self._ring = (
             _Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))

@@ -264,7 +264,9 @@ def test_window_decode_on_real_photos(shared_data: Path) -> None:
     reader = open_store(shared_data / "imagen200")
     rrc, rng = RandomResizedCrop(224), np.random.default_rng(0)
     for record in reader.read_block(0, len(reader)):
-        reduce, window = rrc._draw_window(record.width, record.height, rng)
+        plan = rrc.plan_decode(record.width, record.height, rng)
+        reduce, window = plan.reduce, plan.window
+        assert window is not None
         top, bottom, left, right = window
         want = decode(record.data, reduce=reduce)[top:bottom, left:right]
         got = decode_window(record.data, window, reduce=reduce, name=record.key)

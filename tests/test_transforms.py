@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -124,7 +126,7 @@ def test_resize_shorter_side_rounding(
     width: int, height: int, size: int | tuple[int, int], want: tuple[int, int]
 ) -> None:
     resize = T.Resize(size)
-    assert resize.output_size(width, height) == want
+    assert resize.output_size((height, width)) == want
     out = resize(np.zeros((height, width, 3), np.uint8), _rng())
     assert out.shape == (*want, 3)
 
@@ -227,3 +229,101 @@ def test_ready_made_pipelines_and_output_size() -> None:
 def test_bad_parameters_are_config_errors(make: object) -> None:
     with pytest.raises(ConfigError):
         make()  # type: ignore[operator]
+
+
+class _Invert:
+    """A transform seqstore does not know: declares its size and dtype, nothing else."""
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return 255 - img
+
+    def output_size(self, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        return size
+
+    def output_dtype(self, dtype: np.dtype) -> np.dtype:
+        return dtype
+
+
+class _HalfDecode:
+    """A first transform that plans a 1/2 decode of the whole image and draws one number."""
+
+    def __init__(self) -> None:
+        self.planned: list[tuple[int, int]] = []
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        rng.random()
+        return cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2))
+
+    def plan_decode(self, width: int, height: int, rng: np.random.Generator) -> T.DecodePlan:
+        self.planned.append((width, height))
+        rng.random()
+        return T.DecodePlan(2, None, lambda img: img)
+
+    def output_size(self, size: tuple[int, int] | None) -> tuple[int, int] | None:
+        return None if size is None else (size[0] // 2, size[1] // 2)
+
+    def output_dtype(self, dtype: np.dtype) -> np.dtype:
+        return dtype
+
+
+def test_pipeline_reads_what_transforms_declare() -> None:
+    # A transform of one's own keeps the fixed output size (and so the loader's batch ring).
+    assert T.Pipeline([T.RandomResizedCrop(32), _Invert()]).output_size == (32, 32)
+    assert T.Pipeline([T.Resize(40), _Invert(), T.CenterCrop(16)]).output_size == (16, 16)
+    assert T.Pipeline([T.RandomResizedCrop(32), _Invert()]).output_dtype == np.uint8
+    assert T.Pipeline([T.Resize((24, 20)), T.Normalize()]).output_dtype == np.float32
+    # A bare function declares nothing: size and dtype unknown.
+    bare = T.Pipeline([T.CenterCrop(8), lambda img, rng: img])
+    assert bare.output_size is None and bare.output_dtype is None
+    # Sizes follow the input where a transform needs one.
+    assert T.Resize(256).output_size((375, 500)) == (256, 341)
+    assert T.Resize(256).output_size(None) is None
+    assert T.Compose([T.Resize(40), T.CenterCrop((10, 12))]).output_size(None) == (10, 12)
+
+
+def test_pipeline_plans_the_decode_of_any_first_transform() -> None:
+    photo = make_image(_rng(13), 320, 240)
+    jpeg = cv2.imencode(".jpg", photo[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+    first = _HalfDecode()
+    out = T.Pipeline([first, _Invert()])(jpeg.tobytes(), _rng())
+    assert first.planned == [(320, 240)]  # from the header, before decoding
+    np.testing.assert_array_equal(out, 255 - decode(jpeg.tobytes(), reduce=2))
+    # Not a JPEG: full decode, then the transform itself.
+    png = cv2.imencode(".png", photo[..., ::-1].copy())[1].tobytes()
+    assert T.Pipeline([first])(png, _rng()).shape == (120, 160, 3)
+    assert first.planned == [(320, 240)]
+
+
+def test_named_transforms_are_one_table() -> None:
+    from seqstore.cli import _build_parser
+    from seqstore.config import BenchConfig, LoaderConfig
+
+    assert set(T.NAMED_TRANSFORMS) == {"imagenet_train", "imagenet_val", "decode", "none"}
+    train = T.NAMED_TRANSFORMS["imagenet_train"](32, 40)
+    val = T.NAMED_TRANSFORMS["imagenet_val"](32, 40)
+    assert train is not None and train.output_size == (32, 32)
+    assert val is not None and repr(val) == repr(T.imagenet_val(32, 40))
+    assert T.NAMED_TRANSFORMS["none"](32, 40) is None
+    bench = _build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
+    choices = next(a.choices for a in bench._actions if a.dest == "transform")
+    assert list(choices) == list(T.NAMED_TRANSFORMS)
+    for name in T.NAMED_TRANSFORMS:
+        BenchConfig(src=".", transform=name)
+        LoaderConfig(path=".", transform=name)
+    with pytest.raises(ValueError, match="choose one of imagenet_train, imagenet_val"):
+        BenchConfig(src=".", transform="imagenet_tran")
+    with pytest.raises(ValueError, match="choose one of imagenet_train, imagenet_val"):
+        LoaderConfig(path=".", transform="imagenet_tran")
+
+
+def test_transforms_are_reachable_from_the_package_without_torch() -> None:
+    code = (
+        "import sys, numpy, seqstore\n"
+        "assert 'torch' not in sys.modules and 'cv2' not in sys.modules\n"
+        "pipe = seqstore.transforms.imagenet_train(8)\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(pipe.output_size)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(8, 8)"

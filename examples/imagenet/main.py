@@ -4,11 +4,15 @@
     python examples/imagenet/main.py DATA --backend lmdb --epochs 90
     # data-parallel over 8 GPUs (or CPU processes with gloo)
     torchrun --nproc_per_node=8 examples/imagenet/main.py DATA --backend hdf5
+    # continue the last run, with its own arguments, on any number of ranks
+    python examples/imagenet/main.py DATA --resume
 
 DATA is a dataset root with ``train`` and ``val`` splits: folders, or stores made by
 ``seqstore convert`` (``train.lmdb``, ``val.h5``, ``train/`` ...), or tensorpack's
-``ILSVRC-train.lmdb``. Checkpoints hold the loader state, so ``--resume`` continues an
-interrupted epoch with exactly the samples it had not seen. ``--max-steps`` stops early,
+``ILSVRC-train.lmdb``. Checkpoints (``DATA/checkpoints/checkpoint.pt`` unless
+``--checkpoint-dir`` says otherwise) hold the run's arguments and each rank's loader state,
+so ``--resume`` alone continues an interrupted epoch with exactly the samples it had not
+seen; on another number of ranks it starts that epoch over. ``--max-steps`` stops early,
 which with the small default model lets the example run on a CPU in seconds.
 """
 
@@ -59,7 +63,12 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.__dict__[arch](num_classes=num_classes)
 
 
-def parse_args() -> argparse.Namespace:
+# What may differ between a run and the run it resumes; every other argument comes from the
+# checkpoint, and one given alongside --resume that differs from it is refused.
+RESUMABLE = {"data", "resume", "checkpoint_dir", "max_steps", "print_freq"}
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("data", type=Path)
     p.add_argument(
@@ -75,14 +84,66 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--checkpoint", type=Path, default=Path("checkpoint.pt"))
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where checkpoint.pt is written and --resume reads it (default: DATA/checkpoints)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint, with the arguments of the run that wrote it",
+    )
     p.add_argument("--print-freq", type=int, default=10)
-    return p.parse_args()
+    if suppress_defaults:
+        for action in p._actions:
+            action.default = argparse.SUPPRESS
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any] | None]:
+    """The arguments, and the checkpoint ``--resume`` continues from (None: start afresh).
+
+    With ``--resume`` the saved run's arguments are used, updated by the ones in
+    :data:`RESUMABLE` given on this command line.
+    """
+    args = build_parser().parse_args(argv)
+    if args.checkpoint_dir is None:
+        args.checkpoint_dir = args.data / "checkpoints"
+    path = args.checkpoint_dir / "checkpoint.pt"
+    if not (args.resume and path.exists()):
+        return args, None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    given = vars(build_parser(suppress_defaults=True).parse_args(argv))
+    saved = ckpt["args"]
+    for name, value in given.items():
+        if name not in RESUMABLE and value != saved[name]:
+            flag = "--" + name.replace("_", "-")
+            raise SystemExit(
+                f"main.py: error: {flag} {value} differs from the resumed run's {saved[name]} "
+                f"({path}); leave it out to resume with the run's own arguments"
+            )
+    merged = {**saved, **{k: v for k, v in vars(args).items() if k in RESUMABLE}}
+    return argparse.Namespace(**merged), ckpt
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel, whose state_dict has no ``module.`` prefix."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def bare_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` without DDP's ``module.`` prefix (checkpoints written by wrapped models)."""
+    prefix = "module."
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def main() -> None:
-    args = parse_args()
+    args, ckpt = parse_args()
+    checkpoint = args.checkpoint_dir / "checkpoint.pt"
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -125,12 +186,21 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)
 
     step = 0
-    if args.resume and args.checkpoint.exists():
-        ckpt = torch.load(args.checkpoint, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
+    if ckpt is not None:
+        unwrap(model).load_state_dict(bare_state(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        train_loader.load_state_dict(ckpt["loader"][rank])
+        states = ckpt["loader"]
+        if len(states) == train_loader.world_size:
+            train_loader.load_state_dict(states[rank])
+        else:
+            # Another number of ranks splits the epoch differently: start the saved epoch over.
+            train_loader.set_epoch(states[0]["epoch"])
+            if rank == 0:
+                print(
+                    f"checkpoint of {len(states)} rank(s) resumed on {train_loader.world_size}: "
+                    f"epoch {states[0]['epoch']} starts from its beginning"
+                )
         step = ckpt["step"]
         if rank == 0:
             print(f"resumed at epoch {train_loader.epoch}, step {step}")
@@ -142,15 +212,17 @@ def main() -> None:
             dist.all_gather_object(gathered, states[0])
             states = gathered
         if rank == 0:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
                 {
-                    "model": model.state_dict(),
+                    "args": vars(args),
+                    "model": unwrap(model).state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "loader": states,
                     "step": step,
                 },
-                args.checkpoint,
+                checkpoint,
             )
 
     stop = False
@@ -181,7 +253,7 @@ def main() -> None:
         save()
         if stop:
             if rank == 0:
-                print(f"stopped after {step} steps; checkpoint: {args.checkpoint}")
+                print(f"stopped after {step} steps; checkpoint: {checkpoint}")
             break
     if distributed:
         dist.destroy_process_group()
