@@ -16,34 +16,20 @@ from typing import TextIO
 
 from ._version import __version__
 from .backends import Reader
+from .config import BenchConfig, ConvertConfig
 from .errors import SeqstoreError, SeqstoreWarning
+from .options import add_model_options, model_values
 
-__all__ = ["main"]
+__all__ = ["BENCH_OPTIONS", "CONVERT_OPTIONS", "build_parser", "main"]
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
 
-    report = convert(
-        args.src,
-        args.dst,
-        format=args.format,
-        workers=args.workers,
-        shuffle=args.shuffle,
-        seed=args.seed,
-        max_side=args.max_side,
-        quality=args.quality,
-        labels=args.labels,
-        classes=args.classes,
-        on_error=args.on_error,
-        check=args.check,
-        max_pixels=args.max_pixels or None,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        limit=args.limit,
-        source_format=args.source_format,
-        progress=not args.quiet,
-    )
+    values = model_values(args, CONVERT_OPTIONS)
+    # 0 is how a shell says "no limit"; the model says it with None.
+    values["max_pixels"] = values["max_pixels"] or None
+    report = convert(args.src, args.dst, **values, progress=not args.quiet)
     m = report.manifest
     print(
         f"wrote {m.num_records} records ({m.total_bytes / 1e6:.1f} MB, {len(m.classes)} classes) "
@@ -176,16 +162,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = run_bench(
         src=args.src,
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
-        workers=args.workers,
-        batch_size=args.batch_size,
         transform=args.transform,
-        image_size=args.image_size,
-        limit=args.limit,
-        repeat=args.repeat,
-        cold=args.cold,
-        min_seconds=args.min_seconds,
-        out=args.out,
         baselines=not args.no_baselines,
+        **model_values(args, BENCH_OPTIONS),
     )
     print(format_table(result))
     print(
@@ -195,7 +174,42 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_parser() -> argparse.ArgumentParser:
+# The options made from the config models' fields (seqstore.options): their types, defaults
+# and help come from the models, so the command line cannot drift from the Python API.
+CONVERT_OPTIONS = (
+    "format",
+    "workers",
+    "shuffle",
+    "seed",
+    "max_side",
+    "quality",
+    "labels",
+    "classes",
+    "on_error",
+    "check",
+    "max_pixels",
+    "overwrite",
+    "resume",
+    "checkpoint_mb",
+    "limit",
+    "source_format",
+)
+BENCH_OPTIONS = (
+    "workers",
+    "batch_size",
+    "image_size",
+    "limit",
+    "repeat",
+    "cold",
+    "min_seconds",
+    "shuffle_buffer_mb",
+    "block_mb",
+    "out",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``seqstore`` command."""
     from .transforms import NAMED_TRANSFORMS
 
     parser = argparse.ArgumentParser(
@@ -207,40 +221,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert an image folder or store into a store")
     p.add_argument("src", help="image folder, seqstore store, or tensorpack LMDB file")
     p.add_argument("dst", help="directory of the new store")
-    p.add_argument("--format", required=True, help="lmdb, hdf5, folder, or a plugin's name")
-    p.add_argument("--workers", type=int, default=0, help="processes reading and checking sources")
-    p.add_argument(
-        "--shuffle",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="write in seeded random order (default: yes for image-folder training trees)",
+    add_model_options(
+        p,
+        ConvertConfig,
+        CONVERT_OPTIONS,
+        help={"max_pixels": "Refuse images with more pixels than this, from their header; 0: none"},
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the write order")
-    p.add_argument("--max-side", type=int, help="re-encode images larger than this (pixels)")
-    p.add_argument("--quality", type=int, help="JPEG quality when re-encoding (default 90)")
-    p.add_argument("--labels", help="label file of a flat validation folder")
-    p.add_argument("--classes", help="class names: a file, or the training image folder")
-    p.add_argument("--on-error", choices=("fail", "skip"), default="fail")
-    p.add_argument(
-        "--check",
-        choices=("decode", "header"),
-        default="decode",
-        help="decode every image as the loader will (default), or read only its header",
-    )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=2 * 89_478_485,
-        help="refuse images with more pixels (default: PIL's limit, 178956970; 0: no limit)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a store at DST")
-    p.add_argument("--limit", type=int, help="convert only the first N records of the write order")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue a convert to DST that was killed, keeping what it had written",
-    )
-    p.add_argument("--source-format", help="read SRC with this backend")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
@@ -254,20 +240,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="compare backends and baselines on your own data")
     p.add_argument("src", help="image folder or store")
     p.add_argument("--formats", default="lmdb,hdf5,folder", help="comma-separated backends")
-    p.add_argument("--workers", type=int, default=2, help="loader worker processes")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--transform", choices=tuple(NAMED_TRANSFORMS), default="imagenet_train")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--limit", type=int, help="use only this many records")
-    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (median reported)")
-    p.add_argument("--cold", action="store_true", help="drop the page cache before each run")
-    p.add_argument(
-        "--min-seconds",
-        type=float,
-        default=2.0,
-        help="time whole epochs until at least this long (one epoch with --cold)",
-    )
-    p.add_argument("--out", default="seqstore-bench", help="working directory and results")
+    add_model_options(p, BenchConfig, BENCH_OPTIONS)
     p.add_argument("--no-baselines", action="store_true", help="skip torchvision/tensorpack")
     p.set_defaults(func=_cmd_bench)
 
@@ -303,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # end the command with a UnicodeEncodeError.
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():

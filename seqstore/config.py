@@ -272,6 +272,7 @@ class BenchConfig(BaseModel):
     workers : int
         Loader worker processes (and processes of the ceiling).
     batch_size : int
+        Samples per batch.
     transform : {"imagenet_train", "imagenet_val", "decode", "none"}
         What each loader does per image.
     image_size : int
@@ -287,8 +288,10 @@ class BenchConfig(BaseModel):
         Drop the page cache before every timed run (root on Linux).
     out : Path
         Working directory: converted stores (reused by the next run), JSON, chart.
-    shuffle_buffer_mb, block_mb : float
-        Loader settings under test.
+    shuffle_buffer_mb : float
+        The Loader's shuffle buffer under test, in MB of encoded records (as LoaderConfig).
+    block_mb : float
+        The Loader's read size under test, in MB of consecutive records (as LoaderConfig).
     baselines : bool
         Also run the torchvision-style and tensorpack pipelines.
     """

@@ -295,7 +295,7 @@ def test_pipeline_plans_the_decode_of_any_first_transform() -> None:
 
 
 def test_named_transforms_are_one_table() -> None:
-    from seqstore.cli import _build_parser
+    from seqstore.cli import build_parser
     from seqstore.config import BenchConfig, LoaderConfig
 
     assert set(T.NAMED_TRANSFORMS) == {"imagenet_train", "imagenet_val", "decode", "none"}
@@ -304,7 +304,7 @@ def test_named_transforms_are_one_table() -> None:
     assert train is not None and train.output_size == (32, 32)
     assert val is not None and repr(val) == repr(T.imagenet_val(32, 40))
     assert T.NAMED_TRANSFORMS["none"](32, 40) is None
-    bench = _build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
+    bench = build_parser()._subparsers._group_actions[0].choices["bench"]  # type: ignore[union-attr]
     choices = next(a.choices for a in bench._actions if a.dest == "transform")
     assert list(choices) == list(T.NAMED_TRANSFORMS)
     for name in T.NAMED_TRANSFORMS:
