@@ -37,9 +37,8 @@ from .backends import Reader, open_store
 from .backends.folder import FolderReader
 from .config import BenchConfig, load_config
 from .convert import convert
-from .engine.order import worker_plan
-from .engine.shuffle import ShuffleBuffer
-from .engine.stream import iter_indices, sample_rng
+from .engine.plan import EpochSpec, rank_order
+from .engine.stream import sample_rng
 from .errors import ConfigError, NotAStoreError, SeqstoreError
 from .manifest import is_store
 from .records import Record
@@ -128,27 +127,19 @@ def shuffle_quality(
         mean distinct labels in a batch; the ``random_`` keys give both for random orders.
     """
     n = len(labels)
-    per_worker = []
-    for worker in range(workers):
-        plan = worker_plan(
-            n,
-            block=block,
-            seed=seed,
-            epoch=0,
-            shuffle=True,
-            rank=0,
-            world=1,
-            worker=worker,
-            workers=workers,
-            batch_size=batch_size,
-            drop_last=False,
-        )
-        order = list(ShuffleBuffer(iter_indices(plan.spans), capacity, [seed, 0, 0, worker]))
-        per_worker.append([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
-    batches: list[list[int]] = []
-    for k in range(max((len(b) for b in per_worker), default=0)):
-        batches += [b[k] for b in per_worker if k < len(b)]  # the DataLoader's round robin
-    mixed = np.concatenate([np.asarray(b, np.int64) for b in batches]) if batches else np.zeros(0)
+    spec = EpochSpec(
+        num_records=n,
+        block=block,
+        capacity=capacity,
+        shuffle=True,
+        seed=seed,
+        rank=0,
+        world_size=1,
+        workers=workers,
+        batch_size=batch_size,
+        drop_last=False,
+    )
+    mixed = rank_order(spec, 0, 0)  # epoch 0 of rank 0, as the Loader yields it
 
     def stats(o: np.ndarray) -> tuple[float, float]:
         disp = float(np.abs(o - np.arange(len(o))).mean() / max(n, 1))

@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from . import transforms
 from .backends import Reader, open_store
 from .config import LoaderConfig, load_config
-from .engine.order import num_batches, rank_sample_count, worker_plan
+from .engine.order import rank_sample_count
+from .engine.plan import EpochSpec, WorkerEpoch
 from .engine.stream import RawBatch, iter_batches
 from .errors import (
     BadRecordError,
@@ -57,20 +58,8 @@ from .records import Record
 __all__ = ["Loader", "resolve_split"]
 
 # 2: the store's identity and the epoch's bad-record count joined the state.
-_STATE_VERSION = 2
-# What must match between a saved loader state and the loader it is loaded into.
-_TOPOLOGY = (
-    "num_records",
-    "world_size",
-    "rank",
-    "workers",
-    "batch_size",
-    "drop_last",
-    "shuffle",
-    "seed",
-    "block",
-    "shuffle_capacity",
-)
+# 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
+_STATE_VERSION = 3
 
 
 def resolve_split(root: Path, split: str) -> tuple[Path, dict[str, Any]]:
@@ -353,13 +342,13 @@ class _EpochDataset(IterableDataset[_Item]):
         self,
         reader: Reader[Any],
         transform: _Transform,
-        params: dict[str, Any],
+        spec: EpochSpec,
         ring: _Ring | None,
         skip_bad: bool,
     ) -> None:
         self.reader = reader
         self.transform = transform
-        self.params = params
+        self.spec = spec
         self.ring = ring
         self.skip_bad = skip_bad
         # (epoch, batches to skip), in shared memory: workers persist across epochs and read
@@ -377,41 +366,16 @@ class _EpochDataset(IterableDataset[_Item]):
                 yield _Failure(err)
 
     def _batches(self) -> Iterator[_Item]:
-        p = self.params
+        spec = self.spec
         epoch, skip_batches = (int(v) for v in self.state)
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        workers = p["workers"]
         # DataLoader collects batches from workers round-robin starting at worker 0; after
         # a resume at batch k the next batch belongs to worker k % workers, so the workers
         # are rotated to take up where their counterparts left off.
-        owner = (worker + skip_batches) % workers
-        plan = worker_plan(
-            p["num_records"],
-            block=p["block"],
-            seed=p["seed"],
-            epoch=epoch,
-            shuffle=p["shuffle"],
-            rank=p["rank"],
-            world=p["world_size"],
-            worker=owner,
-            workers=workers,
-            batch_size=p["batch_size"],
-            drop_last=p["drop_last"],
-        )
-        done = sum(1 for b in plan.batches if b < skip_batches)
-        batches = iter_batches(
-            self.reader.read_block,
-            plan,
-            batch_size=p["batch_size"],
-            block=p["block"],
-            shuffle_capacity=p["shuffle_capacity"] if p["shuffle"] else 1,
-            shuffle_seed=[p["seed"], epoch, p["rank"], owner],
-            transform=self.transform,
-            seed=p["seed"],
-            epoch=epoch,
-            skip_batches=done,
-        )
+        work = WorkerEpoch(spec, epoch, spec.rank, (worker + skip_batches) % spec.workers)
+        done = sum(1 for b in work.plan.batches if b < skip_batches)
+        batches = iter_batches(self.reader.read_block, work, self.transform, skip_batches=done)
         in_worker = worker if info is not None else None
         if self.ring is not None and in_worker is not None:
             self.ring.reset(in_worker)
@@ -495,22 +459,14 @@ class Loader:
         n = len(self.reader)
         if n == 0:
             raise ConfigError(f"store '{path_}' holds no records")
-        mean_bytes = self.reader.manifest.mean_record_bytes
-        workers = max(1, cfg.num_workers)
-        capacity = cfg.shuffle_buffer or int(cfg.shuffle_buffer_mb * 1e6 / mean_bytes)
-        self._params: dict[str, Any] = {
-            "num_records": n,
-            "world_size": world,
-            "rank": rank,
-            "workers": workers,
-            "batch_size": cfg.batch_size,
-            "drop_last": cfg.drop_last,
-            "shuffle": cfg.shuffle,
-            "seed": cfg.seed,
-            "block": max(1, int(cfg.block_mb * 1e6 / mean_bytes)),
-            # The buffer is shared out between the workers of a rank.
-            "shuffle_capacity": max(1, capacity // workers),
-        }
+        self.spec = EpochSpec.from_config(
+            cfg,
+            num_records=n,
+            mean_record_bytes=self.reader.manifest.mean_record_bytes,
+            rank=rank,
+            world_size=world,
+        )
+        """What fixes this loader's epochs: see :func:`seqstore.engine.plan.worker_order`."""
         transform = _Transform(cfg)
         transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
         pipeline = transform.pipeline
@@ -527,16 +483,14 @@ class Loader:
             else None
         )
         self._dataset = _EpochDataset(
-            self.reader, transform, self._params, self._ring, skip_bad=cfg.on_error == "skip"
+            self.reader, transform, self.spec, self._ring, skip_bad=cfg.on_error == "skip"
         )
         self.device = torch.device(cfg.device)
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin = pin and self.device.type == "cuda"
         self._pin_batches = pin and self._ring is None
         self._loader = self._make_dataloader()
-        self._num_batches = num_batches(
-            n, world=world, batch_size=cfg.batch_size, drop_last=cfg.drop_last
-        )
+        self._num_batches = self.spec.num_batches
         max_bad = cfg.max_bad
         if isinstance(max_bad, float):
             max_bad = int(max_bad * rank_sample_count(n, world, cfg.drop_last))
@@ -582,17 +536,17 @@ class Loader:
     @property
     def num_records(self) -> int:
         """Records in the store (all ranks together)."""
-        return int(self._params["num_records"])
+        return self.spec.num_records
 
     @property
     def rank(self) -> int:
         """This process's rank."""
-        return int(self._params["rank"])
+        return self.spec.rank
 
     @property
     def world_size(self) -> int:
         """Number of ranks sharing each epoch."""
-        return int(self._params["world_size"])
+        return self.spec.world_size
 
     # -- epochs ------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -795,7 +749,7 @@ class Loader:
             "epoch": self._epoch,
             "batches_done": self._batches_done,
             "bad_in_epoch": self._bad_in_epoch,
-            **{key: self._params[key] for key in _TOPOLOGY},
+            **self.spec.as_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -808,6 +762,7 @@ class Loader:
             workers, batch size, seed ...): the remaining samples would not be the ones it
             left. Or it was saved by an older seqstore (state version 1).
         """
+        state = _upgrade_state(state)
         version = state.get("version")
         if version != _STATE_VERSION:
             raise ResumeError(
@@ -822,9 +777,9 @@ class Loader:
                 "the epoch afresh with set_epoch()"
             )
         diff = [
-            f"{key} {state.get(key)!r} != {self._params[key]!r}"
-            for key in _TOPOLOGY
-            if state.get(key) != self._params[key]
+            f"{key} {state.get(key)!r} != {value!r}"
+            for key, value in self.spec.as_dict().items()
+            if state.get(key) != value
         ]
         if diff:
             raise ResumeError(
@@ -838,3 +793,15 @@ class Loader:
         self._epoch = int(state["epoch"])
         self._batches_done = self._resume_at = done
         self._bad_in_epoch = int(state["bad_in_epoch"])
+
+
+def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 state (seqstore before the epoch spec) in the current form; any other
+    state unchanged."""
+    if state.get("version") != 2:
+        return state
+    state = {**state, "version": _STATE_VERSION}
+    capacity = state.pop("shuffle_capacity", None)
+    # Version 2 kept the buffer size an unshuffled loader does not use; the spec's is 1.
+    state["capacity"] = capacity if state.get("shuffle") else 1
+    return state
