@@ -445,6 +445,11 @@ class Loader:
         if backend is not None:
             options["backend"] = backend
         self.config = cfg = load_config(LoaderConfig, config, **options)
+        given = config if isinstance(config, LoaderConfig) else cfg
+        if cfg.split == "val" and "shuffle" not in given.model_fields_set | set(options):
+            # Validation reads every record once in storage order, and (see _Transform)
+            # without augmentation, unless shuffling was asked for.
+            self.config = cfg = cfg.model_copy(update={"shuffle": False})
         path_ = cfg.path
         reader_options = dict(cfg.reader_options)
         if cfg.split is not None:

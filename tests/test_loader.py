@@ -257,9 +257,15 @@ def test_split_helper_reads_tiny_imagenet_layout(tmp_path: Path) -> None:
         lines.append(f"{f.name}\t{('n01', 'n02')[i % 2]}\t0\t0\t1\t1")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     train = Loader(root, split="train", batch_size=4, image_size=16)
-    val = Loader(root, split="val", batch_size=4, image_size=16, shuffle=False)
+    # The val split is read in storage order and not augmented unless asked to be.
+    val = Loader(root, split="val", batch_size=4, image_size=16, with_indices=True, dtype="uint8")
     assert train.classes == val.classes == ["n01", "n02"]
-    assert [y.tolist() for _, y in val] == [[0, 1, 0, 1]]
+    indices, labels, images = collect_epoch(val)
+    assert indices == [0, 1, 2, 3] and labels == [0, 1, 0, 1]
+    for i in indices:
+        expected = T.imagenet_val(16)(val.reader.read(i).data, None)
+        np.testing.assert_array_equal(images[0][i].permute(1, 2, 0).numpy(), expected)
+    assert Loader(root, split="val", shuffle=True, batch_size=4).config.shuffle
 
 
 def test_breaking_off_then_iterating_again_restarts_thecollect_epoch(store: Path) -> None:
