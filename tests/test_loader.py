@@ -12,8 +12,9 @@ import torch
 
 import seqstore
 from seqstore import Loader
+from seqstore import transforms as T
 from seqstore.convert import convert
-from seqstore.engine.order import WorkerPlan, worker_plan
+from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order
 from seqstore.engine.stream import RawBatch, iter_batches
 from seqstore.errors import ConfigError, ResumeError
 from seqstore.testing import collect_epoch, make_image_folder
@@ -88,44 +89,62 @@ def test_resume_continues_exactly(store: Path, workers: int, stop_after: int) ->
     assert resumed.epoch == 1
 
 
+def test_seed_changes_the_order_and_the_augmentation(store: Path) -> None:
+    options = dict(num_workers=2, dtype="uint8")
+    ia, _, xa = collect_epoch(_loader(store, seed=1, **options))
+    ib, _, xb = collect_epoch(_loader(store, seed=2, **options))
+    assert ia != ib and sorted(ia) == sorted(ib)
+    a = dict(zip(ia, torch.cat(xa), strict=True))
+    b = dict(zip(ib, torch.cat(xb), strict=True))
+    differ = sum(not torch.equal(a[i], b[i]) for i in range(N))
+    assert differ > N * 0.9  # each record's crop and flip follow the seed
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_each_rank_yields_the_plans_order(store: Path, rank: int) -> None:
+    # The order the engine's plan gives (pinned by the goldens in test_plan.py) is the one
+    # every rank's loader yields, epoch after epoch, with its workers taking turns.
+    loader = _loader(store, num_workers=2, world_size=2, rank=rank, seed=5, transform="decode")
+    for epoch in (0, 1):
+        assert collect_epoch(loader)[0] == rank_order(loader.spec, epoch, rank).tolist()
+
+
+def test_a_state_saved_before_the_epoch_spec_resumes(store: Path) -> None:
+    first = _loader(store, num_workers=0, shuffle=False, transform="imagenet_val")
+    it = iter(first)
+    next(it)
+    old = {**first.state_dict(), "version": 2, "shuffle_capacity": 24}
+    del old["capacity"]  # version 2 kept the unused buffer size of a sorted loader
+    resumed = _loader(store, num_workers=0, shuffle=False, transform="imagenet_val")
+    resumed.load_state_dict(old)
+    assert collect_epoch(resumed)[0] == list(range(8, N))
+
+
 def test_resume_into_another_shape_is_refused(store: Path) -> None:
     state = _loader(store, num_workers=0).state_dict()
     with pytest.raises(ResumeError, match="workers 1 != 2"):
         _loader(store, num_workers=2).load_state_dict(state)
 
 
-def _single_worker_plan() -> WorkerPlan:
-    """The epoch-0 plan of the only worker of the only rank: blocks of 10, batches of 8."""
-    return worker_plan(
-        N,
+def _single_worker_batches(
+    read_block: Any, transform: Any, skip_batches: int = 0
+) -> Iterator[RawBatch]:
+    """Epoch 0 of the only worker of the only rank: blocks of 10, batches of 8, shuffled
+    through a 16-record buffer."""
+    spec = EpochSpec(
+        num_records=N,
         block=10,
-        seed=0,
-        epoch=0,
+        capacity=16,
         shuffle=True,
+        seed=0,
         rank=0,
-        world=1,
-        worker=0,
+        world_size=1,
         workers=1,
         batch_size=8,
         drop_last=False,
     )
-
-
-def _single_worker_batches(
-    read_block: Any, transform: Any, skip_batches: int = 0
-) -> Iterator[RawBatch]:
-    """Batches of 8 of :func:`_single_worker_plan`, shuffled through a 16-record buffer."""
     return iter_batches(
-        read_block,
-        _single_worker_plan(),
-        batch_size=8,
-        block=10,
-        shuffle_capacity=16,
-        shuffle_seed=[0],
-        transform=transform,
-        seed=0,
-        epoch=0,
-        skip_batches=skip_batches,
+        read_block, WorkerEpoch(spec, 0, 0, 0), transform, skip_batches=skip_batches
     )
 
 
@@ -238,9 +257,15 @@ def test_split_helper_reads_tiny_imagenet_layout(tmp_path: Path) -> None:
         lines.append(f"{f.name}\t{('n01', 'n02')[i % 2]}\t0\t0\t1\t1")
     (root / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     train = Loader(root, split="train", batch_size=4, image_size=16)
-    val = Loader(root, split="val", batch_size=4, image_size=16, shuffle=False)
+    # The val split is read in storage order and not augmented unless asked to be.
+    val = Loader(root, split="val", batch_size=4, image_size=16, with_indices=True, dtype="uint8")
     assert train.classes == val.classes == ["n01", "n02"]
-    assert [y.tolist() for _, y in val] == [[0, 1, 0, 1]]
+    indices, labels, images = collect_epoch(val)
+    assert indices == [0, 1, 2, 3] and labels == [0, 1, 0, 1]
+    for i in indices:
+        expected = T.imagenet_val(16)(val.reader.read(i).data, None)
+        np.testing.assert_array_equal(images[0][i].permute(1, 2, 0).numpy(), expected)
+    assert Loader(root, split="val", shuffle=True, batch_size=4).config.shuffle
 
 
 def test_breaking_off_then_iterating_again_restarts_thecollect_epoch(store: Path) -> None:
@@ -310,14 +335,21 @@ def test_decode_only_gives_images_of_their_own_sizes(store: Path) -> None:
 
 
 def test_a_pipeline_that_normalises_in_the_workers(store: Path) -> None:
-    from seqstore import transforms as T
-
     pipeline = T.Pipeline([T.Resize((24, 20)), T.Normalize()])
-    loader = _loader(store, transform=pipeline, num_workers=2, channels_last=True)
-    assert loader._ring is None  # float outputs: no uint8 ring reserved
-    x, _, _ = next(iter(loader))
+    options = dict(transform=pipeline, channels_last=True, shuffle=False)
+    indices, _, batches = collect_epoch(_loader(store, num_workers=2, **options))
+    in_process = collect_epoch(_loader(store, num_workers=0, **options))
+    x = batches[0]
     assert x.shape == (8, 3, 24, 20) and x.dtype == torch.float32
     assert x.is_contiguous(memory_format=torch.channels_last)
+    # Float batches from the workers, each kept by the loop, are the in-process ones.
+    assert indices == in_process[0]
+    for a, b in zip(batches, in_process[2], strict=True):
+        torch.testing.assert_close(a, b)
+    reader = seqstore.open(store)
+    np.testing.assert_allclose(
+        batches[0][3].permute(1, 2, 0).numpy(), pipeline(reader.read(3).data, None), rtol=1e-6
+    )
 
 
 def test_set_epoch_after_breaking_off_saves_a_fresh_position(store: Path) -> None:

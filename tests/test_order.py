@@ -8,9 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstore.engine.order import block_order, num_batches, worker_plan
+from seqstore.engine.order import block_order, iter_indices, num_batches, worker_plan
 from seqstore.engine.shuffle import ShuffleBuffer
-from seqstore.engine.stream import iter_indices
 
 shapes = st.fixed_dictionaries(
     {
@@ -62,10 +61,17 @@ def test_every_record_once_per_epoch_over_ranks_and_workers(cfg: dict) -> None:
     assert set(counts) <= set(range(n))
     if cfg["drop_last"]:
         assert all(c == 1 for c in counts.values())  # disjoint; only a tail is dropped
+        size = cfg["batch_size"]
+        assert per_rank[0] == n // world // size * size  # whole batches only
         assert n - sum(counts.values()) < world * cfg["batch_size"] + world
     else:
         assert set(counts) == set(range(n))  # complete
-        assert sum(counts.values()) - n == per_rank[0] * world - n < world  # padding only
+        assert per_rank[0] == -(-n // world)  # ceil: the last rank is padded, not short
+        padding = sum(counts.values()) - n
+        assert 0 <= padding < world
+        # The padding wraps around the epoch: no record is repeated more than any other
+        # by more than one (records repeat more than once only in stores smaller than world).
+        assert max(counts.values(), default=0) - min(counts.values(), default=0) <= 1
 
 
 @settings(max_examples=300, deadline=None)
@@ -109,8 +115,8 @@ def test_without_shuffle_batches_collected_round_robin_are_in_storage_order(cfg:
 
 @settings(max_examples=100, deadline=None)
 @given(shapes)
-def test_deterministic_and_different_across_epochs(cfg: dict) -> None:
-    assert _rank_indices(cfg, 0) == _rank_indices(cfg, 0)
+def test_different_across_epochs(cfg: dict) -> None:
+    # Determinism across machines and versions is pinned by the goldens in test_plan.py.
     if cfg["shuffle"] and not cfg["drop_last"] and cfg["n"] >= 4 * cfg["block"]:
         # with 4+ blocks, four epochs drawing one permutation has odds below 1 in 13,000
         # (drop_last can drop all but a few records, or all of them: not counted here)

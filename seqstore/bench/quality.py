@@ -1,17 +1,14 @@
 """The bench's shuffle-quality room: how well a configuration mixes an epoch.
 
-Pure: the engine's order functions and the labels, no I/O. The worker orders are rebuilt
-here as the Loader's workers make them (block plan, then shuffle buffer) and merged in the
-DataLoader's round robin.
+Pure: the engine's epoch plan and the labels, no I/O. The order measured is
+:func:`seqstore.engine.plan.rank_order`, the one the Loader yields.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..engine.order import worker_plan
-from ..engine.shuffle import ShuffleBuffer
-from ..engine.stream import iter_indices
+from ..engine.plan import EpochSpec, rank_order
 
 __all__ = ["order_quality", "shuffle_quality"]
 
@@ -36,27 +33,19 @@ def shuffle_quality(
         mean distinct labels in a batch; the ``random_`` keys give both for random orders.
     """
     n = len(labels)
-    per_worker = []
-    for worker in range(workers):
-        plan = worker_plan(
-            n,
-            block=block,
-            seed=seed,
-            epoch=0,
-            shuffle=True,
-            rank=0,
-            world=1,
-            worker=worker,
-            workers=workers,
-            batch_size=batch_size,
-            drop_last=False,
-        )
-        order = list(ShuffleBuffer(iter_indices(plan.spans), capacity, [seed, 0, 0, worker]))
-        per_worker.append([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
-    batches: list[list[int]] = []
-    for k in range(max((len(b) for b in per_worker), default=0)):
-        batches += [b[k] for b in per_worker if k < len(b)]  # the DataLoader's round robin
-    mixed = np.concatenate([np.asarray(b, np.int64) for b in batches]) if batches else np.zeros(0)
+    spec = EpochSpec(
+        num_records=n,
+        block=block,
+        capacity=capacity,
+        shuffle=True,
+        seed=seed,
+        rank=0,
+        world_size=1,
+        workers=workers,
+        batch_size=batch_size,
+        drop_last=False,
+    )
+    mixed = rank_order(spec, 0, 0)
     disp, classes = order_quality(mixed, labels, batch_size)
     rng = np.random.default_rng(seed)
     random = [order_quality(rng.permutation(n), labels, batch_size) for _ in range(trials)]

@@ -24,6 +24,7 @@ batch of the worker that owns it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "Span",
     "WorkerPlan",
     "block_order",
+    "iter_indices",
     "num_batches",
     "rank_sample_count",
     "worker_plan",
@@ -70,6 +72,16 @@ def block_order(n: int, block: int, *, seed: int, epoch: int, shuffle: bool) -> 
         perm = _rng(seed, epoch, 0x5EB1).permutation(len(spans))
         spans = [spans[i] for i in perm]
     return spans
+
+
+def iter_indices(spans: list[Span], skip: int = 0) -> Iterator[int]:
+    """Indices of ``spans`` in read order, starting after the first ``skip``."""
+    for start, stop in spans:
+        if skip >= stop - start:
+            skip -= stop - start
+            continue
+        yield from range(start + skip, stop)
+        skip = 0
 
 
 def rank_sample_count(n: int, world: int, drop_last: bool) -> int:

@@ -1,7 +1,8 @@
 """One worker's epoch: read its spans block by block, shuffle, transform, batch.
 
-Format-agnostic: it only calls ``Reader.read_block``. The shuffle order is decided on
-indices by :class:`~seqstore.engine.shuffle.ShuffleBuffer`; :class:`BlockFetcher` keeps the
+Format-agnostic: it only calls ``Reader.read_block``. The order is the epoch plan's
+(:mod:`seqstore.engine.plan`), decided on indices by its
+:class:`~seqstore.engine.shuffle.ShuffleBuffer`; :class:`BlockFetcher` keeps the
 records of the indices the buffer holds and reads the next block when the buffer pulls
 past what has been read. Memory is therefore the shuffle buffer plus one block.
 """
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..records import Record
-from .order import Span, WorkerPlan
-from .shuffle import ShuffleBuffer
+from .order import Span
+from .plan import WorkerEpoch
 
 __all__ = ["BlockFetcher", "RawBatch", "iter_batches", "sample_rng"]
 
@@ -28,16 +29,6 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     depend on the number of workers or ranks, and a resumed epoch draws the same crops.
     """
     return np.random.default_rng([seed & 0xFFFFFFFF, epoch, index])
-
-
-def iter_indices(spans: list[Span], skip: int = 0) -> Iterator[int]:
-    """Indices of ``spans`` in read order, starting after the first ``skip``."""
-    for start, stop in spans:
-        if skip >= stop - start:
-            skip -= stop - start
-            continue
-        yield from range(start + skip, stop)
-        skip = 0
 
 
 class BlockFetcher:
@@ -131,26 +122,23 @@ class RawBatch:
 
 def iter_batches(
     read_block: Callable[[int, int], list[Record]],
-    plan: WorkerPlan,
-    *,
-    batch_size: int,
-    block: int,
-    shuffle_capacity: int,
-    shuffle_seed: list[int],
+    work: WorkerEpoch,
     transform: Callable[[Record, np.random.Generator], Any],
-    seed: int,
-    epoch: int,
+    *,
     skip_batches: int = 0,
 ) -> Iterator[RawBatch]:
-    """Yield this worker's batches of ``plan``, skipping its first ``skip_batches``.
+    """Yield the batches of one worker's epoch, skipping its first ``skip_batches``.
 
-    A resume replays only the shuffle decisions of the skipped samples, then reads the
-    records still in the buffer and continues: nothing skipped is read or decoded.
+    The order is :func:`~seqstore.engine.plan.worker_order`'s for ``work``. A resume replays
+    only the shuffle decisions of the skipped samples, then reads the records still in the
+    buffer and continues: nothing skipped is read or decoded.
     """
+    plan, spec = work.plan, work.spec
+    batch_size = spec.batch_size
     skip_samples = min(skip_batches * batch_size, plan.num_samples)
-    order = ShuffleBuffer(iter_indices(plan.spans), shuffle_capacity, shuffle_seed)
+    order = work.shuffle_buffer()
     order.skip(skip_samples)
-    fetcher = BlockFetcher(read_block, plan.spans, block, skip=order.pulled)
+    fetcher = BlockFetcher(read_block, plan.spans, spec.block, skip=order.pulled)
     fetcher.preload(order.buffer)
     remaining = plan.num_samples - skip_samples
     for batch in plan.batches[skip_batches:]:
@@ -162,7 +150,7 @@ def iter_batches(
         for i in range(size):
             index = next(order)
             record = fetcher.get(index)
-            samples.append(transform(record, sample_rng(seed, epoch, index)))
+            samples.append(transform(record, sample_rng(spec.seed, work.epoch, index)))
             labels[i] = record.label
             indices[i] = index
         yield RawBatch(samples, labels, indices, batch)

@@ -1,0 +1,47 @@
+"""Dataset roots: where the store or image folder of a split (train, val) lives.
+
+The Loader's ``split`` option names a split under a root; :func:`resolve_split` finds it
+in the layouts converted stores, tensorpack's files and Tiny ImageNet use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import NotAStoreError
+
+__all__ = ["resolve_split"]
+
+
+def resolve_split(root: Path, split: str) -> tuple[Path, dict[str, Any]]:
+    """Find the store or folder of ``split`` under a dataset root, and its reader options.
+
+    See :class:`~seqstore.config.LoaderConfig` (``split``) for the layouts tried.
+
+    Raises
+    ------
+    NotAStoreError
+        None of the layouts is there.
+    """
+    # Converted stores first: a root often keeps the image folder beside its store.
+    for candidate in (
+        root / f"{split}.lmdb",
+        root / f"{split}.h5",
+        root / f"{split}.hdf5",
+        root / f"ILSVRC-{split}.lmdb",
+        root / split,
+    ):
+        if not candidate.exists():
+            continue
+        labels = candidate / "val_annotations.txt"
+        if candidate.is_dir() and (candidate / "images").is_dir() and labels.is_file():
+            options: dict[str, Any] = {"labels": labels}
+            if (root / "train").is_dir():
+                options["classes"] = root / "train"
+            return candidate / "images", options
+        return candidate, {}
+    raise NotAStoreError(
+        f"no '{split}' split under '{root}' (looked for {split}.lmdb, {split}.h5, "
+        f"{split}.hdf5, ILSVRC-{split}.lmdb, {split}/)"
+    )
