@@ -36,9 +36,7 @@ def replicate(src: Path, dst: Path, times: int) -> Path:
     with backend.open_writer(dst, classes=reader.classes, overwrite=True) as writer:
         for copy in range(times):
             for r in records:
-                writer.write(
-                    Record(f"{copy}/{r.key}", r.label, r.data, r.width, r.height, r.checksum)
-                )
+                writer.write(Record.make(f"{copy}/{r.key}", r.label, r.data, r.width, r.height))
     return dst
 
 

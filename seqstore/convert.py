@@ -9,7 +9,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -186,7 +186,14 @@ def convert(
                     warnings.extend(result.warnings)
                     record = result.record
                     if relabel is not None:
-                        record = replace(record, label=relabel[record.label])
+                        # A new label is a new record: its checksum covers the label.
+                        record = Record.make(
+                            record.key,
+                            relabel[record.label],
+                            record.data,
+                            record.width,
+                            record.height,
+                        )
                     writer.write(record)
                 consumed += len(results)
                 if every is not None and writer.total_bytes >= next_checkpoint:

@@ -235,3 +235,17 @@ def test_cli_verify_of_an_image_folder_claims_no_match(
     out = capsys.readouterr().out
     assert "verify: nothing to check: folder data stores no checksums" in out
     assert "records match" not in out
+
+
+def test_relabelled_records_carry_checksums_of_their_new_labels(
+    images: Path, tmp_path: Path
+) -> None:
+    names = seqstore.open(images).classes
+    # A class sorted before the source's own shifts every label by one.
+    (tmp_path / "classes.txt").write_text("\n".join(["aaa", *names]) + "\n")
+    convert(images, tmp_path / "out", format="lmdb", classes=tmp_path / "classes.txt")
+    reader = seqstore.open(tmp_path / "out")
+    records = reader.read_block(0, len(reader))
+    assert {r.label for r in records} == set(range(1, len(names) + 1))
+    assert all(r.verify() for r in records)
+    assert main(["info", str(tmp_path / "out"), "--verify"]) == 0
