@@ -286,6 +286,19 @@ def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
     reader: Reader = _worker_state["reader"]
     out: list[_Good | _Bad] = []
     for start, stop in ranges:
+        if reader.stores_checksums:
+            # A record damaged in a source store must not get a fresh checksum here.
+            for record in reader.read_block(start, stop):
+                if record.verify():
+                    out.append(_prepare(record.key, record.label, record.data))
+                else:
+                    reason = (
+                        f"record '{record.key}' of '{reader.path}' fails its checksum (damaged "
+                        "in the source store); recover it from the original images or use "
+                        "--on-error skip to leave it out"
+                    )
+                    out.append(_Bad(record.key, reason, len(record.data)))
+            continue
         try:
             block = reader.read_raw_block(start, stop)
         except BadImageError:

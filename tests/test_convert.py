@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 import seqstore
+from seqstore.backends import get_backend
 from seqstore.cli import main
 from seqstore.convert import convert
-from seqstore.errors import BadImageError, ConfigError, NotAStoreError, StoreExistsError
-from seqstore.testing import make_image_folder
+from seqstore.errors import (
+    BadImageError,
+    ConfigError,
+    NotAStoreError,
+    SeqstoreError,
+    StoreExistsError,
+)
+from seqstore.testing import make_image_folder, make_records
 
 
 @pytest.fixture
@@ -249,3 +256,31 @@ def test_relabelled_records_carry_checksums_of_their_new_labels(
     assert {r.label for r in records} == set(range(1, len(names) + 1))
     assert all(r.verify() for r in records)
     assert main(["info", str(tmp_path / "out"), "--verify"]) == 0
+
+
+def test_a_record_damaged_in_the_source_store_is_not_laundered(
+    images: Path, tmp_path: Path
+) -> None:
+    convert(images, tmp_path / "src", format="lmdb", progress=False)
+    reader = seqstore.open(tmp_path / "src")
+    victim = reader.read(7)
+    reader.close()
+    data_file = tmp_path / "src" / "data.mdb"
+    raw = bytearray(data_file.read_bytes())
+    raw[raw.find(victim.data) + len(victim.data) // 2] ^= 0x40
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(BadImageError, match=f"'{victim.key}'.*fails its checksum"):
+        convert(tmp_path / "src", tmp_path / "a", format="hdf5", progress=False)
+    report = convert(tmp_path / "src", tmp_path / "b", format="hdf5", on_error="skip")
+    assert [s.key for s in report.skipped] == [victim.key]
+    assert report.manifest.num_records == len(reader) - 1
+
+
+def test_a_writer_refuses_a_record_whose_checksum_does_not_match(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    record = make_records(1)[0]
+    with pytest.raises(SeqstoreError, match="checksum"):
+        with get_backend("lmdb").open_writer(tmp_path / "s") as writer:
+            writer.write(replace(record, label=record.label + 1))
+    assert not (tmp_path / "s").exists()

@@ -23,6 +23,7 @@ from ..errors import (
     ConfigError,
     CorruptStoreError,
     DiskFullError,
+    SeqstoreError,
     SeqstoreWarning,
     StoreExistsError,
 )
@@ -189,6 +190,13 @@ class Writer(ABC):
             raise ConfigError(
                 f"record '{record.key}' has label {record.label}, outside the "
                 f"{len(self.classes)} classes of '{self.path}'"
+            )
+        if not record.verify():
+            # A record changed after its checksum was made (relabelled, re-keyed) would be
+            # stored as damaged: refuse it here, where the change still has its cause.
+            raise SeqstoreError(
+                f"record '{record.key}' does not match its checksum; make changed records "
+                "with Record.make so that the checksum covers what is stored"
             )
         self._write(record)
         self.num_records += 1
