@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import sys
@@ -405,7 +406,8 @@ def _capture_file() -> IO[bytes]:
     pid = os.getpid()
     if pid not in _captures:
         _captures.clear()  # a forked child's copy of its parent's file is not its own
-        _captures[pid] = tempfile.TemporaryFile()
+        _captures[pid] = capture = tempfile.TemporaryFile()
+        atexit.register(capture.close)
     return _captures[pid]
 
 
