@@ -47,3 +47,18 @@ def test_fault_benchmark_prints_its_table() -> None:
     assert lines[0].startswith("| case") and "silent wrong" in lines[0]
     rows = [line for line in lines[2:] if line.startswith("| manifest")]
     assert len(rows) == 2 and all(" 1 |" in row for row in rows)
+
+
+def test_loader_benchmark_prints_throughput_first_batch_and_memory(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(ROOT / "benchmarks" / "loader.py", src, "--repeat", "1", "--workdir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    for row in (
+        "seqstore lmdb (uint8, to a GPU)",
+        "torchvision-style baseline",
+        "ceiling",
+        "40 records:",
+        "400 records:",
+        "buffer  512 MB",
+    ):
+        assert row in p.stdout, row
