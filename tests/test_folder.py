@@ -135,3 +135,24 @@ def test_shared_tiny_imagenet_train_and_val(shared_data: Path) -> None:
         root / "val" / "images", labels=root / "val" / "val_annotations.txt", classes=root / "train"
     )
     assert len(val) == 500 and val.classes == train.classes
+
+
+def test_readme_val_convert_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The README's: seqstore convert VAL/images val.h5 --format hdf5 --labels L --classes TRAIN
+    from seqstore.cli import main
+
+    train, val, labels = _val(
+        tmp_path,
+        ["val_1.JPEG\tn03\t0\t1\t2\t3", "val_0.JPEG\tn01\t4\t5\t6\t7"],
+        ["val_0.JPEG", "val_1.JPEG"],
+    )
+    argv = ["convert", str(val), str(tmp_path / "val.h5"), "--format", "hdf5"]
+    assert main([*argv, "--labels", str(labels), "--classes", str(train), "-q"]) == 0
+    assert main(["info", str(tmp_path / "val.h5"), "--verify"]) == 0
+    assert "2 of 2 records match" in capsys.readouterr().out
+    reader = seqstore.open(tmp_path / "val.h5")
+    assert reader.classes == ["n01", "n02", "n03"]
+    assert [(r.key, r.label) for r in reader.read_block(0, 2)] == [
+        ("val_0.JPEG", 0),
+        ("val_1.JPEG", 2),
+    ]
