@@ -31,6 +31,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     values["max_pixels"] = values["max_pixels"] or None
     report = convert(args.src, args.dst, **values, progress=not args.quiet)
     m = report.manifest
+    if report.resumed_records:
+        print(
+            f"resumed a killed convert: kept the {report.resumed_records} records of its last "
+            "checkpoint"
+        )
     print(
         f"wrote {m.num_records} records ({m.total_bytes / 1e6:.1f} MB, {len(m.classes)} classes) "
         f"to {args.dst} as {m.format} in {report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)"

@@ -48,6 +48,8 @@ class ConvertReport:
         Source files left out, with the reason.
     warnings : list of str
         Files kept but worth a look (a PNG named .JPEG, a CMYK JPEG) and ignored non-images.
+    resumed_records : int
+        Records kept from the checkpoint of a killed conversion (``resume``); 0 otherwise.
     """
 
     manifest: Manifest
@@ -55,6 +57,7 @@ class ConvertReport:
     bytes_read: int
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    resumed_records: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -163,6 +166,7 @@ def convert(
         # A resumed write carries on from its last checkpoint: the same order, minus the
         # source positions already consumed, and what they skipped or warned of.
         done = writer.resumed or {}
+        resumed_records = writer.num_records
         consumed = int(done.get("consumed", 0))
         bytes_read = int(done.get("bytes_read", 0))
         skipped.extend(SkippedFile.model_validate(x) for x in done.get("skipped", []))
@@ -212,7 +216,9 @@ def convert(
                     f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
                 )
     manifest = Manifest.model_validate_json((dst_path / "seqstore.json").read_bytes())
-    return ConvertReport(manifest, time.perf_counter() - start, bytes_read, skipped, warnings)
+    return ConvertReport(
+        manifest, time.perf_counter() - start, bytes_read, skipped, warnings, resumed_records
+    )
 
 
 def _ignored_line(ignored: Sequence[str]) -> str:

@@ -224,6 +224,9 @@ class HDF5Writer(Writer):
             f.create_dataset(name, (0,), _DTYPES[name], maxshape=(None,), chunks=(_ROWS_CHUNK,))
         f.attrs["seqstore_format"] = self.format
         f.attrs["seqstore_format_version"] = self.format_version
+        # Single-writer/multiple-reader mode keeps the file readable however the writer
+        # dies: a killed conversion's records can be read back (and resumed) from it.
+        f.swmr_mode = True
         # Image bytes are copied once, into a buffer reused across batches, then appended.
         self._buffer = np.empty(self.batch_bytes, np.uint8)
         self._pending: list[Record] = []
@@ -232,10 +235,9 @@ class HDF5Writer(Writer):
         self._key_end = 0
 
     def _reopen(self) -> None:
-        # libhdf5 will not reopen for writing a file whose writer never closed it, and what
-        # that writer changed after its last checkpoint may have left the metadata half
-        # written. So the checkpointed records are copied out of it (opened as a SWMR
-        # reader, which skips the open-for-write check), each checked against its checksum.
+        # libhdf5 will not reopen for writing a file whose writer never closed it. It was
+        # written in SWMR mode, so it opens as a SWMR reader; the checkpointed records are
+        # copied out of it into a new file, each checked against its checksum.
         killed = self.directory / (DATA_FILE + ".killed")
         (self.directory / DATA_FILE).rename(killed)
         n, self.num_records, self.total_bytes = self.num_records, 0, 0

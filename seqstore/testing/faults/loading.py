@@ -1,0 +1,99 @@
+"""Fault cases of the Loader: a damaged record under each policy, a worker killed mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .harness import (
+    convert_cli,
+    data_file,
+    failure_outcome,
+    make_source,
+    run_python,
+)
+
+_LOADER_BODY = """
+from seqstore import Loader
+loader = Loader({store!r}, batch_size=16, num_workers=2, on_error={policy!r}, seed={seed})
+batches = sum(1 for _ in loader)
+print(batches, len(loader), sorted(loader.bad_records))
+"""
+
+
+def loader_bad_record(policy: str) -> Callable[[Path, np.random.Generator], str]:
+    """A Loader epoch over a store with one flipped byte, with ``on_error=policy``."""
+
+    def run(workdir: Path, rng: np.random.Generator) -> str:
+        store = workdir / "store"
+        convert_cli(make_source(workdir), store, "lmdb")
+        from ...backends import open_store
+
+        reader = open_store(store)
+        key = reader.read(int(rng.integers(len(reader)))).key
+        reader.close()
+        _flip_record_byte_of(store, key, rng)
+        p = run_python(
+            _LOADER_BODY.format(store=str(store), policy=policy, seed=int(rng.integers(99)))
+        )
+        if p.rc != 0:
+            outcome = failure_outcome(p)
+            return outcome if key in p.err else "silent wrong"  # the error must name it
+        batches, expected, *bad = p.out.strip().split(maxsplit=2)
+        if policy == "raise" or batches != expected or bad != [repr([key])]:
+            return "silent wrong"
+        return "handled"
+
+    return run
+
+
+def _flip_record_byte_of(store: Path, key: str, rng: np.random.Generator) -> None:
+    from ...backends import open_store
+
+    reader = open_store(store)
+    data = next(r.data for r in reader.read_block(0, len(reader)) if r.key == key)
+    reader.close()
+    raw = bytearray(data_file(store).read_bytes())
+    raw[raw.find(data) + int(rng.integers(20, len(data)))] ^= 0x10
+    data_file(store).write_bytes(bytes(raw))
+
+
+def loader_worker_killed(workdir: Path, rng: np.random.Generator) -> str:
+    """A Loader worker SIGKILLed mid-epoch: one error, then an exact resume."""
+    store = workdir / "store"
+    convert_cli(make_source(workdir), store, "lmdb")
+    after = int(rng.integers(1, 10))
+    body = f"""
+import gc, os, signal, psutil, torch
+from seqstore import Loader
+from seqstore.errors import WorkerDiedError
+options = dict(batch_size=16, num_workers=2, with_indices=True, seed=3)
+first = Loader({str(store)!r}, **options)
+full = [i for _, _, idx in first for i in idx.tolist()]
+del first
+gc.collect()  # its persistent workers end: the only children are the next loader's
+loader = Loader({str(store)!r}, **options)
+seen, state = [], None
+try:
+    for n, (_, _, idx) in enumerate(loader):
+        seen += idx.tolist()
+        state = loader.state_dict()
+        if n == {after}:
+            os.kill(psutil.Process().children()[0].pid, signal.SIGKILL)
+except WorkerDiedError as exc:
+    print("died:", exc)
+resumed = Loader({str(store)!r}, **options)
+resumed.load_state_dict(state)
+seen += [i for _, _, idx in resumed for i in idx.tolist()]
+print("exact" if seen == full else "differs")
+"""
+    p = run_python(body)
+    if p.rc != 0:
+        return failure_outcome(p)
+    lines = p.out.splitlines()
+    died = [line for line in lines if line.startswith("died:")]
+    if lines[-1] != "exact":
+        return "silent wrong"
+    return "clear error" if len(died) == 1 else "silent wrong"
