@@ -279,6 +279,7 @@ def _init_worker(
 ) -> None:
     # Error messages name a folder's file by its path, a file store's entry as file:key.
     prefix = f"{reader.path}/" if reader.path.is_dir() else f"{reader.path}:"
+    _worker_state.clear()  # nothing of an earlier conversion in this process carries over
     _worker_state.update(
         reader=reader,
         max_side=max_side,
@@ -315,7 +316,8 @@ def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
                 try:
                     block = reader.read_raw_block(i, i + 1)
                 except BadImageError as exc:
-                    files = reader.source_files
+                    # Built once per process: a path for every record of the source.
+                    files = _worker_state.setdefault("source_files", reader.source_files)
                     key = str(files[i].relative_to(reader.path)) if files else str(i)
                     out.append(_Bad(key, str(exc), 0))
                     continue
