@@ -29,8 +29,8 @@ class ConvertConfig(BaseModel):
     format : str
         Backend to write (``lmdb``, ``hdf5``, ``folder`` or a registered plugin).
     workers : int
-        Processes that read and check source files; 0 does it in this process. The single
-        writer keeps record order the same whatever this is.
+        Processes that read and check source files, or with ``shard_mb`` that each write
+        whole shards; 0 does it in this process. The store is the same whatever this is.
     shuffle : bool or None
         Write records in a seeded random order. ``None`` shuffles image-folder training trees
         (so that local shuffling at load time approximates a global one) and keeps the order
@@ -64,6 +64,16 @@ class ConvertConfig(BaseModel):
     checkpoint_mb : float
         Megabytes written between the checkpoints ``resume`` continues from (each costs an
         fsync).
+    shard_mb : float or None
+        Write a sharded store, shards of about this many MB of source images, written in
+        parallel by the ``workers`` processes (or the ranks of a ``distributed`` run). Which
+        records go into which shard depends on the source alone: a shard holds this many MB
+        over the source's mean record size of consecutive records of the write order.
+    distributed : bool
+        Share a sharded conversion among the ranks of a torch.distributed job (``torchrun``;
+        ``seqstore convert`` turns this on by itself under torchrun): rank 0 lists the source
+        and broadcasts it, every rank writes its shards, rank 0 the manifest. Shards of
+        1024 MB unless ``shard_mb`` says otherwise.
     source_format : str or None
         Read the source with this backend instead of recognising it.
     limit : int or None
@@ -90,6 +100,8 @@ class ConvertConfig(BaseModel):
     overwrite: bool = False
     resume: bool = False
     checkpoint_mb: float = Field(256.0, gt=0)
+    shard_mb: float | None = Field(None, gt=0)
+    distributed: bool = False
     source_format: str | None = None
     limit: int | None = Field(None, ge=1)
     progress: bool = True
