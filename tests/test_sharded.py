@@ -23,7 +23,14 @@ from seqstore.convert import convert
 from seqstore.errors import BadImageError, CorruptStoreError, PartialStoreError
 from seqstore.testing import make_image_folder
 from seqstore.testing.epoch import collect_epoch
-from seqstore.testing.shards import held_image, layout, process_gone, staged_shards
+from seqstore.testing.shards import (
+    held_image,
+    layout,
+    process_gone,
+    staged_shards,
+    staging_pid,
+    wait_for,
+)
 
 # Images of at most 80 px are about 2 KB: shards of 25 KB hold 13 of the 60.
 SHARD_MB = 0.025
@@ -195,17 +202,6 @@ def test_read_handles_stay_bounded(
     assert [(r.key, r.label, r.data) for r in records] == _content(tmp_path / "s")
 
 
-def _wait_for(condition: object, proc: subprocess.Popen[str], what: str) -> None:
-    deadline = time.monotonic() + 120
-    while not condition():  # type: ignore[operator]
-        if proc.poll() is not None:
-            raise AssertionError(f"the convert ended before {what}: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("kill", ["the convert", "a shard writer"])
 def test_a_killed_sharded_convert_is_refused_and_resume_keeps_its_finished_shards(
     images: Path, tmp_path: Path, kill: str
@@ -217,10 +213,10 @@ def test_a_killed_sharded_convert_is_refused_and_resume_keeps_its_finished_shard
         convert(images, tmp_path / "ref", format="lmdb", shard_mb=SHARD_MB, progress=False)
         proc = _cli("convert", args[0], dst, *args[1:])
         # Every shard but the one that holds the held image finishes; that one waits.
-        _wait_for(lambda: len(staged_shards(dst)[0]) == 4, proc, "4 shards finished")
-        _wait_for(lambda: len(staged_shards(dst)[1]) == 1, proc, "the 5th shard began")
+        wait_for(lambda: len(staged_shards(dst)[0]) == 4, proc, "4 shards finished")
+        wait_for(lambda: len(staged_shards(dst)[1]) == 1, proc, "the 5th shard began")
         waiting = staged_shards(dst)[1][0]
-        writer_pid = int(waiting.name.rsplit(".seqstore-new-", 1)[1].split("-")[0])
+        writer_pid = staging_pid(waiting)
         finished = {p.name: seqstore.open(p).manifest.store_id for p in staged_shards(dst)[0]}
         if kill == "the convert":
             proc.send_signal(signal.SIGKILL)

@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HeldImage", "held_image", "layout", "process_gone", "staged_shards"]
+__all__ = [
+    "HeldImage",
+    "held_image",
+    "layout",
+    "process_gone",
+    "staged_shards",
+    "staging_pid",
+    "wait_for",
+]
 
 
 def layout(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -34,6 +44,26 @@ def staged_shards(dst: Path) -> tuple[list[Path], list[Path]]:
     finished = sorted(dst.parent.glob(f".{dst.name}.seqstore-new-*/shard-*/seqstore.json"))
     staging = sorted(dst.parent.glob(f".{dst.name}.seqstore-new-*/.shard-*.seqstore-new-*"))
     return [p.parent for p in finished], staging
+
+
+def wait_for(
+    condition: Callable[[], bool], proc: subprocess.Popen[str], what: str, timeout: float = 120
+) -> None:
+    """Wait until ``condition()`` holds while ``proc`` runs; fail if it ends first or the
+    wait times out (``proc`` is then killed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended before {what}: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def staging_pid(staging: Path) -> int:
+    """The pid of the writer whose staging directory is ``staging`` (from its name)."""
+    return int(staging.name.rsplit(".seqstore-new-", 1)[1].split("-")[0])
 
 
 def process_gone(pid: int) -> bool:
