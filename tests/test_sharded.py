@@ -87,6 +87,16 @@ def test_shards_hold_the_unsharded_order_whatever_the_worker_count(
     alone = seqstore.open(tmp_path / "w3" / "shard-00002")
     assert type(alone) is seqstore.get_backend(fmt).reader_cls
     assert [(r.key, r.label, r.data) for r in alone.read_block(0, 13)] == expected[26:39]
+    # A sharded store is a source like any other, and --overwrite replaces it like any other.
+    convert(tmp_path / "w3", tmp_path / "back", format="hdf5", workers=2, progress=False)
+    assert _content(tmp_path / "back") == expected
+    convert(
+        images, tmp_path / "back", format=fmt, shard_mb=SHARD_MB, overwrite=True, progress=False
+    )
+    assert layout(tmp_path / "back") == layout(tmp_path / "w0")
+    convert(images, tmp_path / "w0", format=fmt, overwrite=True, progress=False)
+    assert seqstore.open(tmp_path / "w0").manifest.shards is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "images", "one", "w0", "w1", "w3"]
 
 
 def test_the_loader_reads_a_sharded_store_as_one(images: Path, tmp_path: Path) -> None:
