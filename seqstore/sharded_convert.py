@@ -266,7 +266,10 @@ def _write_shards(
     ) as bar:
         if workers == 0:
             _jobs[os.getpid()] = job
-            return [_write_shard(i, bar.update) for i in mine]
+            try:
+                return [_write_shard(i, bar.update) for i in mine]
+            finally:
+                del _jobs[os.getpid()]
         return _in_processes(job, mine, workers, bar.update)
 
 

@@ -174,7 +174,7 @@ class ShardedReader(Reader):
 
     def _open_shard(self, index: int) -> Reader:
         entry = self.shards[index]
-        where = self.path / entry.name
+        where = self._shard_location(entry)
         try:
             reader = self.backend.reader_cls(where, **self._options)
         except (NotAStoreError, PartialStoreError) as exc:
@@ -194,6 +194,9 @@ class ShardedReader(Reader):
                 "(replaced or edited); re-create the store with seqstore convert"
             )
         return reader
+
+    def _shard_location(self, entry: Shard) -> Path:
+        return self.path / entry.name
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
