@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import seqstore
 from seqstore.testing import make_image_folder
 
@@ -38,6 +40,20 @@ def test_storage_benchmark_times_every_conversion_and_read(tmp_path: Path) -> No
         "seqstore hdf5 read_block",
     ):
         assert row in p.stdout, row
+
+
+def test_convert_benchmark_times_sharded_against_one_writer(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(ROOT / "benchmarks" / "convert.py", src, "--repeat", "1", "--workdir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = {line[:44].strip(): line[44:].split() for line in p.stdout.splitlines()}
+    for fmt, check in (("hdf5", "header"), ("lmdb", "header"), ("hdf5", "decode")):
+        assert rows[f"{fmt} --check {check}: one writer"][3] == "1.00"  # its own baseline
+        for name in ("one writer, -w 2", "sharded -w 0", "sharded -w 2"):
+            seconds, mb_s, rec_s, ratio = map(float, rows[f"{fmt} --check {check}: {name}"][:4])
+            assert seconds > 0 and rec_s * seconds == pytest.approx(40, rel=0.05)
+        assert rows[f"{fmt} --check {check}: sharded -w 2"][4] in ("ok", "MISSED")
+    assert "(8 shards)" in p.stdout
 
 
 def test_fault_benchmark_prints_its_table() -> None:
