@@ -90,26 +90,38 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(nproc: int, *args: object) -> subprocess.Popen[str]:
-    """``torchrun --nnodes 1 --nproc_per_node N -m seqstore convert ARGS`` on 127.0.0.1."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        str(nproc),
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "seqstore",
-        "convert",
-        *map(str, args),
+def _torchrun(nproc: int, *args: object, nnodes: int = 1) -> list[subprocess.Popen[str]]:
+    """``torchrun --nnodes N --node_rank R --nproc_per_node P ... -m seqstore convert ARGS``:
+    one launcher per node, every node on 127.0.0.1."""
+    port = _free_port()
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                str(nnodes),
+                "--node_rank",
+                str(node),
+                "--nproc_per_node",
+                str(nproc),
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                "-m",
+                "seqstore",
+                "convert",
+                *map(str, args),
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in range(nnodes)
     ]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _content(path: Path) -> list[tuple[str, int, bytes]]:
@@ -117,15 +129,20 @@ def _content(path: Path) -> list[tuple[str, int, bytes]]:
     return [(r.key, r.label, r.data) for r in reader.read_block(0, len(reader))]
 
 
-@pytest.mark.parametrize(("nproc", "flag"), [(2, []), (3, ["--distributed"])])
-def test_torchrun_convert_equals_one_process(tmp_path: Path, nproc: int, flag: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("nnodes", "nproc", "flags"),
+    [(2, 1, ["--resume"]), (1, 3, ["--distributed"])],  # --resume with nothing to resume
+)
+def test_torchrun_convert_equals_one_process(
+    tmp_path: Path, nnodes: int, nproc: int, flags: list[str]
+) -> None:
     images = make_image_folder(tmp_path / "images", classes=4, per_class=15, max_side=80)
     convert(images, tmp_path / "ref", format="hdf5", shard_mb=SHARD_MB, progress=False)
-    run = _torchrun(
-        nproc, images, tmp_path / "dst", "--format", "hdf5", "--shard-mb", SHARD_MB, "-q", *flag
-    )
-    out, err = run.communicate(timeout=300)
-    assert run.returncode == 0, err[-3000:]
+    args = [images, tmp_path / "dst", "--format", "hdf5", "--shard-mb", SHARD_MB, "-q", *flags]
+    nodes = _torchrun(nproc, *args, nnodes=nnodes)
+    outs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0] * nnodes, [err[-3000:] for _, err in outs]
+    out = "".join(out for out, _ in outs)
     wrote = [line for line in out.splitlines() if line.startswith("wrote")]
     assert len(wrote) == 1  # rank 0 alone speaks for the conversion
     assert wrote[0].startswith(
@@ -145,7 +162,7 @@ def test_a_killed_rank_leaves_the_store_partial_and_resume_writes_the_rest(
     with held_image(sorted((images / "class02").glob("*.JPEG"))[3]) as held:
         held.release()
         convert(images, tmp_path / "ref", format="hdf5", shard_mb=SHARD_MB, progress=False)
-        run = _torchrun(2, *args)
+        (run,) = _torchrun(2, *args)
         # 4 shards finish; the rank writing the 5th waits on the held image: kill that rank.
         wait_for(lambda: len(staged_shards(dst)[0]) == 4, run, "4 shards finished")
         wait_for(lambda: len(staged_shards(dst)[1]) == 1, run, "the 5th shard began")
@@ -165,7 +182,7 @@ def test_a_killed_rank_leaves_the_store_partial_and_resume_writes_the_rest(
         assert info.returncode == 2 and info.stderr.count("\n") == 1
         assert info.stderr.startswith(f"seqstore: error: store '{dst}' is incomplete")
         held.release()
-        run = _torchrun(3, *args, "--resume")  # on another number of ranks
+        (run,) = _torchrun(3, *args, "--resume")  # on another number of ranks
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, err[-3000:]
     assert "kept its 4 finished shard(s)" in out
