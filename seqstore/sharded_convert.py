@@ -46,6 +46,7 @@ from .backends.sharded import (
     finished_shard,
     open_shard_writer,
     shard_provenance,
+    sharded_writer_cls,
 )
 from .config import ConvertConfig
 from .convert import ConversionPlan, ConvertReport, _prepared, fill, plan_conversion
@@ -141,7 +142,7 @@ def _start(
     plan.provenance.options.update(
         shard_mb=shard_mb, records_per_shard=per_shard, source_identity=plan.reader.identity
     )
-    writer = get_backend(cfg.format).open_writer(
+    writer = sharded_writer_cls(get_backend(cfg.format))(
         dst,
         classes=plan.classes,
         overwrite=cfg.overwrite,
@@ -150,8 +151,6 @@ def _start(
         shard_bytes=int(shard_mb * 1e6),
         num_shards=num_shards,
     )
-    if not isinstance(writer, ShardedWriter):
-        raise TypeError(f"{type(writer).__name__} is not a ShardedWriter")
     kept = {}
     for i in range(num_shards):
         m = finished_shard(writer.directory, i)
@@ -178,7 +177,7 @@ def _convert(
         except Exception as exc:
             if group is None:
                 raise
-            message, start_error = f"{_line(exc)}", exc
+            message, start_error = _describe(exc), exc
     if group is not None:
         message = group.broadcast(message)  # every rank's plan is rank 0's listing
     if isinstance(message, str):
@@ -202,16 +201,17 @@ def _convert(
     if group is None:
         _close(writer, ok=True)
     else:
-        reports = group.all_gather((done, _line(error), isinstance(error, WorkerDiedError)))
+        line = None if error is None else _describe(error)
+        reports = group.all_gather((done, line, isinstance(error, WorkerDiedError)))
         done = [d for shards, _, _ in reports for d in shards]
-        failed = [(r, line) for r, (_, line, _) in enumerate(reports) if line is not None]
+        failed = [(r, msg) for r, (_, msg, _) in enumerate(reports) if msg is not None]
         died = any(d for _, _, d in reports)
         finish_error = None
         if rank == 0:
             try:
                 _close(writer, ok=not failed, keep=died)
             except Exception as exc:
-                finish_error = _line(exc)
+                finish_error = _describe(exc)
         finish_error = group.broadcast(finish_error)  # no rank ends before the store does
         if error is not None:
             raise error
@@ -246,9 +246,7 @@ def _close(writer: ShardedWriter | None, *, ok: bool, keep: bool = False) -> Non
         writer.abort()
 
 
-def _line(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
+def _describe(error: BaseException) -> str:
     return str(error) if isinstance(error, SeqstoreError) else f"{type(error).__name__}: {error}"
 
 
