@@ -192,3 +192,17 @@ def test_a_killed_rank_leaves_the_store_partial_and_resume_writes_the_rest(
     )
     assert layout(dst) == layout(tmp_path / "ref")
     assert _content(dst) == _content(tmp_path / "ref")
+
+
+def test_a_bad_image_on_one_rank_leaves_no_store(tmp_path: Path) -> None:
+    images = make_image_folder(tmp_path / "images", classes=4, per_class=15, max_side=80)
+    (images / "class01" / "notes.JPEG").write_bytes(b"bounding boxes: 1 2 3 4\n")
+    dst = tmp_path / "dst"
+    (run,) = _torchrun(2, images, dst, "--format", "lmdb", "--shard-mb", SHARD_MB, "-q")
+    _, err = run.communicate(timeout=300)
+    assert run.returncode != 0
+    # The rank that met the image says so; the other says which rank failed, unless torchrun
+    # ended it first (it ends the other ranks as soon as one exits with an error).
+    errors = [line for line in err.splitlines() if line.startswith("seqstore: error:")]
+    assert errors and all("notes.JPEG' is not an image" in line for line in errors), err[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # nothing left behind
