@@ -206,9 +206,12 @@ def test_read_handles_stay_bounded(
     reader = seqstore.open(tmp_path / "s")
     assert len(reader.shard_bounds) > 20
     monkeypatch.setattr(sharded, "OPEN_SHARDS", 3)
+    bounds = reader.shard_bounds.tolist()
     before = len(os.listdir("/proc/self/fd"))
-    records = [reader.read(i) for i in range(len(reader))]
-    assert len(os.listdir("/proc/self/fd")) - before <= 3
+    reader.read_block(0, bounds[3])  # 3 shards open
+    three = len(os.listdir("/proc/self/fd"))
+    records = [reader.read(i) for i in range(len(reader))]  # every shard, one after another
+    assert three > before and len(os.listdir("/proc/self/fd")) == three
     assert [(r.key, r.label, r.data) for r in records] == _content(tmp_path / "s")
 
 
