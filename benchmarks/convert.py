@@ -16,9 +16,14 @@ workers), the proportion ``--shard-mb 1024`` gives a conversion of some tens of 
 shards that the workers finish together, few enough that each shard's fsyncs (a handful per
 shard) stay small against its writing. Rows give the median time and rates; the ratio is the
 median over rounds of the one-writer time over the row's, so it compares runs that met the
-same load. Target: sharded with
-``--workers 2`` >= 1.6x the one-writer rate on 2 cores. The source is read once before
-timing, so the figures are for a source in the page cache (conversion as CPU work); the
+same load.
+
+Target: sharded with ``--workers 2`` >= 1.6x the one-writer rate on 2 cores, for the
+default conversion (``--check decode``: every image decoded once, the CPU work that a second
+core can share). The ``--check header`` rows are shown for what they are: about 0.2 s of
+work on imagen200, where starting the processes, listing the source and writing to disk
+weigh as much as the checks (and on a large dataset, a conversion bound by the disk). The
+source is read once before timing, so the figures are for a source in the page cache; the
 store is written and synced to disk in every run.
 """
 
@@ -95,7 +100,7 @@ def main() -> None:
                 t = times[(fmt, check, name)]
                 ratio = statistics.median(b / x for b, x in zip(base, t, strict=True))
                 mark = ""
-                if name == f"sharded -w {args.workers}" and args.workers == 2:
+                if name == f"sharded -w {args.workers}" and (args.workers, check) == (2, "decode"):
                     mark = "ok" if ratio >= TARGET else "MISSED"
                 label = f"{fmt} --check {check}: {name}"
                 med = statistics.median(t)

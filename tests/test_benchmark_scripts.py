@@ -52,7 +52,9 @@ def test_convert_benchmark_times_sharded_against_one_writer(tmp_path: Path) -> N
         for name in ("one writer, -w 2", "sharded -w 0", "sharded -w 2"):
             seconds, mb_s, rec_s, ratio = map(float, rows[f"{fmt} --check {check}: {name}"][:4])
             assert seconds > 0 and rec_s * seconds == pytest.approx(40, rel=0.05)
-        assert rows[f"{fmt} --check {check}: sharded -w 2"][4] in ("ok", "MISSED")
+        marks = rows[f"{fmt} --check {check}: sharded -w 2"][4:]
+        expected = ["ok" if ratio >= 1.6 else "MISSED"] if check == "decode" else []
+        assert marks == expected  # the target is the default conversion's
     assert "(8 shards)" in p.stdout
 
 
