@@ -7,22 +7,46 @@ into the sequence a rank's loader yields. The Loader's workers, the resume of an
 interrupted epoch, the benchmark's shuffle-quality figure and the tests all draw the order
 from here, so none of them can drift from what the Loader does.
 
+An epoch interrupted on one shape (ranks, workers, batch size) and resumed on another runs
+over the records it had not delivered: :func:`remaining_after` finds them from the batch
+count of any one rank (every rank runs the same number of batches, so one rank's count is
+every rank's), and every function here takes them as ``remaining``.
+
 Pure: no I/O, no torch.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
-from .order import WorkerPlan, iter_indices, num_batches, worker_plan
+from .order import (
+    BlockOrder,
+    Sequence,
+    Subsequence,
+    WorkerPlan,
+    iter_indices,
+    num_batches,
+    worker_plan,
+)
 from .shuffle import ShuffleBuffer
 
-__all__ = ["EpochSettings", "EpochSpec", "WorkerEpoch", "rank_order", "worker_order"]
+__all__ = [
+    "EpochSettings",
+    "EpochSpec",
+    "Remaining",
+    "WorkerEpoch",
+    "epoch_sequence",
+    "rank_order",
+    "remaining_after",
+    "worker_order",
+]
 
 
 class EpochSettings(Protocol):
@@ -134,8 +158,12 @@ class EpochSpec:
     @property
     def num_batches(self) -> int:
         """Batches each rank yields per epoch (the same on every rank)."""
+        return self.batches_over(None)
+
+    def batches_over(self, remaining: Remaining | None) -> int:
+        """Batches each rank yields in an epoch over ``remaining`` (None: every record)."""
         return num_batches(
-            self.num_records,
+            self.num_records if remaining is None else remaining.count,
             world=self.world_size,
             batch_size=self.batch_size,
             drop_last=self.drop_last,
@@ -144,6 +172,76 @@ class EpochSpec:
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: what a saved loader state must match to be resumed."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Remaining:
+    """The records an interrupted epoch had not delivered: what its resumed run yields.
+
+    Parameters
+    ----------
+    num_records
+        Records in the store.
+    ranges
+        ``(k, 2)`` int64 ``[start, stop)`` storage ranges of the records, sorted and
+        disjoint.
+    """
+
+    num_records: int
+    ranges: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Records still to deliver."""
+        return int((self.ranges[:, 1] - self.ranges[:, 0]).sum())
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> Remaining:
+        """The records whose entry in the boolean ``mask`` (one per record) is set."""
+        edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
+        return cls(len(mask), edges.reshape(-1, 2).astype(np.int64))
+
+    def mask(self) -> np.ndarray:
+        """One boolean per record of the store: still to deliver."""
+        edges = np.zeros(self.num_records + 1, np.int32)
+        np.add.at(edges, self.ranges[:, 0], 1)
+        np.add.at(edges, self.ranges[:, 1], -1)
+        return np.cumsum(edges[:-1]) > 0
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-friendly form: the count, and a bitmap over the records, compressed
+        (at most ``num_records / 8`` bytes, far less when the records form long runs)."""
+        packed = zlib.compress(np.packbits(self.mask()).tobytes(), 6)
+        return {"count": self.count, "bitmap": base64.b64encode(packed).decode("ascii")}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], num_records: int) -> Remaining:
+        """The inverse of :meth:`to_state`, for a store of ``num_records`` records.
+
+        Raises
+        ------
+        ValueError
+            The state is damaged: it does not decode, or its count is not its bitmap's.
+        """
+        try:
+            raw = zlib.decompress(base64.b64decode(state["bitmap"], validate=True))
+            bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=num_records)
+            count = int(state["count"])
+        except (KeyError, TypeError, ValueError, zlib.error) as err:
+            raise ValueError(f"the remaining records do not decode ({err})") from None
+        remaining = cls.from_mask(bits.astype(bool))
+        if remaining.count != count:
+            raise ValueError(f"the bitmap holds {remaining.count} records, not {count}")
+        return remaining
+
+
+def epoch_sequence(spec: EpochSpec, epoch: int, remaining: Remaining | None = None) -> Sequence:
+    """The records of ``epoch`` in read order, before ranks and workers share them out:
+    every record, or only ``remaining``."""
+    order = BlockOrder(
+        spec.num_records, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
+    )
+    return order if remaining is None else Subsequence(order, remaining.ranges)
 
 
 @dataclass(frozen=True)
@@ -157,22 +255,22 @@ class WorkerEpoch:
     epoch, rank, worker
         Which epoch, rank and worker (``worker`` counts batches round-robin from 0, as the
         DataLoader collects them).
+    remaining
+        Run over these records only (the rest of an interrupted epoch); None: all.
     """
 
     spec: EpochSpec
     epoch: int
     rank: int
     worker: int
+    remaining: Remaining | None = None
 
     @cached_property
     def plan(self) -> WorkerPlan:
         """The storage spans this worker reads and the batches it yields."""
         s = self.spec
         return worker_plan(
-            s.num_records,
-            block=s.block,
-            seed=s.seed,
-            epoch=self.epoch,
+            epoch_sequence(s, self.epoch, self.remaining),
             shuffle=s.shuffle,
             rank=self.rank,
             world=s.world_size,
@@ -193,7 +291,9 @@ class WorkerEpoch:
         return np.fromiter(self.shuffle_buffer(), np.int64, count=self.plan.num_samples)
 
 
-def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndarray:
+def worker_order(
+    spec: EpochSpec, epoch: int, rank: int, worker: int, remaining: Remaining | None = None
+) -> np.ndarray:
     """The store indices worker ``worker`` of rank ``rank`` emits in ``epoch``, in order.
 
     Parameters
@@ -202,6 +302,8 @@ def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndar
         The loader's epoch spec (its own ``rank`` is not used: any rank can be asked for).
     epoch, rank, worker
         Which epoch, rank and worker.
+    remaining
+        The records of an epoch resumed on another shape; None: a whole epoch.
 
     Returns
     -------
@@ -209,18 +311,96 @@ def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndar
         int64 indices, the shuffle buffer's decisions included; its batches are
         consecutive runs of ``spec.batch_size``.
     """
-    return WorkerEpoch(spec, epoch, rank, worker).order()
+    return WorkerEpoch(spec, epoch, rank, worker, remaining).order()
 
 
-def rank_order(spec: EpochSpec, epoch: int, rank: int) -> np.ndarray:
+def rank_order(
+    spec: EpochSpec, epoch: int, rank: int, remaining: Remaining | None = None
+) -> np.ndarray:
     """The store indices rank ``rank``'s loader yields in ``epoch``, batch after batch.
 
-    The workers' batches taken round-robin, as the DataLoader collects them.
+    The workers' batches taken round-robin, as the DataLoader collects them; over
+    ``remaining`` only, when given.
     """
     size = spec.batch_size
-    orders = [worker_order(spec, epoch, rank, w) for w in range(spec.workers)]
+    orders = [worker_order(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
     batches = [
         orders[b % spec.workers][(b // spec.workers) * size : (b // spec.workers + 1) * size]
-        for b in range(spec.num_batches)
+        for b in range(spec.batches_over(remaining))
     ]
     return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+
+
+def _coverage(spans: list[np.ndarray], n: int) -> np.ndarray:
+    """How many of the span arrays hold each record (they have no repeats of their own)."""
+    rows = np.concatenate([np.zeros((0, 2), np.int64), *spans])
+    edges = np.bincount(rows[:, 0], minlength=n + 1) - np.bincount(rows[:, 1], minlength=n + 1)
+    return np.cumsum(edges[:n])
+
+
+def remaining_after(
+    spec: EpochSpec, epoch: int, done: int, remaining: Remaining | None = None
+) -> Remaining:
+    """The records of ``epoch`` not delivered once every rank has yielded ``done`` batches.
+
+    Every rank runs the same number of batches, so the count of any one rank tells what all
+    of them delivered. Each worker's share is replayed on indices only, the way a resume
+    replays it (:meth:`~seqstore.engine.shuffle.ShuffleBuffer.skip`): what it delivered is
+    what it pulled from its spans, less what its shuffle buffer still held. Records an
+    uninterrupted epoch would not deliver at all (the tail ``drop_last`` drops) are not
+    counted as remaining; padding delivered twice counts as delivered.
+
+    Parameters
+    ----------
+    spec
+        The spec of the interrupted loader (its world size, workers, batch size).
+    epoch
+        The interrupted epoch.
+    done
+        Batches each rank had yielded.
+    remaining
+        The records the interrupted epoch ran over, if it was itself a resumed one.
+
+    Returns
+    -------
+    Remaining
+        The records to deliver, each once, in the resumed run.
+
+    Raises
+    ------
+    ValueError
+        ``done`` is outside the epoch.
+    """
+    total = spec.batches_over(remaining)
+    if not 0 <= done <= total:
+        raise ValueError(f"batches done {done} is outside the epoch's 0..{total}")
+    epoch_spans: list[np.ndarray] = []
+    pulled_spans: list[np.ndarray] = []
+    held: list[int] = []
+    for rank in range(spec.world_size):
+        for worker in range(spec.workers):
+            work = WorkerEpoch(spec, epoch, rank, worker, remaining)
+            spans = work.plan.spans
+            epoch_spans.append(spans)
+            emitted = work.plan.samples_before(done, spec.batch_size)
+            if emitted == 0:
+                continue
+            buffer = work.shuffle_buffer()
+            buffer.skip(emitted)
+            lengths = spans[:, 1] - spans[:, 0]
+            before = np.concatenate([[0], np.cumsum(lengths)])
+            pulled_spans.append(_take_head(spans, before, buffer.pulled))
+            held += buffer.buffer
+    n = spec.num_records
+    delivered = _coverage(pulled_spans, n)
+    np.subtract.at(delivered, np.asarray(held, np.int64), 1)
+    return Remaining.from_mask((_coverage(epoch_spans, n) > 0) & (delivered == 0))
+
+
+def _take_head(spans: np.ndarray, before: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` records of ``spans`` (``before``: the records ahead of each)."""
+    rows = int(np.searchsorted(before, count, side="left"))
+    head = spans[:rows].copy()
+    if rows:
+        head[-1, 1] = head[-1, 0] + count - before[rows - 1]
+    return head

@@ -9,14 +9,14 @@ past what has been read. Memory is therefore the shuffle buffer plus one block.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..records import Record
-from .order import Span
+from .order import Span, iter_spans
 from .plan import WorkerEpoch
 
 __all__ = ["BlockFetcher", "RawBatch", "iter_batches", "sample_rng"]
@@ -49,7 +49,7 @@ class BlockFetcher:
     def __init__(
         self,
         read_block: Callable[[int, int], list[Record]],
-        spans: list[Span],
+        spans: Iterable[Span],
         block: int,
         skip: int = 0,
     ) -> None:
@@ -59,7 +59,7 @@ class BlockFetcher:
         self.blocks_read = 0
 
     @staticmethod
-    def _iter_pieces(spans: list[Span], block: int, skip: int) -> Iterator[Span]:
+    def _iter_pieces(spans: Iterable[Span], block: int, skip: int) -> Iterator[Span]:
         for start, stop in spans:
             if skip >= stop - start:
                 skip -= stop - start
@@ -138,7 +138,7 @@ def iter_batches(
     skip_samples = min(skip_batches * batch_size, plan.num_samples)
     order = work.shuffle_buffer()
     order.skip(skip_samples)
-    fetcher = BlockFetcher(read_block, plan.spans, spec.block, skip=order.pulled)
+    fetcher = BlockFetcher(read_block, iter_spans(plan.spans), spec.block, skip=order.pulled)
     fetcher.preload(order.buffer)
     remaining = plan.num_samples - skip_samples
     for batch in plan.batches[skip_batches:]:
