@@ -45,10 +45,13 @@ __all__ = [
     "Span",
     "Subsequence",
     "WorkerPlan",
+    "complement",
+    "intersect",
     "iter_indices",
     "iter_spans",
     "num_batches",
     "rank_sample_count",
+    "union",
     "worker_plan",
 ]
 
@@ -247,7 +250,7 @@ class Subsequence:
         order = self.order
         starts = order.blocks(first, stop) * order.block
         blocks = np.stack([starts, np.minimum(starts + order.block, order.length)], axis=1)
-        kept = _intersect(blocks, self.ranges)
+        kept = intersect(blocks, self.ranges)
         skip = lo - int(self._read_before[first])
         return _cut(kept, np.array([[skip, skip + hi - lo]]))
 
@@ -260,7 +263,7 @@ def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, np.arange(len(owner)) - first[owner]
 
 
-def _intersect(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+def intersect(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """The parts of ``spans`` inside the sorted, disjoint ``ranges``, in span order."""
     lo = np.searchsorted(ranges[:, 1], spans[:, 0], side="right")
     hi = np.searchsorted(ranges[:, 0], spans[:, 1], side="left")
@@ -270,6 +273,24 @@ def _intersect(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
         [np.maximum(hit[:, 0], spans[owner, 0]), np.minimum(hit[:, 1], spans[owner, 1])], axis=1
     )
     return out[out[:, 0] < out[:, 1]]
+
+
+def union(spans: np.ndarray) -> np.ndarray:
+    """The records of any of ``spans``, as sorted, disjoint ranges (touching ones joined)."""
+    spans = spans[spans[:, 0] < spans[:, 1]]
+    if not len(spans):
+        return spans
+    spans = spans[np.argsort(spans[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(spans[:, 1])
+    new = np.ones(len(spans), bool)
+    new[1:] = spans[1:, 0] > reach[:-1]
+    return np.stack([spans[new, 0], reach[np.append(new[1:], True)]], axis=1)
+
+
+def complement(ranges: np.ndarray, n: int) -> np.ndarray:
+    """The records of ``range(n)`` outside the sorted, disjoint ``ranges``."""
+    edges = np.concatenate([[0], ranges.ravel(), [n]]).reshape(-1, 2)
+    return edges[edges[:, 0] < edges[:, 1]]
 
 
 def _cut(spans: np.ndarray, pieces: np.ndarray) -> np.ndarray:

@@ -31,8 +31,11 @@ from .order import (
     Sequence,
     Subsequence,
     WorkerPlan,
+    complement,
+    intersect,
     iter_indices,
     num_batches,
+    union,
     worker_plan,
 )
 from .shuffle import ShuffleBuffer
@@ -203,14 +206,18 @@ class Remaining:
 
     def mask(self) -> np.ndarray:
         """One boolean per record of the store: still to deliver."""
-        edges = np.zeros(self.num_records + 1, np.int32)
-        np.add.at(edges, self.ranges[:, 0], 1)
-        np.add.at(edges, self.ranges[:, 1], -1)
-        return np.cumsum(edges[:-1]) > 0
+        edges = np.concatenate([[0], self.ranges.ravel(), [self.num_records]])
+        inside = np.arange(len(edges) - 1) % 2 == 1  # runs alternate: out, in, out, ...
+        return np.repeat(inside, np.diff(edges))
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-friendly form: the count, and a bitmap over the records, compressed
         (at most ``num_records / 8`` bytes, far less when the records form long runs)."""
+        return dict(self._state)
+
+    @cached_property
+    def _state(self) -> dict[str, Any]:
+        # Made once: a loader's state_dict() may be asked for after every batch.
         packed = zlib.compress(np.packbits(self.mask()).tobytes(), 6)
         return {"count": self.count, "bitmap": base64.b64encode(packed).decode("ascii")}
 
@@ -331,13 +338,6 @@ def rank_order(
     return np.concatenate(batches) if batches else np.zeros(0, np.int64)
 
 
-def _coverage(spans: list[np.ndarray], n: int) -> np.ndarray:
-    """How many of the span arrays hold each record (they have no repeats of their own)."""
-    rows = np.concatenate([np.zeros((0, 2), np.int64), *spans])
-    edges = np.bincount(rows[:, 0], minlength=n + 1) - np.bincount(rows[:, 1], minlength=n + 1)
-    return np.cumsum(edges[:n])
-
-
 def remaining_after(
     spec: EpochSpec, epoch: int, done: int, remaining: Remaining | None = None
 ) -> Remaining:
@@ -349,6 +349,10 @@ def remaining_after(
     what it pulled from its spans, less what its shuffle buffer still held. Records an
     uninterrupted epoch would not deliver at all (the tail ``drop_last`` drops) are not
     counted as remaining; padding delivered twice counts as delivered.
+
+    Cost: the replay takes time in proportion to the records delivered (0.4 s for half an
+    ImageNet epoch on 8 ranks of 8 workers, on a 2-core AMD EPYC), and memory in proportion
+    to the spans read, never an array over every record.
 
     Parameters
     ----------
@@ -374,31 +378,41 @@ def remaining_after(
     total = spec.batches_over(remaining)
     if not 0 <= done <= total:
         raise ValueError(f"batches done {done} is outside the epoch's 0..{total}")
-    epoch_spans: list[np.ndarray] = []
-    pulled_spans: list[np.ndarray] = []
+    n = spec.num_records
+    read: list[np.ndarray] = []  # every worker's spans: what the whole epoch delivers
+    pulled: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
     held: list[int] = []
     for rank in range(spec.world_size):
         for worker in range(spec.workers):
             work = WorkerEpoch(spec, epoch, rank, worker, remaining)
             spans = work.plan.spans
-            epoch_spans.append(spans)
+            if spec.drop_last:
+                read.append(spans)
             emitted = work.plan.samples_before(done, spec.batch_size)
             if emitted == 0:
                 continue
             buffer = work.shuffle_buffer()
             buffer.skip(emitted)
-            lengths = spans[:, 1] - spans[:, 0]
-            before = np.concatenate([[0], np.cumsum(lengths)])
-            pulled_spans.append(_take_head(spans, before, buffer.pulled))
+            pulled.append(_head(spans, buffer.pulled))
             held += buffer.buffer
-    n = spec.num_records
-    delivered = _coverage(pulled_spans, n)
-    np.subtract.at(delivered, np.asarray(held, np.int64), 1)
-    return Remaining.from_mask((_coverage(epoch_spans, n) > 0) & (delivered == 0))
+    if spec.drop_last:
+        whole = union(np.concatenate(read))
+    else:  # every record of the epoch, at least once
+        whole = np.array([[0, n]], np.int64) if remaining is None else remaining.ranges
+    rows = np.concatenate(pulled)
+    # A held record is delivered all the same if another worker (padding) pulled it too.
+    at, holders = np.unique(np.asarray(held, np.int64), return_counts=True)
+    pulled_by = np.searchsorted(np.sort(rows[:, 0]), at, side="right") - np.searchsorted(
+        np.sort(rows[:, 1]), at, side="right"
+    )
+    back = at[pulled_by == holders]
+    rest = intersect(whole, complement(union(rows), n))
+    return Remaining(n, union(np.concatenate([rest, np.stack([back, back + 1], axis=1)])))
 
 
-def _take_head(spans: np.ndarray, before: np.ndarray, count: int) -> np.ndarray:
-    """The first ``count`` records of ``spans`` (``before``: the records ahead of each)."""
+def _head(spans: np.ndarray, count: int) -> np.ndarray:
+    """The spans of the first ``count`` records of ``spans``."""
+    before = np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])])
     rows = int(np.searchsorted(before, count, side="left"))
     head = spans[:rows].copy()
     if rows:
