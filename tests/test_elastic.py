@@ -275,6 +275,22 @@ def test_an_interrupted_resumed_epoch_resumes_again(store: Path) -> None:
     assert sorted(delivered + rest) == list(range(N))
 
 
+def test_a_resumed_epoch_interrupted_again_continues_exactly_on_its_shape(store: Path) -> None:
+    first = _loader(store, batch_size=8, num_workers=2)
+    _take(first, 4)
+    state = first.state_dict()
+    options = dict(batch_size=4, num_workers=2, world_size=2, rank=1)
+    whole = _loader(store, **options)
+    whole.load_state_dict(state)
+    rest = collect_epoch(whole)[0]  # rank 1's share of the rest, uninterrupted
+    interrupted = _loader(store, **options)
+    interrupted.load_state_dict(state)
+    head = _take(interrupted, 3)
+    again = _loader(store, **options)
+    again.load_state_dict(interrupted.state_dict())
+    assert head + collect_epoch(again)[0] == rest and head == rest[:12]
+
+
 def test_same_shape_on_another_rank_continues_that_rank(store: Path) -> None:
     # Rank 0's state, loaded on rank 1 of the same shape: rank 1's own rest, exactly.
     options = dict(batch_size=6, num_workers=2, world_size=2)
