@@ -41,7 +41,7 @@ import numpy as np
 __all__ = [
     "TABLE_LIMIT",
     "BlockOrder",
-    "Sequence",
+    "EpochSequence",
     "Span",
     "Subsequence",
     "WorkerPlan",
@@ -117,7 +117,7 @@ class _Feistel:
         return self._walk(y, inverse=True)
 
 
-class Sequence(Protocol):
+class EpochSequence(Protocol):
     """An epoch's records in read order, of which any stretch can be had as spans."""
 
     @property
@@ -322,7 +322,7 @@ def _merge(spans: np.ndarray) -> np.ndarray:
     return np.stack([spans[new, 0], spans[last, 1]], axis=1)
 
 
-def _wrapped(seq: Sequence, lo: int, hi: int) -> np.ndarray:
+def _wrapped(seq: EpochSequence, lo: int, hi: int) -> np.ndarray:
     """Positions ``[lo, hi)`` of ``seq`` repeated end to end, as spans."""
     parts = [np.zeros((0, 2), np.int64)]
     while lo < hi:
@@ -391,7 +391,7 @@ class WorkerPlan:
 
 
 def worker_plan(
-    seq: Sequence,
+    seq: EpochSequence,
     *,
     shuffle: bool,
     rank: int,

@@ -28,7 +28,7 @@ import numpy as np
 
 from .order import (
     BlockOrder,
-    Sequence,
+    EpochSequence,
     Subsequence,
     WorkerPlan,
     complement,
@@ -242,7 +242,9 @@ class Remaining:
         return remaining
 
 
-def epoch_sequence(spec: EpochSpec, epoch: int, remaining: Remaining | None = None) -> Sequence:
+def epoch_sequence(
+    spec: EpochSpec, epoch: int, remaining: Remaining | None = None
+) -> EpochSequence:
     """The records of ``epoch`` in read order, before ranks and workers share them out:
     every record, or only ``remaining``."""
     order = BlockOrder(
