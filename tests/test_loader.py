@@ -221,7 +221,7 @@ def test_normalisation_and_layout(store: Path) -> None:
 
 def to_small_tensor(image: Any) -> torch.Tensor:
     """A torchvision-style transform on a PIL image (module level: workers pickle it)."""
-    return torch.from_numpy(np.asarray(image.resize((16, 16)))).permute(2, 0, 1).float()
+    return torch.from_numpy(np.array(image.resize((16, 16)))).permute(2, 0, 1).float()
 
 
 def test_user_transform_on_pil_images(store: Path) -> None:
