@@ -104,6 +104,7 @@ class Throttle:
 def device_rate(file: Path, block: int = 4 << 20) -> float:
     """MB/s of reading ``file`` in ``block``-sized reads at shuffled offsets, cache dropped:
     what the throttled device gives a reader of shuffled blocks, whatever reads them."""
+    block = max(4096, min(block, file.stat().st_size // 8))  # several reads on small data
     offsets = list(range(0, file.stat().st_size - block, block))
     random.Random(0).shuffle(offsets)
     buffer = bytearray(block)
