@@ -6,6 +6,7 @@ test_backends.py; torchrun conversions are in test_distributed.py.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import seqstore
@@ -257,3 +259,34 @@ def test_a_killed_sharded_convert_is_refused_and_resume_keeps_its_finished_shard
     assert layout(dst) == layout(tmp_path / "ref")
     assert _content(dst) == _content(tmp_path / "ref")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "ref", "s"]
+
+
+def test_a_shard_cut_short_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    images = make_image_folder(tmp_path / "images", classes=4, per_class=60, max_side=80)
+    source = seqstore.open(images)
+    order = np.random.default_rng(0).permutation(len(source))
+    held_key = source.keys[order[150]]  # type: ignore[attr-defined]
+    dst = tmp_path / "s"
+    # One shard of all 240 records; a checkpoint after each list of 64 checked records.
+    args = [images, dst, "--format", "hdf5", "--shard-mb", 10, "--checkpoint-mb", 0.001, "-q"]
+    with held_image(images / held_key) as held:
+        held.release()
+        convert(images, tmp_path / "ref", format="hdf5", shard_mb=10, progress=False)
+        proc = _cli("convert", *args)
+
+        def checkpointed() -> int:
+            marks = list(
+                dst.parent.glob(f".{dst.name}.seqstore-new-*/.shard-*/seqstore.progress.json")
+            )
+            return int(json.loads(marks[0].read_text())["records"]) if marks else 0
+
+        wait_for(lambda: checkpointed() == 128, proc, "the checkpoint after 128 records")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        held.release()
+        done = _cli("convert", *args, "--resume")
+        out, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err
+    assert "kept the 128 records of its last checkpoint" in out
+    assert layout(dst) == layout(tmp_path / "ref")
+    assert _content(dst) == _content(tmp_path / "ref")
