@@ -24,7 +24,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.handles import ProcessLocal
 from ..errors import BackendNotFoundError, RemoteError
 
 __all__ = ["Remote", "RemoteFile", "RetryPolicy", "is_transient", "object_version"]
@@ -135,6 +134,14 @@ def is_transient(exc: BaseException) -> bool:
     return module in _NETWORK_MODULES and any(word in name for word in _NETWORK_WORDS)
 
 
+# The filesystems made in each process, by (pid, protocol, options), kept for the life of
+# the process. Reused, because each holds a connection pool; never dropped, because s3fs
+# closes a collected filesystem's connections from a task on whichever event loop is at
+# hand, which fails with "attached to a different loop" in a child that inherited it over
+# fork, or in the main thread while fsspec's loop runs elsewhere.
+_filesystems: dict[tuple[int, str, str], Any] = {}
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "..."
@@ -158,16 +165,19 @@ class Remote:
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    _fs: ProcessLocal[Any] = field(default_factory=ProcessLocal, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.url = self.url.rstrip("/")
-        self.protocol = self.url.split("://", 1)[0]
+        self.protocol, _, rest = self.url.partition("://")
+        self.url = f"{self.protocol}://{rest.rstrip('/')}"
 
     @property
     def fs(self) -> Any:
-        """This process's fsspec filesystem of the URL."""
-        return self._fs.get(self._open_fs)
+        """This process's fsspec filesystem of the URL (one per protocol and options)."""
+        key = (os.getpid(), self.protocol, repr(sorted(self.storage_options.items())))
+        fs = _filesystems.get(key)
+        if fs is None:
+            fs = _filesystems[key] = self._open_fs()
+        return fs
 
     def _open_fs(self) -> Any:
         try:
@@ -187,7 +197,8 @@ class Remote:
                 f"not available ({_one_line(exc)}); run: {hint}"
             ) from None
         try:
-            return cls(**self.storage_options)
+            # Out of fsspec's instance cache, which a child process clears: see _filesystems.
+            return cls(**{"skip_instance_cache": True, **self.storage_options})
         except TypeError as exc:
             raise RemoteError(
                 f"storage_options {sorted(self.storage_options)} do not fit fsspec's "

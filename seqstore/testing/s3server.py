@@ -158,11 +158,16 @@ class S3Server:
         self.stop()
         self.start()
 
+    def filesystem(self) -> Any:
+        """An s3fs filesystem of this server, made once per process and kept (s3fs fails
+        to close a collected one from a forked child: see seqstore.remote.location)."""
+        from seqstore.remote.location import Remote
+
+        return Remote("s3://", self.storage_options()).fs
+
     def make_bucket(self, name: str) -> None:
         """Create the bucket ``name``."""
-        import s3fs
-
-        s3fs.S3FileSystem(**self.storage_options(skip_instance_cache=True)).mkdir(name)
+        self.filesystem().mkdir(name)
 
     def close(self) -> None:
         """Stop the server and remove its data."""
