@@ -71,6 +71,13 @@ class ConvertConfig(BaseModel):
         shuffling).
     progress : bool
         Show a progress bar.
+    storage_options : dict
+        For a destination URL (``s3://bucket/train.h5``, any fsspec URL): the fsspec
+        filesystem's options; by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_ENDPOINT_URL`` ...).
+    staging_dir : Path or None
+        For a destination URL: where the store is written before it is uploaded (it needs
+        the store's size free); default: the system's temporary directory.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -93,6 +100,8 @@ class ConvertConfig(BaseModel):
     source_format: str | None = None
     limit: int | None = Field(None, ge=1)
     progress: bool = True
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    staging_dir: Path | None = None
 
 
 class LoaderConfig(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,10 +21,11 @@ from tqdm import tqdm
 from ._version import __version__
 from .backends import Reader, get_backend, open_store
 from .backends.folder import load_classes
+from .backends.reader import is_local
 from .config import ConvertConfig, load_config
-from .errors import BadImageError, ConfigError
+from .errors import BadImageError, ConfigError, SeqstoreError
 from .imageinfo import ImageInfo, extension_format, probe
-from .manifest import Manifest, Provenance, SkippedFile
+from .manifest import MANIFEST_NAME, Manifest, Provenance, SkippedFile
 from .records import Record
 
 __all__ = ["ConvertReport", "convert"]
@@ -94,6 +96,13 @@ def convert(
         destination is then removed, never left looking complete.
     """
     cfg = load_config(ConvertConfig, config, **options)
+    if not is_local(dst):
+        return _convert_to_url(src, os.fspath(dst), cfg)
+    if cfg.storage_options:
+        raise ConfigError(
+            f"storage_options apply to a destination URL (s3://, gs:// ...), and '{dst}' is "
+            "a local path; leave them out, or give the store's URL"
+        )
     src_path, dst_path = Path(src), Path(dst)
     if src_path.exists() and dst_path.exists() and src_path.resolve() == dst_path.resolve():
         raise ConfigError(f"source and destination are the same path '{src_path}'")
@@ -144,7 +153,16 @@ def convert(
         source_format=reader.manifest.format,
         options=cfg.model_dump(
             mode="json",
-            exclude={"progress", "overwrite", "workers", "resume", "checkpoint_mb"},
+            exclude={
+                "progress",
+                "overwrite",
+                "workers",
+                "resume",
+                "checkpoint_mb",
+                # Credentials and a local scratch path are no facts of the store.
+                "storage_options",
+                "staging_dir",
+            },
         )
         | {"shuffle": shuffle, "source_records": len(reader)},
     )
@@ -219,6 +237,29 @@ def convert(
     return ConvertReport(
         manifest, time.perf_counter() - start, bytes_read, skipped, warnings, resumed_records
     )
+
+
+def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
+    """Convert into a local staging directory, then upload the finished store to ``url``
+    (data files first, the manifest last: see :mod:`seqstore.remote.upload`)."""
+    from .remote.location import Remote
+    from .remote.upload import check_destination, staging_path, upload_store
+
+    remote = Remote(url, dict(cfg.storage_options))
+    check_destination(remote, overwrite=cfg.overwrite)
+    local = staging_path(remote.url, cfg.staging_dir)
+    # The staging path is this conversion's own: a finished store left there by a convert
+    # whose upload failed is replaced.
+    report = convert(src, local, cfg.model_copy(update={"overwrite": True, "storage_options": {}}))
+    try:
+        upload_store(local, remote, overwrite=cfg.overwrite)
+    except SeqstoreError as exc:
+        raise type(exc)(
+            f"{exc}; the finished store stays at '{local}' (copy it up, data files before "
+            f"{MANIFEST_NAME}, or run the same convert again)"
+        ) from None
+    shutil.rmtree(local, ignore_errors=True)
+    return report
 
 
 def _ignored_line(ignored: Sequence[str]) -> str:

@@ -303,9 +303,7 @@ class BadRecordLog:
         Bad records met in the current epoch (saved with a loader's state).
     """
 
-    def __init__(
-        self, store: str | Path, max_bad: int | None, setting: float | None, rank: int
-    ):
+    def __init__(self, store: str | Path, max_bad: int | None, setting: float | None, rank: int):
         self.store = store
         self.max_bad = max_bad
         self.setting = setting

@@ -252,7 +252,8 @@ class RemoteHDF5Reader(Reader):
                 else:
                     todo.append((name, c, ranges[0][0], ranges[0][1]))
         extra = extra or []
-        datas = state.source.read_ranges([(off, n) for _, _, off, n in todo] + extra)
+        ranges = [(off, n) for _, _, off, n in todo] + extra
+        datas = state.source.read_ranges(ranges) if ranges else []
         if todo:
             for (name, c, _off, n), data in zip(todo, datas, strict=False):
                 if len(data) != n:

@@ -57,6 +57,12 @@ _NETWORK_WORDS = (
     "ServerError",
     "ClientOSError",
 )
+# s3fs and botocore each retry on their own (5 times, then 5 times each), which would stack
+# under Remote.call's retries into minutes of silence before one error: the request is
+# tried once by them and retried by Remote.call (given storage_options take precedence).
+_LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    protocol: {"config_kwargs": {"retries": {"max_attempts": 1}}} for protocol in ("s3", "s3a")
+}
 _PERMANENT_CODES = (
     "AccessDenied",
     "InvalidAccessKeyId",
@@ -165,6 +171,8 @@ class Remote:
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Requests tried again after a transient failure, in this process.
+    retried: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         self.protocol, _, rest = self.url.partition("://")
@@ -196,14 +204,18 @@ class Remote:
                 f"reading '{self.url}' needs fsspec's '{self.protocol}' filesystem, which is "
                 f"not available ({_one_line(exc)}); run: {hint}"
             ) from None
+        # Out of fsspec's instance cache, which a child process clears: see _filesystems.
+        options = {"skip_instance_cache": True, **_LIBRARY_DEFAULTS.get(self.protocol, {})}
         try:
-            # Out of fsspec's instance cache, which a child process clears: see _filesystems.
-            return cls(**{"skip_instance_cache": True, **self.storage_options})
+            fs = cls(**{**options, **self.storage_options})
         except TypeError as exc:
             raise RemoteError(
                 f"storage_options {sorted(self.storage_options)} do not fit fsspec's "
                 f"'{self.protocol}' filesystem ({_one_line(exc)})"
             ) from None
+        if self.protocol in ("s3", "s3a"):
+            fs.retries = 1  # s3fs's own retry loop: see _LIBRARY_DEFAULTS
+        return fs
 
     def join(self, name: str) -> str:
         """The URL of the file ``name`` inside the store."""
@@ -247,6 +259,7 @@ class Remote:
                         + (f" at {self.endpoint}" if self.endpoint else "")
                         + " is up and reachable, then start again"
                     ) from None
+                self.retried += 1
                 time.sleep(self.retry.wait(attempt))
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

@@ -78,11 +78,15 @@ class S3Server:
         ``http://127.0.0.1:PORT``.
     directory : Path
         The server's data (SeaweedFS) and its log.
+    http_root : str or None
+        Where plain HTTP serves the objects, as ``{http_root}/{bucket}/{key}`` (SeaweedFS's
+        filer, with ranged GETs); None for moto.
     """
 
     kind: str
     endpoint: str
     directory: Path
+    http_root: str | None
     _argv: list[str] = field(repr=False)
     _env: dict[str, str] = field(repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -208,7 +212,14 @@ def _seaweedfs(directory: Path) -> S3Server:
     ]
     # weed mini makes an admin identity of the AWS_* credentials it starts with.
     env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    return S3Server("seaweedfs", f"http://127.0.0.1:{s3}", directory, argv, env)
+    return S3Server(
+        "seaweedfs",
+        f"http://127.0.0.1:{s3}",
+        directory,
+        f"http://127.0.0.1:{filer}/buckets",
+        argv,
+        env,
+    )
 
 
 def _moto(directory: Path) -> S3Server:
@@ -220,7 +231,7 @@ def _moto(directory: Path) -> S3Server:
         ) from None
     (port,) = _free_ports(1)
     argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    return S3Server("moto", f"http://127.0.0.1:{port}", directory, argv, {})
+    return S3Server("moto", f"http://127.0.0.1:{port}", directory, None, argv, {})
 
 
 def start_s3_server(kind: str | None = None) -> S3Server:
