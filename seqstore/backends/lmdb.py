@@ -33,7 +33,9 @@ from ..errors import CorruptStoreError, SeqstoreError
 from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
 from .base import Backend
-from .lmdb_env import DATA_FILE, SharedEnvReader
+from .handles import ProcessLocal
+from .lmdb_env import DATA_FILE, SharedEnvReader, map_base
+from .ranges import GAP, FileRanges
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
 
@@ -53,6 +55,11 @@ def _encode(record: Record) -> bytes:
     key = encode_key(record.key)
     header = _HEADER.pack(record.label, record.width, record.height, record.checksum, len(key))
     return b"".join((header, key, record.data))
+
+
+def _address(value: bytes | memoryview) -> int:
+    """Where a value LMDB handed out lies in this process's memory."""
+    return int(np.frombuffer(value, np.uint8).ctypes.data)
 
 
 def _decode(value: memoryview | bytes) -> Record:
@@ -81,6 +88,8 @@ class LMDBReader(SharedEnvReader):
         self.readahead = readahead
         self._manifest = read_store_manifest(self.path)
         self._check_files()
+        self._ranges = FileRanges(self.path / DATA_FILE)
+        self._base: ProcessLocal[int | None] = ProcessLocal()
 
     @property
     def manifest(self) -> Manifest:
@@ -89,6 +98,33 @@ class LMDBReader(SharedEnvReader):
 
     def _env_options(self) -> dict[str, Any]:
         return {"readahead": self.readahead, "max_readers": 1024}
+
+    def close(self) -> None:
+        # docstring inherited
+        super().close()
+        self._ranges.close()
+        self._base.close()
+
+    def _prime(self, cursor: lmdb.Cursor, start: int, stop: int) -> None:
+        """Read the file extent of records ``start`` to ``stop - 1`` in a few large reads.
+
+        Records are appended in key order, so a block's values lie back to back in the file,
+        between the first record's value and the end of the last one's. Copying them out of
+        the map page fault by page fault would make every page an I/O of its own on a cold,
+        slow disk; read first, the pages are in the page cache when the walk copies them.
+        """
+        if stop - start < 2 or not cursor.set_key(_index_key(stop - 1)):
+            return
+        last = cursor.value()
+        if not cursor.set_key(_index_key(start)):
+            return
+        lo = _address(cursor.value())
+        hi = _address(last) + len(last)
+        base = self._base.get(lambda: map_base(lo))
+        # A sanity bound: never more than a few times what the records are expected to take.
+        expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
+        if base is not None and 0 < hi - lo <= expected and lo >= base:
+            self._ranges.prime(lo - base, hi - lo)
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -99,6 +135,7 @@ class LMDBReader(SharedEnvReader):
         try:
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
+                self._prime(cursor, start, stop)
                 if not cursor.set_key(_index_key(start)):
                     raise CorruptStoreError(
                         f"record {start} is missing from LMDB store '{self.path}'; "

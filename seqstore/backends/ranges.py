@@ -1,64 +1,101 @@
-"""Byte ranges of a store's data file: the one read interface of local and remote data.
+"""A store's file read by byte range, in a few large reads.
 
-A :class:`RangeSource` is a file that can be read at any offset: :class:`LocalFile` (one
-``pread``) or, in :mod:`seqstore.remote`, an object behind a URL (one ranged GET, with
-retries). A reader that knows where a block's bytes lie in its file asks for them in one
-:meth:`RangeSource.read_range`, whatever the file is; :class:`RangeFileIO` makes a source a
-read-only file object for libraries that want one (h5py's ``fileobj`` driver), with a small
-page cache for their many small metadata reads; :func:`dataset_ranges` says where the
-elements of a chunked HDF5 dataset lie in its file.
+On a device that serves few operations per second (a hard disk, a throttled or network
+volume), what a block read costs is its number of reads, not its bytes. Read through a
+memory map, a block of a few MB is hundreds of page faults, and through libhdf5 one read per
+chunk; each is an I/O of its own once the page cache is cold. The readers find the byte
+extents a block occupies in its file and read them here: extents that lie close together
+are joined into one run, and each run is one ``pread``.
 
-Nothing here imports h5py or fsspec.
+:class:`ByteRanges` is that interface: :class:`FileRanges` is its local file, and
+:class:`seqstore.remote.RemoteFile` an object in object storage (each run one ranged GET).
+:class:`RangeFileIO` makes any of them a read-only file object, for libraries that want
+one (h5py's ``fileobj`` driver).
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol
 
-__all__ = [
-    "LocalFile",
-    "RangeFileIO",
-    "RangeSource",
-    "dataset_ranges",
-    "read_dataset_bytes",
-]
+from ..errors import CorruptStoreError
+from .handles import ProcessLocal
+
+__all__ = ["GAP", "ByteRanges", "FileRanges", "RangeFileIO", "coalesce"]
+
+#: Extents less than this far apart are read as one run: on a disk, reading the gap costs
+#: less than the seek a second read would.
+GAP = 1 << 20
+# Reads into a scratch buffer (to fill the page cache) go in pieces of this size, so that
+# the buffer stays small however large the extent.
+_SCRATCH = 8 << 20
+
+Extent = tuple[int, int]  # (offset, length)
 
 
-@runtime_checkable
-class RangeSource(Protocol):
-    """A file read by byte ranges.
+def coalesce(extents: Sequence[Extent], gap: int = GAP) -> list[Extent]:
+    """The runs to read for ``extents``: sorted, with overlapping or close ones joined.
 
-    Attributes
+    Parameters
     ----------
-    name : str
-        The file's path or URL, for messages.
-    size : int
-        Its length in bytes.
+    extents
+        ``(offset, length)`` pairs, in any order.
+    gap
+        Join two extents when fewer than ``gap`` bytes separate them.
+
+    Returns
+    -------
+    list of (offset, length)
+        Disjoint runs in file order that cover every extent.
     """
+    runs: list[list[int]] = []
+    for offset, length in sorted(extents):
+        if length <= 0:
+            continue
+        if runs and offset <= runs[-1][1] + gap:
+            runs[-1][1] = max(runs[-1][1], offset + length)
+        else:
+            runs.append([offset, offset + length])
+    return [(lo, hi - lo) for lo, hi in runs]
 
-    name: str
-    size: int
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` (fewer only at the end of the file)."""
+class ByteRanges(Protocol):
+    """A file read by byte range: what a reader needs of its data file, local or remote."""
+
+    def read(self, offset: int, length: int) -> bytes | bytearray:
+        """``length`` bytes from ``offset``, in one read.
+
+        Raises
+        ------
+        CorruptStoreError
+            The file ends first.
+        """
         ...
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """Several ``(offset, length)`` ranges at once (a remote source fetches them
-        concurrently)."""
+    def read_extents(
+        self, extents: Sequence[Extent], gap: int = GAP
+    ) -> list[memoryview] | list[bytes]:
+        """The bytes of each ``(offset, length)`` extent, in the order given, read as
+        :func:`coalesce`'s runs."""
         ...
 
     def close(self) -> None:
-        """Release the file."""
+        """Release what this process holds of the file."""
         ...
 
 
-class LocalFile:
-    """A local file read with ``pread``: one system call per range, no shared position.
+def _close_fd(fd: int) -> None:
+    os.close(fd)
+
+
+class FileRanges:
+    """Byte ranges of one local file, read with ``pread`` on a descriptor opened once per
+    process (lazily, so the object can be handed to worker processes).
 
     Parameters
     ----------
@@ -66,48 +103,84 @@ class LocalFile:
         The file.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.name = os.fspath(path)
-        self._fd = os.open(self.name, os.O_RDONLY)
-        self.size = os.fstat(self._fd).st_size
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: ProcessLocal[int] = ProcessLocal(_close_fd)
+        self._scratch: ProcessLocal[bytearray] = ProcessLocal()
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` (fewer only at the end of the file)."""
-        out = os.pread(self._fd, length, offset)
-        while len(out) < length and offset + len(out) < self.size:  # a short read: go on
-            more = os.pread(self._fd, length - len(out), offset + len(out))
-            if not more:
-                break
-            out += more
+    @property
+    def fd(self) -> int:
+        """This process's descriptor of the file."""
+        return self._fd.get(lambda: os.open(self.path, os.O_RDONLY))
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the file's bytes from ``offset`` on.
+
+        Raises
+        ------
+        CorruptStoreError
+            The file ends first: it was truncated after its store was checked.
+        """
+        done = 0
+        while done < len(buffer):
+            got = os.preadv(self.fd, [buffer[done:]], offset + done)
+            if got == 0:
+                raise CorruptStoreError(
+                    f"'{self.path}' ends at byte {offset + done}, inside a block being read "
+                    "(truncated?); re-create the store with seqstore convert"
+                )
+            done += got
+
+    def read(self, offset: int, length: int) -> bytearray:
+        """``length`` bytes of the file from ``offset``, in one read (see :meth:`read_into`)."""
+        out = bytearray(length)
+        self.read_into(offset, memoryview(out))
         return out
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The ranges one after the other."""
-        return [self.read_range(offset, length) for offset, length in ranges]
+    def read_extents(self, extents: Sequence[Extent], gap: int = GAP) -> list[memoryview]:
+        """The bytes of each extent, in the order given, read as :func:`coalesce`'s runs."""
+        runs = coalesce(extents, gap)
+        data = [memoryview(self.read(offset, length)) for offset, length in runs]
+        starts = [offset for offset, _ in runs]
+        out = []
+        for offset, length in extents:
+            i = bisect.bisect_right(starts, offset) - 1  # the run that holds the extent
+            out.append(data[i][offset - starts[i] : offset - starts[i] + length])
+        return out
+
+    def prime(self, offset: int, length: int) -> None:
+        """Read the range into the page cache (and discard it), in large reads, so that
+        what then reads it page by page (a memory map) is served from memory."""
+        scratch = memoryview(self._scratch.get(lambda: bytearray(_SCRATCH)))
+        end = min(offset + length, os.fstat(self.fd).st_size)
+        while offset < end:
+            step = min(end - offset, _SCRATCH)
+            self.read_into(offset, scratch[:step])
+            offset += step
 
     def close(self) -> None:
-        """Close the file descriptor."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def __del__(self) -> None:
-        self.close()
+        """Close this process's descriptor."""
+        self._fd.close()
+        self._scratch.close()
 
 
 class RangeFileIO(io.RawIOBase):
-    """A read-only, seekable file object over a :class:`RangeSource`.
+    """A read-only, seekable file object over :class:`ByteRanges`.
 
-    Reads are served from an LRU cache of aligned pages; the pages a read misses are fetched
-    in one range. Meant for a library's metadata reads (an HDF5 superblock, object headers,
-    chunk indexes: many reads of a few hundred bytes); bulk data is better read from the
-    source directly.
+    Reads are served from an LRU cache of aligned pages, and the pages a read misses are
+    fetched in one range: a library's metadata reads (an HDF5 superblock, object headers,
+    chunk indexes: many reads of a few hundred bytes) then cost a request each only now and
+    then. Bulk data is better read from the ranges directly.
 
     Parameters
     ----------
     source
         The file. :attr:`source` may be replaced by another source of the same bytes (a
         local copy that has just been downloaded).
+    size
+        The file's length.
+    name
+        The file's path or URL, for messages.
     page_size
         Bytes per cached page.
     cache_bytes
@@ -115,21 +188,29 @@ class RangeFileIO(io.RawIOBase):
     """
 
     def __init__(
-        self, source: RangeSource, *, page_size: int = 256 << 10, cache_bytes: int = 16 << 20
+        self,
+        source: ByteRanges,
+        size: int,
+        name: str,
+        *,
+        page_size: int = 256 << 10,
+        cache_bytes: int = 16 << 20,
     ) -> None:
         super().__init__()
         self.source = source
+        self.size = size
+        self._name = name
         self.page_size = page_size
         self._max_pages = max(1, cache_bytes // page_size)
         self._pages: OrderedDict[int, bytes] = OrderedDict()
         self._pos = 0
         #: The last error the source raised under a read: a library that calls this file
-        #: (libhdf5) reports its own error instead, and the caller may raise this one.
+        #: (libhdf5) reports an error of its own instead, and the caller may raise this one.
         self.failure: Exception | None = None
 
     @property
     def name(self) -> str:
-        return self.source.name
+        return self._name
 
     def readable(self) -> bool:
         return True
@@ -146,7 +227,7 @@ class RangeFileIO(io.RawIOBase):
         elif whence == io.SEEK_CUR:
             self._pos += offset
         elif whence == io.SEEK_END:
-            self._pos = self.source.size + offset
+            self._pos = self.size + offset
         else:
             raise ValueError(f"invalid whence {whence}")
         return self._pos
@@ -159,8 +240,8 @@ class RangeFileIO(io.RawIOBase):
         return len(data)
 
     def pread(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` through the page cache."""
-        end = min(offset + length, self.source.size)
+        """``length`` bytes from ``offset`` (fewer past the end) through the page cache."""
+        end = min(offset + length, self.size)
         if end <= offset:
             return b""
         size = self.page_size
@@ -168,8 +249,9 @@ class RangeFileIO(io.RawIOBase):
         missing = [p for p in range(first, last + 1) if p not in self._pages]
         if missing:
             lo, hi = missing[0], missing[-1]  # one range over the gap: one request
+            stop = min((hi + 1) * size, self.size)
             try:
-                data = self.source.read_range(lo * size, (hi - lo + 1) * size)
+                data = bytes(self.source.read(lo * size, stop - lo * size))
             except Exception as exc:
                 self.failure = exc
                 raise
@@ -188,75 +270,3 @@ class RangeFileIO(io.RawIOBase):
     def drop_pages(self) -> None:
         """Forget every cached page."""
         self._pages.clear()
-
-
-def dataset_ranges(dataset: Any, start: int, stop: int) -> list[tuple[int, int, int]] | None:
-    """Where elements ``start`` to ``stop - 1`` of a 1-D HDF5 dataset lie in its file.
-
-    Parameters
-    ----------
-    dataset
-        An ``h5py.Dataset``, chunked and without filters (as seqstore writes them).
-    start, stop
-        Element positions, ``start < stop``.
-
-    Returns
-    -------
-    list of (file_offset, length, element_offset) or None
-        Byte ranges of the file, in element order, with the element each begins at;
-        chunks that follow each other in the file are merged into one range. None when the
-        dataset is not laid out so (filtered, compact, or a chunk not yet written): read it
-        through h5py instead.
-    """
-    if dataset.chunks is None or dataset.compression or dataset.shuffle or dataset.fletcher32:
-        return None
-    per_chunk = dataset.chunks[0]
-    item = dataset.dtype.itemsize
-    ranges: list[tuple[int, int, int]] = []
-    for c in range(start // per_chunk, (stop - 1) // per_chunk + 1):
-        info = dataset.id.get_chunk_info_by_coord((c * per_chunk,))
-        if info.byte_offset is None or info.size != per_chunk * item:
-            return None
-        lo = max(start, c * per_chunk)
-        hi = min(stop, (c + 1) * per_chunk)
-        offset = info.byte_offset + (lo - c * per_chunk) * item
-        length = (hi - lo) * item
-        if ranges and ranges[-1][0] + ranges[-1][1] == offset:
-            prev = ranges[-1]
-            ranges[-1] = (prev[0], prev[1] + length, prev[2])
-        else:
-            ranges.append((offset, length, lo))
-    return ranges
-
-
-def read_dataset_bytes(source: RangeSource, dataset: Any, start: int, stop: int) -> bytes:
-    """The raw bytes of elements ``start`` to ``stop - 1`` of a 1-D HDF5 dataset, read from
-    ``source`` (the dataset's file) in as few ranges as its chunks allow: one for
-    consecutive chunks, as seqstore's writers lay a block's image bytes out.
-
-    Ranges separated by a gap of at most 1 MiB are read as one range, gap included: one
-    request costs more than a megabyte of transfer from object storage. A dataset that is
-    not laid out in plain chunks is read through h5py.
-    """
-    if stop <= start:
-        return b""
-    ranges = dataset_ranges(dataset, start, stop)
-    if ranges is None:
-        return bytes(dataset[start:stop].tobytes())
-    groups: list[list[tuple[int, int, int]]] = [[ranges[0]]]
-    for r in ranges[1:]:
-        last = groups[-1][-1]
-        if r[0] >= last[0] + last[1] and r[0] - (last[0] + last[1]) <= 1 << 20:
-            groups[-1].append(r)
-        else:
-            groups.append([r])
-    spans = [(g[0][0], g[-1][0] + g[-1][1] - g[0][0]) for g in groups]
-    datas = source.read_ranges(spans)
-    parts = []
-    for group, (base, _), data in zip(groups, spans, datas, strict=True):
-        for offset, length, _element in group:
-            part = data[offset - base : offset - base + length]
-            if len(part) != length:
-                raise OSError(f"'{source.name}' ends inside a chunk of '{dataset.name}'")
-            parts.append(part)
-    return b"".join(parts) if len(parts) > 1 else parts[0]

@@ -23,17 +23,19 @@ there; until then, and when the file does not fit the cache, blocks come by rang
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import h5py
 import numpy as np
 
 from ..backends.handles import ProcessLocal
-from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest
-from ..backends.ranges import LocalFile, RangeFileIO, RangeSource, dataset_ranges
+from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, chunk_extents
+from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO
 from ..backends.reader import Reader
 from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
 from ..manifest import Manifest
@@ -51,7 +53,8 @@ _TOUCH_S = 30.0  # how often a process marks the cached copy it reads as recentl
 class _Open:
     """What one process holds of a remote HDF5 store."""
 
-    source: RangeSource
+    source: ByteRanges
+    where: str  # the URL, or the cached copy's path
     io: RangeFileIO
     file: h5py.File
     # name -> chunk number -> the chunk's elements
@@ -138,7 +141,7 @@ class RemoteHDF5Reader(Reader):
     def state(self) -> _Open:
         """This process's open file and index chunks, opened on first use."""
         state = self._state.get(self._open)
-        if self.cache is not None and not isinstance(state.source, LocalFile):
+        if self.cache is not None and not isinstance(state.source, FileRanges):
             self._look_for_copy(state)
         elif self.cache is not None and time.monotonic() - state.touched > _TOUCH_S:
             state.touched = time.monotonic()
@@ -146,17 +149,20 @@ class RemoteHDF5Reader(Reader):
         return state
 
     def _open(self) -> _Open:
-        source: RangeSource | None = self._cached_copy()
-        if source is None:
+        local = self._cached_copy()
+        source: ByteRanges
+        if local is not None:
+            source, where = local, str(local.path)
+        else:
             if self._check_data() != self.version:
                 raise CorruptStoreError(
                     f"store '{self.location}' was replaced after this reader opened it; "
                     "open it again"
                 )
-            source = RemoteFile(self.remote, self.data_url, self.data_size)
+            source, where = RemoteFile(self.remote, self.data_url, self.data_size), self.data_url
             if self.cache is not None:
                 self.cache.fill_in_background(self.cache_key, self.data_size, self._download)
-        io = RangeFileIO(source)
+        io = RangeFileIO(source, self.data_size, where)
         try:
             file = h5py.File(io, "r")
         except OSError as exc:
@@ -164,19 +170,22 @@ class RemoteHDF5Reader(Reader):
             if io.failure is not None:  # the request failed, not the file
                 raise io.failure from None
             raise self._damaged(exc) from None
-        return _Open(source, io, file, {name: {} for name in (*_INDEX, "keys")})
+        return _Open(source, where, io, file, {name: {} for name in (*_INDEX, "keys")})
 
-    def _cached_copy(self) -> LocalFile | None:
+    def _cached_copy(self) -> FileRanges | None:
+        """The whole copy of ``data.h5`` in the cache, if it is there."""
         if self.cache is None:
             return None
         entry = self.cache.get(self.cache_key)
         if entry is None:
             return None
+        local = FileRanges(entry / DATA_FILE)
         try:
-            local = LocalFile(entry / DATA_FILE)
-        except FileNotFoundError:  # evicted between the two calls
+            # Opened now: a copy evicted from here on stays readable through it.
+            size = os.fstat(local.fd).st_size
+        except FileNotFoundError:  # evicted meanwhile
             return None
-        if local.size != self.data_size:
+        if size != self.data_size:
             local.close()
             self.cache.remove(self.cache_key)
             return None
@@ -192,6 +201,7 @@ class RemoteHDF5Reader(Reader):
             # The same bytes: h5py's open file and the index chunks stay valid.
             state.source.close()
             state.source = state.io.source = local
+            state.where = str(local.path)
             state.io.drop_pages()
 
     def _download(self, directory: Path) -> None:
@@ -207,7 +217,7 @@ class RemoteHDF5Reader(Reader):
     @property
     def reading_from(self) -> str:
         """Where this process reads blocks from now: the URL, or the cached copy's path."""
-        return self.state.source.name
+        return self.state.where
 
     # -- index ------------------------------------------------------------------------------
     def _failure(self, exc: Exception) -> Exception:
@@ -228,41 +238,39 @@ class RemoteHDF5Reader(Reader):
         self,
         state: _Open,
         wanted: dict[str, tuple[int, int]],
-        extra: list[tuple[int, int]] | None = None,
-    ) -> tuple[dict[str, np.ndarray], list[bytes]]:
-        """Elements ``[lo, hi)`` of each named dataset, fetching the chunks this process does
-        not hold yet, and the ``extra`` byte ranges of the file, in one round of concurrent
-        requests."""
+        extra: Sequence[tuple[int, int]] = (),
+    ) -> tuple[dict[str, np.ndarray], list[Any]]:
+        """Elements ``[lo, hi)`` of each named dataset, and the ``extra`` byte extents of the
+        file, in one :meth:`~seqstore.backends.ranges.ByteRanges.read_extents`: the chunks
+        this process does not hold yet and the extents, close ones in one request."""
         f = state.file
-        todo: list[tuple[str, int, int, int]] = []  # name, chunk, file offset, bytes
+        todo: list[tuple[str, int, int]] = []  # name, chunk, elements in it
+        extents: list[tuple[int, int]] = []
         slow: list[tuple[str, int]] = []
         for name, (lo, hi) in wanted.items():
             if hi <= lo:
                 continue
             ds = f[name]
             per = ds.chunks[0] if ds.chunks else len(ds)
-            have = state.chunks[name]
             for c in range(lo // per, (hi - 1) // per + 1):
-                if c in have:
+                if c in state.chunks[name]:
                     continue
-                end = min((c + 1) * per, len(ds))
-                ranges = dataset_ranges(ds, c * per, end)
-                if ranges is None or len(ranges) != 1:
+                info = ds.id.get_chunk_info_by_coord((c * per,)) if ds.chunks else None
+                whole = per * ds.dtype.itemsize
+                if (
+                    info is None
+                    or info.byte_offset is None
+                    or info.filter_mask
+                    or (info.size != whole)
+                ):
                     slow.append((name, c))
-                else:
-                    todo.append((name, c, ranges[0][0], ranges[0][1]))
-        extra = extra or []
-        ranges = [(off, n) for _, _, off, n in todo] + extra
-        datas = state.source.read_ranges(ranges) if ranges else []
-        if todo:
-            for (name, c, _off, n), data in zip(todo, datas, strict=False):
-                if len(data) != n:
-                    raise CorruptStoreError(
-                        f"'{state.source.name}' ends inside the {name} of HDF5 store "
-                        f"'{self.location}'; upload the store again with seqstore convert"
-                    )
-                state.chunks[name][c] = np.frombuffer(data, f[name].dtype)
-        for name, c in slow:
+                    continue
+                todo.append((name, c, min(per, len(ds) - c * per)))
+                extents.append((int(info.byte_offset), whole))
+        datas = state.source.read_extents([*extents, *extra]) if extents or extra else []
+        for (name, c, count), data in zip(todo, datas, strict=False):
+            state.chunks[name][c] = np.frombuffer(bytes(data), f[name].dtype)[:count]
+        for name, c in slow:  # not laid out in plain chunks: through h5py
             ds = f[name]
             per = ds.chunks[0] if ds.chunks else len(ds)
             state.chunks[name][c] = ds[c * per : min((c + 1) * per, len(ds))]
@@ -271,15 +279,14 @@ class RemoteHDF5Reader(Reader):
         out = {}
         for name, (lo, hi) in wanted.items():
             ds = f[name]
+            if hi <= lo:
+                out[name] = np.empty(0, ds.dtype)
+                continue
             per = ds.chunks[0] if ds.chunks else len(ds)
+            first, last = lo // per, (hi - 1) // per
             have = state.chunks[name]
-            first, last = lo // per, max(lo, hi - 1) // per
-            joined = np.concatenate([have[c] for c in range(first, last + 1)]) if hi > lo else None
-            out[name] = (
-                joined[lo - first * per : hi - first * per]
-                if joined is not None
-                else (np.empty(0, ds.dtype))
-            )
+            joined = np.concatenate([have[c] for c in range(first, last + 1)])
+            out[name] = joined[lo - first * per : hi - first * per]
         return out, datas[len(todo) :]
 
     def _check_if_whole(self, state: _Open) -> None:
@@ -355,33 +362,23 @@ class RemoteHDF5Reader(Reader):
         offsets, key_offsets = rows["offsets"], rows["key_offsets"]
         lo, hi = int(offsets[0]), int(offsets[-1])
         f = state.file
-        image_ranges = dataset_ranges(f["images"], lo, hi) if hi > lo else []
-        spans: list[tuple[int, int]] = []
-        if image_ranges:
-            first = image_ranges[0][0]
-            end = max(o + n for o, n, _ in image_ranges)
-            ordered = all(
-                a[0] + a[1] <= b[0] for a, b in zip(image_ranges, image_ranges[1:], strict=False)
-            )
-            # One range over the block, the gaps between its chunks included: one GET.
-            one = ordered and end - first <= 2 * (hi - lo) + (1 << 20)
-            spans = [(first, end - first)] if one else [(o, n) for o, n, _ in image_ranges]
-        keys_rows, datas = self._fetch(
-            state, {"keys": (int(key_offsets[0]), int(key_offsets[-1]))}, spans
+        images_ds = f["images"]
+        extents = chunk_extents(images_ds, lo, hi)
+        # The block's image chunks (one run where they lie close: one GET) and the keys'
+        # chunks this process lacks, in one round of requests.
+        keys_rows, pieces = self._fetch(
+            state, {"keys": (int(key_offsets[0]), int(key_offsets[-1]))}, extents or ()
         )
         keys = keys_rows["keys"].tobytes()
-        if image_ranges is None:  # not laid out in plain chunks: through h5py
-            images = f["images"][lo:hi].tobytes()
-        elif len(spans) == 1 and len(image_ranges) > 1:
-            base = spans[0][0]
-            images = b"".join(datas[0][o - base : o - base + n] for o, n, _ in image_ranges)
+        images: bytes | memoryview
+        if hi <= lo:
+            images = b""
+        elif extents is None:  # not laid out in plain chunks: through h5py
+            images = images_ds[lo:hi].tobytes()
         else:
-            images = b"".join(datas)
-        if len(images) != hi - lo:
-            raise CorruptStoreError(
-                f"'{state.source.name}' ends inside the images of HDF5 store "
-                f"'{self.location}'; upload the store again with seqstore convert"
-            )
+            skip = lo % images_ds.chunks[0]
+            joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            images = memoryview(joined)[skip : skip + hi - lo]
         offs = (offsets - offsets[0]).tolist()
         koffs = (key_offsets - key_offsets[0]).tolist()
         labels = rows["labels"].tolist()
@@ -392,7 +389,7 @@ class RemoteHDF5Reader(Reader):
             Record(
                 keys[koffs[i] : koffs[i + 1]].decode("utf-8", "surrogateescape"),
                 labels[i],
-                images[offs[i] : offs[i + 1]],
+                bytes(images[offs[i] : offs[i + 1]]),
                 widths[i],
                 heights[i],
                 crcs[i],

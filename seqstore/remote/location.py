@@ -16,6 +16,7 @@ permanent ones (no such bucket or object, access denied) and exhausted retries i
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import random
@@ -24,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..errors import BackendNotFoundError, RemoteError
+from ..backends.ranges import GAP, coalesce
+from ..errors import BackendNotFoundError, CorruptStoreError, RemoteError
 
 __all__ = ["Remote", "RemoteFile", "RetryPolicy", "is_transient", "object_version"]
 
@@ -173,6 +175,8 @@ class Remote:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: Requests tried again after a transient failure, in this process.
     retried: int = field(default=0, compare=False)
+    #: GET requests for object bytes made in this process.
+    gets: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         self.protocol, _, rest = self.url.partition("://")
@@ -286,6 +290,7 @@ class Remote:
     def cat(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
         """The bytes ``[start, end)`` of the object ``url`` (all of it by default)."""
         data: bytes = self.call("reading", url, lambda: self.fs.cat_file(url, start=start, end=end))
+        self.gets += 1
         return data
 
     def cat_ranges(self, url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
@@ -303,7 +308,9 @@ class Remote:
                     raise item
             return list(out)
 
-        return self.call("reading", url, fetch)
+        datas = self.call("reading", url, fetch)
+        self.gets += len(ranges)
+        return datas
 
     def info(self, url: str) -> dict[str, Any]:
         """What the server says of the object ``url`` (``size``, and an ``ETag`` where
@@ -350,8 +357,8 @@ def object_version(info: dict[str, Any]) -> str:
 
 
 class RemoteFile:
-    """One object of a :class:`Remote` as a :class:`~seqstore.backends.ranges.RangeSource`:
-    each range is one ranged GET (``read_ranges``: concurrent ones), with retries.
+    """One object of a :class:`Remote` as :class:`~seqstore.backends.ranges.ByteRanges`:
+    each run of extents is one ranged GET (several runs: concurrent GETs), with retries.
 
     Parameters
     ----------
@@ -368,19 +375,37 @@ class RemoteFile:
         self.name = url
         self.size = size
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` (fewer only at the end of the object)."""
-        end = min(offset + length, self.size)
-        if end <= offset:
-            return b""
-        return self.remote.cat(self.name, offset, end)
+    def _short(self, offset: int, got: int) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"'{self.name}' ends at byte {offset + got}, inside a block being read (replaced "
+            "or cut short?); upload the store again with seqstore convert"
+        )
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The ranges, fetched concurrently."""
-        clipped = [(o, max(0, min(o + n, self.size) - o)) for o, n in ranges]
-        wanted = [r for r in clipped if r[1] > 0]
-        got = iter(self.remote.cat_ranges(self.name, wanted) if wanted else [])
-        return [next(got) if n > 0 else b"" for _, n in clipped]
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``, in one GET."""
+        if length <= 0:
+            return b""
+        data = self.remote.cat(self.name, offset, offset + length)
+        if len(data) != length:
+            raise self._short(offset, len(data))
+        return data
+
+    def read_extents(self, extents: Sequence[tuple[int, int]], gap: int = GAP) -> list[bytes]:
+        """The bytes of each extent, in the order given: :func:`coalesce`'s runs, fetched
+        concurrently, one GET each."""
+        runs = coalesce(extents, gap)
+        if not runs:
+            return [b"" for _ in extents]
+        datas = self.remote.cat_ranges(self.name, runs)
+        for (offset, length), data in zip(runs, datas, strict=True):
+            if len(data) != length:
+                raise self._short(offset, len(data))
+        starts = [offset for offset, _ in runs]
+        out = []
+        for offset, length in extents:
+            i = bisect.bisect_right(starts, offset) - 1
+            out.append(datas[i][offset - starts[i] : offset - starts[i] + length])
+        return out
 
     def close(self) -> None:
         """Nothing to release: the filesystem belongs to the process."""
