@@ -354,3 +354,53 @@ def test_convert_uploads_a_whole_store(
     assert seqstore.open(url).identity != first
     with pytest.raises(StoreExistsError):
         convert(stores["images"], url, format="hdf5", progress=False)
+
+
+def test_bench_reads_the_store_over_s3_too(s3_server: S3Server, tmp_path: Path) -> None:
+    from seqstore.bench import run_bench
+
+    src = make_image_folder(tmp_path / "src", classes=3, per_class=10, max_side=64)
+    result = run_bench(
+        src=src,
+        formats=["hdf5"],
+        workers=1,
+        batch_size=16,
+        image_size=32,
+        repeat=1,
+        min_seconds=0,
+        baselines=False,
+        out=tmp_path / "out",
+    )
+    rows = {row.name: row for row in result.rows}
+    s3 = rows["hdf5 over s3"]
+    assert s3.images_per_s > 0 and 0 < s3.first_batch_s < 60
+    assert any("hdf5 over s3: the hdf5 store from a" in note for note in result.notes)
+
+
+def test_s3_benchmark_runs_as_the_readme_shows(s3_server: S3Server, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "s3.py"), str(src), "--repeat", "1"]
+        + ["--epochs", "2", "--scale", "2", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(seqstore.__file__).parents[1])},
+        timeout=300,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    for line in (
+        "local disk",
+        "s3, no cache",
+        "s3, cache_dir",
+        "s3, no cache, x2 store",
+        "first epoch, s3 uncached / local disk:",
+        "cached epochs, s3 / local disk:",
+        "first batch from s3:",
+    ):
+        assert line in p.stdout, line
