@@ -12,6 +12,7 @@ its device (:class:`~seqstore.batches.Delivery`). Here too: epochs, resume
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backends import Reader, open_store
-from .batches import Delivery, Ring, Slot
+from .batches import Delivery, Ring, Slot, normalizing_affine
 from .config import LoaderConfig, load_config
 from .engine.order import rank_sample_count
 from .engine.plan import EpochSpec
@@ -43,6 +44,8 @@ __all__ = ["Loader", "resolve_split"]
 # 2: the store's identity and the epoch's bad-record count joined the state.
 # 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
 _STATE_VERSION = 3
+# Beyond this, batches of a user callable's outputs are shared one by one instead.
+_MAX_RING_BYTES = 2 << 30
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -157,19 +160,36 @@ class Loader:
         transform = SampleTransform(cfg)
         transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
         pipeline = transform.pipeline
-        # uint8 HWC samples of one size go through the ring.
-        size = pipeline.output_size if pipeline is not None else None
-        if pipeline is not None and pipeline.output_dtype != np.uint8:
-            size = None
-        self._ring = (
-            Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))
-            if cfg.num_workers > 0 and size is not None
-            else None
-        )
-        self._dataset = EpochDataset(
-            self.reader, transform, self.spec, self._ring, skip_bad=cfg.on_error == "skip"
-        )
         self.device = torch.device(cfg.device)
+        affine = None
+        sample: tuple[tuple[int, ...], torch.dtype] | None = None
+        if pipeline is not None:
+            size = pipeline.output_size
+            if size is not None and pipeline.output_dtype == np.uint8:
+                sample = ((*size, 3), torch.uint8)
+                if cfg.dtype == "float32" and cfg.normalize and self.device.type == "cpu":
+                    # Normalised in the workers as they stack each batch: the main process,
+                    # whose time the training step needs on a CPU, only copies it out.
+                    affine = normalizing_affine(cfg.mean, cfg.std)
+                    sample = (sample[0], torch.float32)
+        elif transform.user is not None and cfg.num_workers > 0:
+            sample = transform.probe(self.reader)
+        # Batches of same-shaped samples go through the ring, unless it would be huge.
+        self._ring = None
+        if cfg.num_workers > 0 and sample is not None:
+            slots = cfg.prefetch_factor + 1
+            shape, dtype = sample
+            nbytes = cfg.num_workers * slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
+            if nbytes <= _MAX_RING_BYTES:
+                self._ring = Ring(cfg.num_workers, slots, cfg.batch_size, *sample)
+        self._dataset = EpochDataset(
+            self.reader,
+            transform,
+            self.spec,
+            self._ring,
+            skip_bad=cfg.on_error == "skip",
+            affine=affine,
+        )
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin_batches = pin and self._ring is None
         self._deliver = Delivery(

@@ -30,7 +30,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import transforms
 from .backends import Reader
-from .batches import Ring, collate
+from .batches import Affine, Ring, collate
 from .config import LoaderConfig
 from .engine.plan import EpochSpec, WorkerEpoch
 from .engine.stream import RawBatch, iter_batches
@@ -140,9 +140,11 @@ class SampleTransform:
             from .decode import decode, decode_pil
 
             # User transforms draw from torch's and Python's generators (torchvision does):
-            # seed both from the record's generator so augmentation is reproducible.
+            # seed both from the record's generator so augmentation is reproducible. Only
+            # the CPU generator: torch.manual_seed would seed every device's too, which
+            # costs a hundred times as much, per record.
             seed = int(rng.integers(2**63))
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             image: Any
             if self.image_format == "pil":
@@ -152,6 +154,30 @@ class SampleTransform:
         except SeqstoreError as err:
             return BadSample(record.key, str(err))
         return self.user(image)
+
+    def probe(self, reader: Reader) -> tuple[tuple[int, ...], torch.dtype] | None:
+        """The shape and dtype of the user callable's output for the store's first record,
+        if it is one array or tensor, so that same-shaped batches can go through the ring.
+
+        Runs once in the calling process, with torch's and Python's generator states
+        restored afterwards and the reader's handles closed (they are opened again in
+        each worker). None for any other output, or if the record or the callable fails:
+        the epoch meets that failure where it belongs.
+        """
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                sample = self(reader.read_block(0, 1)[0], np.random.default_rng(0))
+        except Exception:  # reported where the epoch meets it, with the record it concerns
+            return None
+        finally:
+            random.setstate(state)
+            reader.close()
+        if isinstance(sample, torch.Tensor) and not sample.is_complex():
+            return tuple(sample.shape), sample.dtype
+        if isinstance(sample, np.ndarray) and sample.dtype.kind in "uif":
+            return sample.shape, torch.from_numpy(sample[:0].copy()).dtype
+        return None
 
 
 def replace_bad(raw: RawBatch, store: str | Path, skip: bool) -> list[BadRecord]:
@@ -204,6 +230,9 @@ class EpochDataset(IterableDataset[WorkerItem]):
         Shared-memory buffers for same-shaped uint8 batches, or None.
     skip_bad
         Replace bad samples (``on_error="skip"``) rather than stop on the first.
+    affine
+        Normalise uint8 images into float32 batches as they are stacked (see
+        :func:`~seqstore.batches.collate`).
 
     Attributes
     ----------
@@ -219,12 +248,14 @@ class EpochDataset(IterableDataset[WorkerItem]):
         spec: EpochSpec,
         ring: Ring | None,
         skip_bad: bool,
+        affine: Affine | None = None,
     ) -> None:
         self.reader = reader
         self.transform = transform
         self.spec = spec
         self.ring = ring
         self.skip_bad = skip_bad
+        self.affine = affine
         self.state = torch.zeros(2, dtype=torch.int64).share_memory_()
 
     def __iter__(self) -> Iterator[WorkerItem]:
@@ -253,7 +284,7 @@ class EpochDataset(IterableDataset[WorkerItem]):
             self.ring.reset(in_worker)
         for raw in batches:
             bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
-            yield (*collate(raw, self.ring, in_worker), bad)
+            yield (*collate(raw, self.ring, in_worker, self.affine), bad)
 
 
 def dead_worker(batches: Iterator[Any], wait: float = 2.0) -> str | None:

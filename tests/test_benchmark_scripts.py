@@ -62,3 +62,20 @@ def test_loader_benchmark_prints_throughput_first_batch_and_memory(tmp_path: Pat
         "buffer  512 MB",
     ):
         assert row in p.stdout, row
+
+
+def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(
+        ROOT / "benchmarks" / "hdd.py",
+        src,
+        *("--copies", "1", "--repeat", "1", "--only", "lmdb", "--workdir", tmp_path),
+    )
+    assert p.returncode == 0, p.stderr
+    if p.stdout.startswith("skipped: "):  # not root, or no cgroup block-I/O controller
+        assert len(p.stdout.splitlines()) == 1
+        return
+    row = next(line for line in p.stdout.splitlines() if line.startswith("| seqstore lmdb"))
+    cold, warm = (float(cell) for cell in row.split("|")[2:4])
+    assert cold > 0 and warm > 0
+    assert not list(Path("/sys/fs/cgroup/blkio").glob("seqstore-hdd-*"))

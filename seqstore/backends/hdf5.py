@@ -84,6 +84,7 @@ class HDF5Reader(Reader):
         self._file: ProcessLocal[h5py.File] = ProcessLocal(_close_file)
         self._index: ProcessLocal[dict[str, np.ndarray]] = ProcessLocal()
         self._ranges = FileRanges(self.path / DATA_FILE)
+        self._chunks: ProcessLocal[dict[str, tuple[int, np.ndarray] | None]] = ProcessLocal()
 
     @property
     def manifest(self) -> Manifest:
@@ -112,6 +113,7 @@ class HDF5Reader(Reader):
     def close(self) -> None:
         # docstring inherited
         self._index.close()
+        self._chunks.close()
         self._file.close()
         self._ranges.close()
 
@@ -149,16 +151,26 @@ class HDF5Reader(Reader):
         except (OSError, KeyError, ValueError) as exc:
             raise self._damaged(exc) from None
 
+    @property
+    def chunks(self) -> dict[str, tuple[int, np.ndarray] | None]:
+        """:func:`chunk_table` of ``images`` and ``keys``, read once per process."""
+        return self._chunks.get(
+            lambda: {name: chunk_table(self.file[name]) for name in ("images", "keys")}
+        )
+
     def _read_bytes(self, name: str, start: int, stop: int) -> bytes | memoryview:
         """Bytes ``start`` to ``stop - 1`` of dataset ``name``: its chunks read straight from
         the file with one ``pread`` per run of neighbouring chunks, rather than one read per
         chunk through libhdf5 (each an I/O of its own on a slow disk)."""
-        dataset = self.file[name]
-        extents = chunk_extents(dataset, start, stop)
-        if extents is None:
-            return _read_slice(dataset, start, stop)
-        pieces = self._ranges.read_extents(extents)
-        skip = start % dataset.chunks[0]
+        table = self.chunks[name]
+        if table is None or stop <= start:
+            return _read_slice(self.file[name], start, stop)
+        size, offsets = table
+        first, last = start // size, (stop - 1) // size
+        pieces = self._ranges.read_extents(
+            [(offset, size) for offset in offsets[first : last + 1].tolist()]
+        )
+        skip = start - first * size
         if len(pieces) == 1:
             return pieces[0][skip : skip + stop - start]
         return b"".join(pieces)[skip : skip + stop - start]
@@ -206,21 +218,33 @@ def _read_slice(dataset: h5py.Dataset, start: int, stop: int) -> bytes:
     return out.tobytes()
 
 
-def chunk_extents(dataset: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]] | None:
-    """Where elements ``start`` to ``stop - 1`` of a one-dimensional uint8 dataset lie in
-    its file: the ``(offset, length)`` of each chunk they touch, in order. None when the
-    chunks cannot be read as plain bytes (filtered, compressed or not yet allocated), so
-    the caller reads through libhdf5 instead."""
-    if dataset.chunks is None or dataset.compression is not None or stop <= start:
+def chunk_table(dataset: h5py.Dataset) -> tuple[int, np.ndarray] | None:
+    """The chunk size of a one-dimensional dataset and the file offset of each of its
+    chunks, in order; None when its chunks cannot be read as plain bytes (not chunked,
+    filtered or compressed, or a chunk not allocated), so the caller reads through libhdf5.
+    """
+    if dataset.chunks is None or dataset.compression is not None:
         return None
     size = dataset.chunks[0]
-    out = []
-    for first in range(start - start % size, stop, size):
-        info = dataset.id.get_chunk_info_by_coord((first,))
-        if info.byte_offset is None or info.filter_mask or info.size != size:
-            return None
-        out.append((int(info.byte_offset), size))
-    return out
+    count = -(-dataset.shape[0] // size)
+    offsets = np.full(count, -1, np.int64)
+    plain = True
+
+    def note(info: Any) -> None:
+        nonlocal plain
+        if info.filter_mask or info.size != size:
+            plain = False
+        else:
+            offsets[info.chunk_offset[0] // size] = info.byte_offset
+
+    if hasattr(dataset.id, "chunk_iter"):  # one pass over the chunk index (HDF5 >= 1.14)
+        dataset.id.chunk_iter(note)
+    else:
+        for i in range(dataset.id.get_num_chunks()):
+            note(dataset.id.get_chunk_info(i))
+    if not plain or (offsets < 0).any():
+        return None
+    return size, offsets
 
 
 class HDF5Writer(Writer):

@@ -29,7 +29,6 @@ __all__ = [
     "acquire_env",
     "check_lmdb_file",
     "env_is_current",
-    "map_base",
     "release_env",
 ]
 
@@ -125,24 +124,6 @@ def env_is_current(env: lmdb.Environment, token: Any) -> bool:
     the store was replaced and a newer reader opened the new one)."""
     entry = _envs.get(token[0])
     return entry is not None and entry.env is env
-
-
-def map_base(address: int) -> int | None:
-    """Where the file mapping that holds ``address`` would have the file's byte 0, from
-    ``/proc/self/maps``: subtracted from the address of a value LMDB hands out, it gives the
-    value's offset in the data file. None where that cannot be known (not Linux)."""
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                fields = line.split()
-                lo, _, hi = fields[0].partition("-")
-                if int(lo, 16) <= address < int(hi, 16) and len(fields) >= 5:
-                    if fields[4] == "0":  # not a file mapping
-                        return None
-                    return int(lo, 16) - int(fields[2], 16)
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _release_lease(lease: tuple[lmdb.Environment, Any]) -> None:

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from ..backends.handles import ProcessLocal
-from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, chunk_extents
+from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest
 from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO
 from ..backends.reader import Reader
 from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
@@ -363,7 +363,7 @@ class RemoteHDF5Reader(Reader):
         lo, hi = int(offsets[0]), int(offsets[-1])
         f = state.file
         images_ds = f["images"]
-        extents = chunk_extents(images_ds, lo, hi)
+        extents = _chunk_extents(images_ds, lo, hi)
         # The block's image chunks (one run where they lie close: one GET) and the keys'
         # chunks this process lacks, in one round of requests.
         keys_rows, pieces = self._fetch(
@@ -399,3 +399,23 @@ class RemoteHDF5Reader(Reader):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.location}')"
+
+
+def _chunk_extents(dataset: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]] | None:
+    """The ``(offset, length)`` in the file of each chunk that elements ``start`` to
+    ``stop - 1`` of a one-dimensional uint8 dataset touch, in order; None when a chunk
+    cannot be read as plain bytes (filtered, or not allocated): read through h5py then.
+
+    Looked up chunk by chunk, unlike the local reader's whole chunk table: over a URL
+    the table of a large store is many small requests, and a block needs a few chunks.
+    """
+    if dataset.chunks is None or dataset.compression is not None or stop <= start:
+        return None
+    size = dataset.chunks[0]
+    out = []
+    for first in range(start - start % size, stop, size):
+        info = dataset.id.get_chunk_info_by_coord((first,))
+        if info.byte_offset is None or info.filter_mask or info.size != size:
+            return None
+        out.append((int(info.byte_offset), size))
+    return out
