@@ -265,9 +265,10 @@ def test_permanent_errors_are_one_line(
         seqstore.open("s3://no-such-bucket/train.h5", storage_options=opts)
     with pytest.raises(NotAStoreError, match="does not exist or is not a seqstore store"):
         seqstore.open(f"s3://{bucket}/missing.h5", storage_options=opts)
-    wrong = s3_server.storage_options(secret="not-the-secret")
-    with pytest.raises(RemoteError, match="access denied.*check the credentials"):
-        seqstore.open(url, storage_options=wrong)
+    if s3_server.kind == "seaweedfs":  # moto takes any key
+        wrong = s3_server.storage_options(secret="not-the-secret")
+        with pytest.raises(RemoteError, match="access denied.*check the credentials"):
+            seqstore.open(url, storage_options=wrong)
     assert time.monotonic() - started < 10  # refused at once, not retried
     assert main(["info", "s3://no-such-bucket/x.h5"]) == 2  # no credentials: refused too
     err = capsys.readouterr().err.strip()
