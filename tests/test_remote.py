@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -338,20 +339,27 @@ def test_convert_uploads_a_whole_store(
 ) -> None:
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the store is staged by default
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again (and after the test)
     url = f"s3://{bucket}/train.h5"
-    argv = ["convert", str(stores["images"]), url, "--format", "hdf5", "-q"]
-    argv += ["--staging-dir", str(tmp_path)]
-    assert main(argv) == 0
+    # As the README shows it: credentials and endpoint from the environment.
+    assert main(["convert", str(stores["images"]), url, "--format", "hdf5"]) == 0
     assert f"to {url} as hdf5" in capsys.readouterr().out
     assert not list((tmp_path / "seqstore-upload").iterdir())  # the local copy is gone
+    assert main(["info", url]) == 0
+    assert "format: hdf5" in capsys.readouterr().out
     remote = seqstore.open(url)
     local = seqstore.open(stores["hdf5"])  # the same source, converted locally
     assert remote.read_block(0, N) == local.read_block(0, N)
     assert "storage_options" not in remote.manifest.provenance.options
+    staging = tmp_path / "elsewhere"
+    argv = ["convert", str(stores["images"]), url, "--format", "hdf5", "-q"]
+    argv += ["--staging-dir", str(staging)]
     assert main(argv) == 2  # a store is there
     assert "already holds a store" in capsys.readouterr().err
     first = remote.identity
     assert main([*argv, "--overwrite"]) == 0
+    assert not list((staging / "seqstore-upload").iterdir())
     assert seqstore.open(url).identity != first
     with pytest.raises(StoreExistsError):
         convert(stores["images"], url, format="hdf5", progress=False)
