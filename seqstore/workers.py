@@ -32,7 +32,7 @@ from . import transforms
 from .backends import Reader
 from .batches import Affine, Ring, collate
 from .config import LoaderConfig
-from .engine.plan import EpochSpec, WorkerEpoch
+from .engine.plan import EpochSpec, Remaining, WorkerEpoch
 from .engine.stream import RawBatch, iter_batches
 from .errors import BadRecordError, BadRecordWarning, SeqstoreError
 from .records import Record
@@ -237,8 +237,12 @@ class EpochDataset(IterableDataset[WorkerItem]):
     Attributes
     ----------
     state : torch.Tensor
-        (epoch, batches to skip), in shared memory: workers persist across epochs and read
-        the values the main process sets before each epoch starts.
+        (epoch, batches to skip, 1 if the epoch runs over ``remaining`` only), in shared
+        memory: workers persist across epochs and read the values the main process sets
+        before each epoch starts.
+    remaining : Remaining or None
+        The records of an epoch resumed on another shape. Workers receive it when they
+        start, so the Loader starts new ones when it changes.
     """
 
     def __init__(
@@ -256,7 +260,8 @@ class EpochDataset(IterableDataset[WorkerItem]):
         self.ring = ring
         self.skip_bad = skip_bad
         self.affine = affine
-        self.state = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self.state = torch.zeros(3, dtype=torch.int64).share_memory_()
+        self.remaining: Remaining | None = None
 
     def __iter__(self) -> Iterator[WorkerItem]:
         try:
@@ -270,13 +275,15 @@ class EpochDataset(IterableDataset[WorkerItem]):
 
     def _batches(self) -> Iterator[WorkerItem]:
         spec = self.spec
-        epoch, skip_batches = (int(v) for v in self.state)
+        epoch, skip_batches, partial = (int(v) for v in self.state)
         info = get_worker_info()
         worker = info.id if info is not None else 0
         # DataLoader collects batches from workers round-robin starting at worker 0; after
         # a resume at batch k the next batch belongs to worker k % workers, so the workers
         # are rotated to take up where their counterparts left off.
-        work = WorkerEpoch(spec, epoch, spec.rank, (worker + skip_batches) % spec.workers)
+        plan_worker = (worker + skip_batches) % spec.workers
+        remaining = self.remaining if partial else None
+        work = WorkerEpoch(spec, epoch, spec.rank, plan_worker, remaining)
         done = sum(1 for b in work.plan.batches if b < skip_batches)
         batches = iter_batches(self.reader.read_block, work, self.transform, skip_batches=done)
         in_worker = worker if info is not None else None

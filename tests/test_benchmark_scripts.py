@@ -64,6 +64,18 @@ def test_loader_benchmark_prints_throughput_first_batch_and_memory(tmp_path: Pat
         assert row in p.stdout, row
 
 
+def test_plan_benchmark_prints_its_table_and_the_resume() -> None:
+    args = ("--records", "100000", "--ranks", "4", "--workers", "2", "--repeat", "1")
+    p = _run(ROOT / "benchmarks" / "plan.py", *args)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    row = next(line for line in lines if "plan: 100,000 records, 4 ranks x 2 workers" in line)
+    assert row.endswith("| < 1 s, < 100 MB |") and " ms |" in row
+    assert any(line.startswith("| baseline: a table of all 2,778 blocks") for line in lines)
+    assert "elastic resume: 1,281,167 records stopped after 313 of 626 batches" in p.stdout
+    assert "the state carries them in" in p.stdout
+
+
 def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) -> None:
     src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
     p = _run(
