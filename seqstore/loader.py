@@ -440,7 +440,7 @@ class Loader:
             bad = int(state["bad_in_epoch"])
         except (KeyError, TypeError, ValueError) as err:
             raise ResumeError(
-                f"the saved loader state of store '{self.reader.path}' is damaged ({err}); "
+                f"the saved loader state of store '{self.where}' is damaged ({err}); "
                 "start the epoch afresh with set_epoch()"
             ) from None
         total = saved.batches_over(remaining)
