@@ -223,6 +223,7 @@ CONVERT_OPTIONS = (
     "shard_mb",
     "limit",
     "source_format",
+    "staging_dir",
 )
 BENCH_OPTIONS = (
     "workers",
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert an image folder or store into a store")
     p.add_argument("src", help="image folder, seqstore store, or tensorpack LMDB file")
-    p.add_argument("dst", help="directory of the new store")
+    p.add_argument("dst", help="directory of the new store, or its URL (s3://bucket/x.h5 ...)")
     add_model_options(
         p,
         ConvertConfig,

@@ -81,6 +81,13 @@ class ConvertConfig(BaseModel):
         shuffling).
     progress : bool
         Show a progress bar.
+    storage_options : dict
+        For a destination URL (``s3://bucket/train.h5``, any fsspec URL): the fsspec
+        filesystem's options; by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_ENDPOINT_URL`` ...).
+    staging_dir : Path or None
+        For a destination URL: where the store is written before it is uploaded (it needs
+        the store's size free); default: the system's temporary directory.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,6 +112,8 @@ class ConvertConfig(BaseModel):
     source_format: str | None = None
     limit: int | None = Field(None, ge=1)
     progress: bool = True
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    staging_dir: Path | None = None
 
 
 class LoaderConfig(BaseModel):
@@ -112,8 +121,20 @@ class LoaderConfig(BaseModel):
 
     Attributes
     ----------
-    path : Path
-        A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``.
+    path : Path or str
+        A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``;
+        or the URL of a store or of a root of stores (``s3://bucket/train.h5``, ``gs://``,
+        ``https://``, any fsspec URL), kept as a string.
+    storage_options : dict
+        For a URL: the fsspec filesystem's options (credentials, ``client_kwargs`` with an
+        ``endpoint_url`` ...); by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` ...).
+    cache_dir : Path or None
+        For a URL: a local directory that keeps whole copies of the store's data files, so
+        that later epochs read them from disk; shared safely by processes and loaders.
+    cache_limit_gb : float or None
+        The most GB ``cache_dir`` holds; least recently used copies are removed first.
+        None: no limit.
     backend : str or None
         Read with this backend instead of the one the store's manifest names.
     split : {"train", "val"} or None
@@ -194,7 +215,10 @@ class LoaderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    path: Path
+    path: Path | str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: Path | None = None
+    cache_limit_gb: float | None = Field(None, gt=0)
     backend: str | None = None
     split: Literal["train", "val"] | None = None
     reader_options: dict[str, Any] = Field(default_factory=dict)
@@ -224,6 +248,14 @@ class LoaderConfig(BaseModel):
     verify: bool = True
     on_error: Literal["raise", "skip"] = "raise"
     max_bad: int | float | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: Any) -> Any:
+        # A URL stays text: as a Path, "s3://b/k" would lose a slash.
+        if isinstance(value, str) and "://" in value:
+            return value
+        return Path(value) if isinstance(value, str) else value
 
     @field_validator("max_bad", mode="before")
     @classmethod

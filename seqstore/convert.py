@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,10 +21,11 @@ from tqdm import tqdm
 from ._version import __version__
 from .backends import Reader, Writer, get_backend, open_store
 from .backends.folder import load_classes
+from .backends.reader import is_local
 from .config import ConvertConfig, load_config
-from .errors import BadImageError, ConfigError
+from .errors import BadImageError, ConfigError, SeqstoreError
 from .imageinfo import ImageInfo, extension_format, probe
-from .manifest import Manifest, Provenance, SkippedFile
+from .manifest import MANIFEST_NAME, Manifest, Provenance, SkippedFile
 from .records import Record
 
 __all__ = ["ConversionPlan", "ConvertReport", "Filled", "convert", "fill", "plan_conversion"]
@@ -103,6 +105,18 @@ def convert(
         destination is then removed, never left looking complete.
     """
     cfg = load_config(ConvertConfig, config, **options)
+    if not is_local(dst):
+        if cfg.shard_mb is not None or cfg.distributed:
+            raise ConfigError(
+                f"sharded stores are written to local file systems only, not to '{dst}'; "
+                "convert to a local path (for --distributed, one that every rank sees)"
+            )
+        return _convert_to_url(src, os.fspath(dst), cfg)
+    if cfg.storage_options:
+        raise ConfigError(
+            f"storage_options apply to a destination URL (s3://, gs:// ...), and '{dst}' is "
+            "a local path; leave them out, or give the store's URL"
+        )
     if cfg.shard_mb is not None or cfg.distributed:
         from .sharded_convert import convert_sharded
 
@@ -236,6 +250,9 @@ def plan_conversion(
                 "checkpoint_mb",
                 "shard_mb",
                 "distributed",
+                # Credentials and a local scratch path are no facts of the store.
+                "storage_options",
+                "staging_dir",
             },
         )
         | {"shuffle": shuffle, "source_records": len(reader)},
@@ -333,6 +350,29 @@ def fill(
             next_checkpoint = writer.total_bytes + every
         progress(len(results), bytes_read)
     return Filled(bytes_read, resumed_records)
+
+
+def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
+    """Convert into a local staging directory, then upload the finished store to ``url``
+    (data files first, the manifest last: see :mod:`seqstore.remote.upload`)."""
+    from .remote.location import Remote
+    from .remote.upload import check_destination, staging_path, upload_store
+
+    remote = Remote(url, dict(cfg.storage_options))
+    check_destination(remote, overwrite=cfg.overwrite)
+    local = staging_path(remote.url, cfg.staging_dir)
+    # The staging path is this conversion's own: a finished store left there by a convert
+    # whose upload failed is replaced.
+    report = convert(src, local, cfg.model_copy(update={"overwrite": True, "storage_options": {}}))
+    try:
+        upload_store(local, remote, overwrite=cfg.overwrite)
+    except SeqstoreError as exc:
+        raise type(exc)(
+            f"{exc}; the finished store stays at '{local}' (copy it up, data files before "
+            f"{MANIFEST_NAME}, or run the same convert again)"
+        ) from None
+    shutil.rmtree(local, ignore_errors=True)
+    return report
 
 
 def _ignored_line(ignored: Sequence[str]) -> str:

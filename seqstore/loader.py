@@ -139,9 +139,18 @@ class Loader:
         path_ = cfg.path
         reader_options = dict(cfg.reader_options)
         if cfg.split is not None:
-            path_, found = resolve_split(cfg.path, cfg.split)
+            path_, found = resolve_split(cfg.path, cfg.split, cfg.storage_options)
             reader_options = {**found, **reader_options}
-        self.reader: Reader = open_store(path_, cfg.backend, **reader_options)
+        self.reader: Reader = open_store(
+            path_,
+            cfg.backend,
+            storage_options=cfg.storage_options,
+            cache_dir=cfg.cache_dir,
+            cache_limit_gb=cfg.cache_limit_gb,
+            **reader_options,
+        )
+        self.where = os.fspath(self.reader.location)
+        """The store's path or URL."""
         rank, world = _default_rank_world()
         rank = cfg.rank if cfg.rank is not None else rank
         world = cfg.world_size if cfg.world_size is not None else world
@@ -208,7 +217,7 @@ class Loader:
         max_bad = cfg.max_bad
         if isinstance(max_bad, float):
             max_bad = int(max_bad * rank_sample_count(n, world, cfg.drop_last))
-        self._bad = BadRecordLog(self.reader.path, max_bad, setting=cfg.max_bad, rank=rank)
+        self._bad = BadRecordLog(self.where, max_bad, setting=cfg.max_bad, rank=rank)
         self.bad_records: list[str] = self._bad.keys
         """Keys of the bad records met so far (``on_error="skip"``), each once, in order."""
         self._worker_death: str | None = None
@@ -318,7 +327,7 @@ class Loader:
             death = death or self._worker_death
             if death is not None:
                 raise WorkerDiedError(
-                    f"a loader worker of store '{self.reader.path}' died in epoch {epoch} "
+                    f"a loader worker of store '{self.where}' died in epoch {epoch} "
                     f"after batch {self._batches_done} ({death}); state_dict() still holds "
                     "the last batch delivered: load_state_dict() it and iterate to continue"
                 )
@@ -370,7 +379,7 @@ class Loader:
         return {
             "version": _STATE_VERSION,
             "store": self.reader.identity,
-            "store_path": str(self.reader.path),
+            "store_path": self.where,
             "epoch": self._epoch,
             "batches_done": self._batches_done,
             "bad_in_epoch": self._bad.in_epoch,
@@ -408,7 +417,7 @@ class Loader:
         if state.get("store") != self.reader.identity:
             raise ResumeError(
                 f"cannot resume: the saved loader state is of store '{state.get('store_path')}' "
-                f"(id {state.get('store')}), not of '{self.reader.path}' "
+                f"(id {state.get('store')}), not of '{self.where}' "
                 f"(id {self.reader.identity}); resume on the store it was saved on, or start "
                 "the epoch afresh with set_epoch()"
             )
@@ -431,7 +440,7 @@ class Loader:
             bad = int(state["bad_in_epoch"])
         except (KeyError, TypeError, ValueError) as err:
             raise ResumeError(
-                f"the saved loader state of store '{self.reader.path}' is damaged ({err}); "
+                f"the saved loader state of store '{self.where}' is damaged ({err}); "
                 "start the epoch afresh with set_epoch()"
             ) from None
         total = saved.batches_over(remaining)

@@ -42,6 +42,7 @@ __all__ = [
     "index_digest",
     "is_sharded",
     "is_store",
+    "parse_manifest",
     "read_manifest",
     "write_json_atomic",
     "write_manifest",
@@ -220,14 +221,34 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         if partial.is_file():
             raise PartialStoreError(_partial_message(p, partial))
         raise NotAStoreError(f"'{p}' is not a seqstore store (no {MANIFEST_NAME})")
+    return parse_manifest(manifest.read_bytes(), str(manifest))
+
+
+def parse_manifest(data: bytes, name: str) -> Manifest:
+    """Validate the bytes of a manifest file, read from a disk or fetched from a URL.
+
+    Parameters
+    ----------
+    data
+        The file's content.
+    name
+        Its path or URL, for messages.
+
+    Raises
+    ------
+    NotAStoreError
+        ``data`` is not a valid manifest.
+    CorruptStoreError
+        It does not match its digest (edited or damaged).
+    """
     try:
-        raw = json.loads(manifest.read_bytes())
+        raw = json.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         digest = raw.get("digest")
         if digest is not None and digest != _digest(raw):
             raise CorruptStoreError(
-                f"'{manifest}' was edited or damaged: it no longer matches its digest; "
+                f"'{name}' was edited or damaged: it no longer matches its digest; "
                 "re-create the store with seqstore convert (editing a manifest by hand can "
                 "make a store read wrong records)"
             )
@@ -235,7 +256,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise NotAStoreError(
-            f"'{manifest}' is not a valid seqstore manifest ({first}); "
+            f"'{name}' is not a valid seqstore manifest ({first}); "
             "re-create the store with seqstore convert"
         ) from None
 

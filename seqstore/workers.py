@@ -14,6 +14,7 @@ worker that died ended.
 from __future__ import annotations
 
 import multiprocessing.connection
+import os
 import random
 import signal
 import threading
@@ -74,7 +75,7 @@ BadRecord = tuple[str, int, str | None]
 WorkerItem = tuple[Any, np.ndarray, np.ndarray, list[BadRecord]] | WorkerFailure
 
 
-def bad_message(key: str, index: int, store: Path, decode_error: str | None) -> str:
+def bad_message(key: str, index: int, store: str | Path, decode_error: str | None) -> str:
     """What is wrong with record ``key`` (#``index``) of ``store``, and what to do."""
     where = f"record '{key}' (#{index}) of store '{store}'"
     if decode_error is None:
@@ -179,7 +180,7 @@ class SampleTransform:
         return None
 
 
-def replace_bad(raw: RawBatch, store: Path, skip: bool) -> list[BadRecord]:
+def replace_bad(raw: RawBatch, store: str | Path, skip: bool) -> list[BadRecord]:
     """Put the next good sample of the batch (wrapping around) in place of each bad one, in
     ``raw``, and return the bad records.
 
@@ -289,7 +290,7 @@ class EpochDataset(IterableDataset[WorkerItem]):
         if self.ring is not None and in_worker is not None:
             self.ring.reset(in_worker)
         for raw in batches:
-            bad = replace_bad(raw, self.reader.path, self.skip_bad)
+            bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
             yield (*collate(raw, self.ring, in_worker, self.affine), bad)
 
 
@@ -340,7 +341,7 @@ class BadRecordLog:
         Bad records met in the current epoch (saved with a loader's state).
     """
 
-    def __init__(self, store: Path, max_bad: int | None, setting: float | None, rank: int):
+    def __init__(self, store: str | Path, max_bad: int | None, setting: float | None, rank: int):
         self.store = store
         self.max_bad = max_bad
         self.setting = setting
