@@ -106,10 +106,11 @@ def convert(
     """
     cfg = load_config(ConvertConfig, config, **options)
     if not is_local(dst):
-        if cfg.shard_mb is not None or cfg.distributed:
+        if cfg.distributed:
             raise ConfigError(
-                f"sharded stores are written to local file systems only, not to '{dst}'; "
-                "convert to a local path (for --distributed, one that every rank sees)"
+                f"a distributed convert writes to a local file system only, not to '{dst}'; "
+                "convert to a path every rank sees, or leave out --distributed and give "
+                "--shard-mb (a sharded store is uploaded shard by shard)"
             )
         return _convert_to_url(src, os.fspath(dst), cfg)
     if cfg.storage_options:
@@ -354,18 +355,29 @@ def fill(
 
 def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
     """Convert into a local staging directory, then upload the finished store to ``url``
-    (data files first, the manifest last: see :mod:`seqstore.remote.upload`)."""
+    (data files first, the manifest last: see :mod:`seqstore.remote.upload`). A sharded
+    store's shards are uploaded as they are finished, while the next ones are written."""
     from .remote.location import Remote
-    from .remote.upload import check_destination, staging_path, upload_store
+    from .remote.upload import StoreUpload, check_destination, staging_path
 
     remote = Remote(url, dict(cfg.storage_options))
     check_destination(remote, overwrite=cfg.overwrite)
     local = staging_path(remote.url, cfg.staging_dir)
+    upload = StoreUpload(remote, overwrite=cfg.overwrite)
     # The staging path is this conversion's own: a finished store left there by a convert
     # whose upload failed is replaced.
-    report = convert(src, local, cfg.model_copy(update={"overwrite": True, "storage_options": {}}))
+    local_cfg = cfg.model_copy(update={"overwrite": True, "storage_options": {}})
+    if cfg.shard_mb is not None:
+        from .sharded_convert import convert_sharded
+
+        try:
+            report = convert_sharded(src, local, local_cfg, on_shard=upload.put_shard)
+        except SeqstoreError as exc:
+            raise type(exc)(f"{exc}; '{url}' holds no store (no {MANIFEST_NAME})") from None
+    else:
+        report = convert(src, local, local_cfg)
     try:
-        upload_store(local, remote, overwrite=cfg.overwrite)
+        upload.finish(local)
     except SeqstoreError as exc:
         raise type(exc)(
             f"{exc}; the finished store stays at '{local}' (copy it up, data files before "

@@ -45,6 +45,7 @@ from .backends.sharded import (
     ShardedWriter,
     finished_shard,
     open_shard_writer,
+    shard_name,
     shard_provenance,
     sharded_writer_cls,
 )
@@ -109,12 +110,19 @@ class _ShardDone:
 
 
 def convert_sharded(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], cfg: ConvertConfig
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    cfg: ConvertConfig,
+    *,
+    on_shard: Callable[[Path], object] | None = None,
 ) -> ConvertReport:
     """Convert ``src`` into a sharded store at ``dst`` (see the module docstring).
 
     Called by :func:`seqstore.convert.convert` when ``shard_mb`` or ``distributed`` is set;
     in a distributed conversion every rank calls it, and each returns the same report.
+    ``on_shard`` is called in this process with the directory of each shard it (or its
+    worker processes) finished, as soon as it is finished: a conversion to a URL uploads it
+    then. An exception it raises ends the conversion as a failed shard would.
 
     Raises
     ------
@@ -124,7 +132,7 @@ def convert_sharded(
     """
     group = _Group() if cfg.distributed else None
     try:
-        return _convert(src, dst, cfg, group)
+        return _convert(src, dst, cfg, group, on_shard)
     finally:
         if group is not None:
             group.close()
@@ -165,6 +173,7 @@ def _convert(
     dst: str | os.PathLike[str],
     cfg: ConvertConfig,
     group: _Group | None,
+    on_shard: Callable[[Path], object] | None = None,
 ) -> ConvertReport:
     rank, world = (group.rank, group.world) if group is not None else (0, 1)
     t0 = time.perf_counter()
@@ -189,7 +198,9 @@ def _convert(
     done: list[_ShardDone] = []
     error: Exception | None = None
     try:
-        done = _write_shards(job, mine, show=cfg.progress and rank == 0, rank=rank, world=world)
+        done = _write_shards(
+            job, mine, show=cfg.progress and rank == 0, rank=rank, world=world, on_shard=on_shard
+        )
     except Exception as exc:
         if group is None:
             _close(writer, ok=False, keep=isinstance(exc, WorkerDiedError))
@@ -251,9 +262,17 @@ def _describe(error: BaseException) -> str:
 
 
 def _write_shards(
-    job: ShardJob, mine: list[int], *, show: bool, rank: int, world: int
+    job: ShardJob,
+    mine: list[int],
+    *,
+    show: bool,
+    rank: int,
+    world: int,
+    on_shard: Callable[[Path], object] | None = None,
 ) -> list[_ShardDone]:
-    """Write the shards ``mine``: in this process, or in the config's worker processes."""
+    """Write the shards ``mine``: in this process, or in the config's worker processes;
+    ``on_shard`` is called with each one's directory once it is finished."""
+    finished = (lambda _index: None) if on_shard is None else _call_with_directory(job, on_shard)
     workers = min(job.plan.config.workers, len(mine))
     who = f" (rank {rank} of {world})" if world > 1 else ""
     with tqdm(
@@ -264,11 +283,21 @@ def _write_shards(
     ) as bar:
         if workers == 0:
             _jobs[os.getpid()] = job
+            out = []
             try:
-                return [_write_shard(i, bar.update) for i in mine]
+                for i in mine:
+                    out.append(_write_shard(i, bar.update))
+                    finished(i)
             finally:
                 del _jobs[os.getpid()]
-        return _in_processes(job, mine, workers, bar.update)
+            return out
+        return _in_processes(job, mine, workers, bar.update, finished)
+
+
+def _call_with_directory(
+    job: ShardJob, on_shard: Callable[[Path], object]
+) -> Callable[[int], object]:
+    return lambda index: on_shard(job.directory / shard_name(index))
 
 
 # The job of this process (keyed by pid: a forked child never uses its parent's entry).
@@ -301,10 +330,16 @@ def _write_shard(index: int, progress: Callable[[int], object]) -> _ShardDone:
 
 
 def _in_processes(
-    job: ShardJob, mine: list[int], workers: int, progress: Callable[[int], object]
+    job: ShardJob,
+    mine: list[int],
+    workers: int,
+    progress: Callable[[int], object],
+    finished: Callable[[int], object],
 ) -> list[_ShardDone]:
     """Write the shards ``mine`` in ``workers`` processes, each taking the next shard as it
-    becomes free; a process that raises or dies stops them all."""
+    becomes free, and call ``finished`` here with each shard's number as it is finished (the
+    processes go on with the next shards meanwhile); a process that raises or dies, or
+    ``finished`` raising, stops them all."""
     ctx = mp.get_context()
     tasks: Any = ctx.Queue()
     results: Any = ctx.Queue()
@@ -340,6 +375,7 @@ def _in_processes(
                 if kind == "error":
                     raise value
                 out.append(value)
+                finished(value.index)
             progress(counter.value - shown)
             shown = counter.value
     finally:

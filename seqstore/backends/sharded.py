@@ -46,7 +46,7 @@ from ..manifest import (
 )
 from ..records import Record
 from .base import Backend
-from .reader import Reader
+from .reader import Reader, is_local
 from .staging import read_store_manifest
 from .writer import Writer
 
@@ -95,6 +95,10 @@ class ShardedReader(Reader):
     one read per shard. Shard readers are made on first use, each checked against the
     store's manifest, and at most :data:`OPEN_SHARDS` hold open files in a process.
 
+    Subclasses read stores elsewhere through three hooks: :meth:`_read_manifest` (the
+    store's manifest), :meth:`_shard_location` (where a shard is) and :meth:`_shard_reader`
+    (its reader); :class:`~seqstore.remote.sharded.RemoteShardedReader` reads one at a URL.
+
     Parameters
     ----------
     location
@@ -113,10 +117,12 @@ class ShardedReader(Reader):
         **options: Any,
     ) -> None:
         super().__init__(location)
-        self._manifest = read_store_manifest(self.path)
+        # For messages: the directory, or the URL of a store that is not on a local disk.
+        self._where = str(self.path) if is_local(location) else os.fspath(location)
+        self._manifest = self._read_manifest()
         m = self._manifest
         if m.shards is None:
-            raise NotAStoreError(f"'{self.path}' is a store of one data file, not a sharded one")
+            raise NotAStoreError(f"'{self._where}' is a store of one data file, not a sharded one")
         if not isinstance(backend, type):
             from .registry import get_backend
 
@@ -124,7 +130,7 @@ class ShardedReader(Reader):
         self.backend = backend
         if m.format_version not in backend.reader_cls.layout_versions:
             raise NotAStoreError(
-                f"store '{self.path}' has {m.format} layout version {m.format_version} (written "
+                f"store '{self._where}' has {m.format} layout version {m.format_version} (written "
                 f"by seqstore {m.provenance.seqstore_version}); this seqstore reads version "
                 f"{', '.join(map(str, backend.reader_cls.layout_versions))}: convert the "
                 "source again"
@@ -172,14 +178,18 @@ class ShardedReader(Reader):
             self._readers[oldest].close()
         return reader
 
+    def _read_manifest(self) -> Manifest:
+        """The store's manifest (hook: a local store's is read from its directory)."""
+        return read_store_manifest(self.path)
+
     def _open_shard(self, index: int) -> Reader:
         entry = self.shards[index]
         where = self._shard_location(entry)
         try:
-            reader = self.backend.reader_cls(where, **self._options)
+            reader = self._shard_reader(where)
         except (NotAStoreError, PartialStoreError) as exc:
             raise CorruptStoreError(
-                f"sharded store '{self.path}' lacks its shard '{entry.name}' ({exc}); "
+                f"sharded store '{self._where}' lacks its shard '{entry.name}' ({exc}); "
                 "re-create the store with seqstore convert"
             ) from None
         m = reader.manifest
@@ -190,13 +200,25 @@ class ShardedReader(Reader):
             self._manifest.format,
         ):
             raise CorruptStoreError(
-                f"shard '{where}' is not the shard the manifest of '{self.path}' lists "
+                f"shard '{where}' is not the shard the manifest of '{self._where}' lists "
                 "(replaced or edited); re-create the store with seqstore convert"
             )
         return reader
 
-    def _shard_location(self, entry: Shard) -> Path:
+    def _shard_location(self, entry: Shard) -> str | os.PathLike[str]:
+        """Where the shard ``entry`` is (hook: a directory inside the store's)."""
         return self.path / entry.name
+
+    def _shard_reader(self, where: str | os.PathLike[str]) -> Reader:
+        """The reader of the shard at ``where``, not yet checked against the manifest
+        (hook: the backend's reader of a local store).
+
+        Raises
+        ------
+        NotAStoreError, PartialStoreError
+            No finished store is there.
+        """
+        return self.backend.reader_cls(where, **self._options)
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -222,7 +244,7 @@ class ShardedReader(Reader):
         # docstring inherited
         if _store_index_digest(self.shards) != self._manifest.index_digest:
             raise CorruptStoreError(
-                f"the shard list of '{self.path}' does not match its index digest (damaged or "
+                f"the shard list of '{self._where}' does not match its index digest (damaged or "
                 "edited); re-create the store with seqstore convert"
             )
         for i in range(len(self.shards)):

@@ -4,9 +4,10 @@
 manifest, checks its data file, and returns the format's remote reader
 (:class:`~seqstore.remote.hdf5.RemoteHDF5Reader`, which reads a block with one ranged GET,
 or :class:`~seqstore.remote.lmdb.RemoteLMDBReader`, which reads a whole copy in the local
-cache). :func:`~seqstore.remote.upload.upload_store` puts a finished local store at a URL,
-data first and manifest last. Requests retry transient failures with backoff
-(:mod:`.location`); the optional local cache is :mod:`.cache`.
+cache); for a sharded store, a :class:`~seqstore.remote.sharded.RemoteShardedReader` whose
+shards are read by those. :func:`~seqstore.remote.upload.upload_store` puts a finished
+local store at a URL, data first and manifest last. Requests retry transient failures with
+backoff (:mod:`.location`); the optional local cache is :mod:`.cache`.
 
 Needs fsspec and the filesystem of the URL's protocol: ``pip install 'seqstore[s3]'``
 (fsspec + s3fs) for ``s3://``, ``gcsfs`` for ``gs://``, aiohttp for ``http(s)://``.
@@ -18,15 +19,26 @@ import os
 from typing import Any
 
 from ..backends.reader import Reader
+from ..backends.sharded import shard_name
 from ..errors import ConfigError, NotAStoreError, PartialStoreError
-from ..manifest import MANIFEST_NAME, parse_manifest
+from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
 from .cache import ShardCache
 from .location import Remote, RemoteFile, RetryPolicy
 
-__all__ = ["Remote", "RemoteFile", "RetryPolicy", "ShardCache", "make_cache", "open_remote"]
+__all__ = [
+    "Remote",
+    "RemoteFile",
+    "RetryPolicy",
+    "ShardCache",
+    "fetch_manifest",
+    "format_reader",
+    "make_cache",
+    "open_remote",
+]
 
-# The data files of the formats a URL can hold, for telling an unfinished upload apart.
-_DATA_FILES = ("data.h5", "data.mdb")
+# The data files of the formats a URL can hold, and the manifest of a sharded store's first
+# shard (uploaded before the store's own), for telling an unfinished upload apart.
+_DATA_FILES = ("data.h5", "data.mdb", f"{shard_name(0)}/{MANIFEST_NAME}")
 
 
 def make_cache(
@@ -88,6 +100,49 @@ def open_remote(
         No such bucket, access denied, or the server unreachable past the retries.
     """
     remote = Remote(url, dict(storage_options or {}), retry or RetryPolicy())
+    raw, manifest = fetch_manifest(remote)
+    if backend is not None and backend != manifest.format:
+        raise ConfigError(
+            f"'{remote.url}' is a {manifest.format} store, not {backend}; leave out the backend "
+            "to read it as what it is"
+        )
+    cache = make_cache(cache_dir, cache_limit_gb)
+    if manifest.shards is None:
+        return format_reader(remote, manifest, raw, cache, options)
+    from .sharded import RemoteShardedReader
+
+    if manifest.format == "lmdb" and cache is None:
+        raise ConfigError(_LMDB_NEEDS_CACHE.format(url=remote.url))
+    reader = RemoteShardedReader(
+        remote.url, remote=remote, manifest=manifest, cache=cache, **options
+    )
+    if reader.shards:
+        # Its first shard now, so that a shard missing or a wrong option is told at once.
+        reader.shard(0)
+    return reader
+
+
+# The line that refuses an LMDB store at a URL without a cache.
+_LMDB_NEEDS_CACHE = (
+    "LMDB store '{url}' cannot be read in place from object storage (LMDB memory-maps its "
+    "file); pass cache_dir= to download it whole into a local cache, or convert it to HDF5 "
+    "(--format hdf5), whose blocks are read by ranged requests"
+)
+
+
+def fetch_manifest(remote: Remote) -> tuple[bytes, Manifest]:
+    """The manifest of the store at ``remote``: as fetched, and parsed.
+
+    Raises
+    ------
+    NotAStoreError
+        Nothing there is a seqstore store.
+    PartialStoreError
+        The store's data (or its first shard) is there but not its manifest: an upload that
+        did not finish.
+    RemoteError
+        No such bucket, access denied, or the server unreachable past the retries.
+    """
     url = remote.url
     manifest_url = remote.join(MANIFEST_NAME)
     try:
@@ -105,13 +160,25 @@ def open_remote(
             "only seqstore's stores are read from URLs: convert your data with seqstore "
             "convert SRC URL"
         ) from None
-    manifest = parse_manifest(raw, manifest_url)
-    if backend is not None and backend != manifest.format:
-        raise ConfigError(
-            f"'{url}' is a {manifest.format} store, not {backend}; leave out the backend to read "
-            "it as what it is"
-        )
-    cache = make_cache(cache_dir, cache_limit_gb)
+    return raw, parse_manifest(raw, manifest_url)
+
+
+def format_reader(
+    remote: Remote,
+    manifest: Manifest,
+    raw: bytes,
+    cache: ShardCache | None,
+    options: dict[str, Any],
+) -> Reader:
+    """The remote reader of the store of one data file at ``remote``, whose manifest is
+    ``manifest`` (fetched as ``raw``), with the reader's ``options``.
+
+    Raises
+    ------
+    ConfigError
+        An option the format's reader does not take, or a format not read from URLs.
+    """
+    url = remote.url
     try:
         if manifest.format == "hdf5":
             from .hdf5 import RemoteHDF5Reader

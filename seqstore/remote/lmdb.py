@@ -58,12 +58,9 @@ class RemoteLMDBReader(LMDBReader):
     ) -> None:
         size = sum(manifest.data_files.values())
         if cache is None:
-            raise ConfigError(
-                f"LMDB store '{location}' cannot be read in place from object storage (LMDB "
-                "memory-maps its file); pass cache_dir= to download it whole into a local "
-                "cache, or convert it to HDF5 (--format hdf5), whose blocks are read by "
-                "ranged requests"
-            )
+            from . import _LMDB_NEEDS_CACHE
+
+            raise ConfigError(_LMDB_NEEDS_CACHE.format(url=location))
         if cache.limit_bytes is not None and not cache.fits(size):
             raise ConfigError(
                 f"LMDB store '{location}' ({size / 1e9:.2f} GB) does not fit in the cache of "

@@ -6,6 +6,10 @@ manifest last. A store's manifest is what makes it a store (readers refuse a URL
 one, and name an unfinished upload as such), so at any instant the URL holds the whole old
 store, nothing readable, or the whole new store. Replacing a store (``overwrite``) deletes
 its manifest first, so that no reader pairs the old manifest with new data.
+
+A sharded store's shards are uploaded one by one as a conversion finishes them
+(:class:`StoreUpload`), each shard's data file before the shard's manifest, and the store's
+manifest once all are up.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ..errors import StoreExistsError
 from ..manifest import MANIFEST_NAME
 from .location import Remote
 
-__all__ = ["check_destination", "staging_path", "upload_store"]
+__all__ = ["StoreUpload", "check_destination", "staging_path", "upload_store"]
 
 
 def staging_path(url: str, staging_dir: str | os.PathLike[str] | None) -> Path:
@@ -46,8 +50,75 @@ def check_destination(remote: Remote, *, overwrite: bool) -> None:
         )
 
 
+class StoreUpload:
+    """The upload of one store to ``remote``, in steps: shards as they are finished
+    (:meth:`put_shard`), then the rest of the store with its manifest last (:meth:`finish`).
+
+    The first upload replaces a store at the destination (``overwrite``) by deleting its
+    manifest, or refuses one that appeared since the conversion began.
+
+    Parameters
+    ----------
+    remote
+        The destination.
+    overwrite
+        Replace a store at the destination.
+    """
+
+    def __init__(self, remote: Remote, *, overwrite: bool) -> None:
+        self.remote = remote
+        self.overwrite = overwrite
+        self.manifest_url = remote.join(MANIFEST_NAME)
+        self._began = False
+        self._done: set[str] = set()  # the shards uploaded, by name
+
+    def _begin(self) -> None:
+        if self._began:
+            return
+        if self.remote.exists(self.manifest_url):
+            if not self.overwrite:
+                raise StoreExistsError(
+                    f"'{self.remote.url}' was created by someone else while this store was "
+                    "written; pass --overwrite (overwrite=True) to replace it"
+                )
+            self.remote.rm(self.manifest_url)
+        self._began = True
+
+    def _put_tree(self, directory: Path, prefix: str) -> None:
+        """The files under ``directory`` as ``prefix/...``: in each directory its data files
+        before its manifest, which vouches for them."""
+        files = sorted(
+            (p for p in directory.rglob("*") if p.is_file()),
+            key=lambda p: (p.parent.as_posix(), p.name == MANIFEST_NAME, p.name),
+        )
+        for path in files:
+            name = f"{prefix}/{path.relative_to(directory).as_posix()}".lstrip("/")
+            self.remote.put_file(path, self.remote.join(name))
+
+    def put_shard(self, directory: Path) -> None:
+        """Upload the finished shard ``directory`` (a ``shard-NNNNN`` of a sharded store)."""
+        self._begin()
+        self._put_tree(directory, directory.name)
+        self._done.add(directory.name)
+
+    def finish(self, local: Path) -> None:
+        """Upload what of the finished store ``local`` :meth:`put_shard` did not, and its
+        manifest last."""
+        self._begin()
+        for entry in sorted(local.iterdir()):
+            if entry.name in self._done or entry.name == MANIFEST_NAME:
+                continue
+            if entry.is_dir():
+                self._put_tree(entry, entry.name)
+            else:
+                self.remote.put_file(entry, self.remote.join(entry.name))
+        self.remote.put_file(local / MANIFEST_NAME, self.manifest_url)
+        self.remote.invalidate()
+
+
 def upload_store(local: Path, remote: Remote, *, overwrite: bool) -> None:
-    """Upload the finished store at ``local`` to ``remote``: data files, then the manifest.
+    """Upload the finished store at ``local`` to ``remote``: data files (and a sharded
+    store's shards, each with its own manifest), then the store's manifest.
 
     Parameters
     ----------
@@ -65,16 +136,4 @@ def upload_store(local: Path, remote: Remote, *, overwrite: bool) -> None:
     RemoteError
         An upload failed past the retries; the destination then holds no manifest.
     """
-    manifest_url = remote.join(MANIFEST_NAME)
-    if remote.exists(manifest_url):
-        if not overwrite:
-            raise StoreExistsError(
-                f"'{remote.url}' was created by someone else while this store was written; "
-                "pass --overwrite (overwrite=True) to replace it"
-            )
-        remote.rm(manifest_url)
-    files = sorted(p for p in local.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
-    for path in files:
-        remote.put_file(path, remote.join(path.relative_to(local).as_posix()))
-    remote.put_file(local / MANIFEST_NAME, manifest_url)
-    remote.invalidate()
+    StoreUpload(remote, overwrite=overwrite).finish(local)
