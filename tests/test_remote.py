@@ -27,10 +27,12 @@ from seqstore.errors import (
     RemoteError,
     StoreExistsError,
 )
+from seqstore.manifest import MANIFEST_NAME
 from seqstore.records import Record
 from seqstore.remote import Remote, ShardCache, open_remote
 from seqstore.remote.hdf5 import RemoteHDF5Reader
-from seqstore.remote.upload import upload_store
+from seqstore.remote.sharded import RemoteShardedReader
+from seqstore.remote.upload import staging_path, upload_store
 from seqstore.testing import collect_epoch, make_image_folder
 from seqstore.testing.s3server import S3Server
 
@@ -413,3 +415,137 @@ def test_s3_benchmark_runs_as_the_readme_shows(s3_server: S3Server, tmp_path: Pa
         "first batch from s3:",
     ):
         assert line in p.stdout, line
+
+
+SHARD_MB = 0.05  # 25 of the 90 records a shard: 4 shards
+
+
+@pytest.fixture(scope="module")
+def sharded(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The images as a sharded HDF5 store on local disk, written as the upload below is."""
+    dst = tmp_path_factory.mktemp("sharded") / "train"
+    convert(stores["images"], dst, format="hdf5", shard_mb=SHARD_MB, workers=2, progress=False)
+    return dst
+
+
+def test_sharded_convert_to_s3_uploads_shards_as_they_finish_and_reads_back(
+    s3_server: S3Server,
+    stores: dict[str, Path],
+    sharded: Path,
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{bucket}/train"
+    staging = tmp_path / "staging"
+    local_top = staging_path(url, staging) / MANIFEST_NAME
+    puts: list[tuple[str, bool]] = []  # the name uploaded, and whether the store was finished
+    seen_partial = []
+    put_file = Remote.put_file
+
+    def logged(self: Remote, local: Any, target: str) -> None:
+        name = target[len(url) + 1 :]
+        # Nothing readable at the URL until the store's manifest is up.
+        if not puts:
+            with pytest.raises(NotAStoreError):
+                seqstore.open(url)
+        elif name == MANIFEST_NAME:
+            with pytest.raises(PartialStoreError, match="an upload that did not finish"):
+                seqstore.open(url)
+            seen_partial.append(name)
+        puts.append((name, local_top.is_file()))
+        put_file(self, local, target)
+
+    monkeypatch.setattr(Remote, "put_file", logged)
+    argv = ["convert", str(stores["images"]), url, "--format", "hdf5", "-q"]
+    argv += ["--shard-mb", str(SHARD_MB), "--workers", "2", "--staging-dir", str(staging)]
+    assert main(argv) == 0
+    monkeypatch.setattr(Remote, "put_file", put_file)
+
+    expected = sorted(p.relative_to(sharded).as_posix() for p in sharded.rglob("*") if p.is_file())
+    names = [name for name, _ in puts]
+    assert sorted(names) == expected  # the shards' own manifests too
+    assert len(expected) == 1 + 2 * 4
+    assert names[-1] == MANIFEST_NAME  # the store's manifest last ...
+    assert not any(finished for _, finished in puts[:-1])  # ... each shard before the store
+    for i in range(4):  # was finished, each shard's data before the manifest vouching for it
+        assert names.index(f"shard-{i:05d}/data.h5") < names.index(f"shard-{i:05d}/{MANIFEST_NAME}")
+    assert seen_partial
+    fs = s3_server.filesystem()
+    assert sorted(p[len(bucket) + 7 :] for p in fs.find(f"{bucket}/train")) == expected
+
+    remote = seqstore.open(url)
+    local = seqstore.open(sharded)
+    assert isinstance(remote, RemoteShardedReader)
+    assert remote.shard_bounds.tolist() == local.shard_bounds.tolist() == [0, 25, 50, 75, 90]
+    assert (
+        remote.read_block(0, N)
+        == local.read_block(0, N)
+        == seqstore.open(stores["hdf5"]).read_block(0, N)
+    )  # the records of an unsharded conversion, in its order
+    for start, stop in [(20, 60), (24, 26), (25, 50), (49, 90), (7, 7)]:
+        assert remote.read_block(start, stop) == local.read_block(start, stop)
+    assert np.array_equal(remote.labels(), local.labels())
+    remote.check_index()
+    # With the index and keys in hand, a block is one ranged GET per shard it touches.
+    shards = [remote.shard(i) for i in range(4)]
+    gets = sum(s.remote.gets for s in shards)  # type: ignore[attr-defined]
+    assert remote.read_block(20, 60) == local.read_block(20, 60)
+    assert sum(s.remote.gets for s in shards) == gets + 3  # type: ignore[attr-defined]
+
+    opts = _opts(num_workers=2, with_indices=True, seed=5)
+    li, ll, lx = collect_epoch(Loader(sharded, **opts))
+    ri, rl, rx = collect_epoch(Loader(url, **opts))
+    assert ri == li and rl == ll and sorted(ri) == list(range(N))
+    assert all(torch.equal(a, b) for a, b in zip(lx, rx, strict=True))
+
+
+def test_sharded_store_at_a_url_missing_a_shard_is_refused(
+    s3_server: S3Server, sharded: Path, bucket: str
+) -> None:
+    url = _upload(s3_server, sharded, f"s3://{bucket}/train")
+    opts = s3_server.storage_options()
+    assert seqstore.open(url, storage_options=opts).read_block(0, N) == seqstore.open(
+        sharded
+    ).read_block(0, N)
+    s3_server.filesystem().rm(f"{bucket}/train/shard-00002", recursive=True)
+    reader = seqstore.open(url, storage_options=opts)  # shard 0 is there
+    assert reader.read_block(0, 50) == seqstore.open(sharded).read_block(0, 50)
+    with pytest.raises(CorruptStoreError, match="lacks its shard 'shard-00002'"):
+        reader.read_block(40, 60)
+
+
+def test_sharded_lmdb_at_a_url_reads_through_the_cache(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
+) -> None:
+    url = f"s3://{bucket}/train.lmdb"
+    opts = s3_server.storage_options()
+    local_top = staging_path(url, tmp_path / "staging") / MANIFEST_NAME
+    finished: list[bool] = []  # at each upload, whether the store was finished
+    put_file = Remote.put_file
+
+    def logged(self: Remote, local: Any, target: str) -> None:
+        finished.append(local_top.is_file())
+        put_file(self, local, target)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Remote, "put_file", logged)
+        convert(  # shards written in this process (workers=0), each uploaded once written
+            stores["images"],
+            url,
+            format="lmdb",
+            shard_mb=SHARD_MB,
+            workers=0,
+            progress=False,
+            storage_options=opts,
+            staging_dir=tmp_path / "staging",
+        )
+    assert finished == [False] * 8 + [True]
+    with pytest.raises(ConfigError, match="cannot be read in place .* pass cache_dir="):
+        seqstore.open(url, storage_options=opts)
+    reader = seqstore.open(url, storage_options=opts, cache_dir=tmp_path / "cache")
+    assert isinstance(reader, RemoteShardedReader) and len(reader.shards) == 4
+    assert reader.read_block(0, N) == seqstore.open(stores["lmdb"]).read_block(0, N)
+    assert len(list((tmp_path / "cache").rglob("data.mdb"))) == 4  # a copy of each shard

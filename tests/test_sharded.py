@@ -292,14 +292,14 @@ def test_a_shard_cut_short_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     assert _content(dst) == _content(tmp_path / "ref")
 
 
-def test_a_sharded_store_is_not_written_to_a_url(
+def test_a_distributed_convert_is_not_written_to_a_url(
     images: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["convert", str(images), "s3://bucket/train.h5", "--format", "hdf5", "--shard-mb", "1"]
+    argv = ["convert", str(images), "s3://bucket/train.h5", "--format", "hdf5", "--distributed"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "seqstore: error: sharded stores are written to local file systems only, not to "
-        "'s3://bucket/train.h5'; convert to a local path (for --distributed, one that every "
-        "rank sees)"
+        "seqstore: error: a distributed convert writes to a local file system only, not to "
+        "'s3://bucket/train.h5'; convert to a path every rank sees, or leave out "
+        "--distributed and give --shard-mb (a sharded store is uploaded shard by shard)"
     )
