@@ -68,7 +68,8 @@ class ConvertConfig(BaseModel):
         Write a sharded store, shards of about this many MB of source images, written in
         parallel by the ``workers`` processes (or the ranks of a ``distributed`` run). Which
         records go into which shard depends on the source alone: a shard holds this many MB
-        over the source's mean record size of consecutive records of the write order.
+        over the source's mean record size of consecutive records of the write order. To a
+        URL, each shard is uploaded as soon as it is written, the store's manifest last.
     distributed : bool
         Share a sharded conversion among the ranks of a torch.distributed job (``torchrun``;
         ``seqstore convert`` turns this on by itself under torchrun): rank 0 lists the source
