@@ -154,6 +154,8 @@ def time_epochs(
         if first is None:
             first = time.perf_counter() - start
             memory.start()
+    if first is None:
+        raise SeqstoreError("the pipeline's epoch yielded no batch")
     memory.stop()
     images = 0
     start = time.perf_counter()

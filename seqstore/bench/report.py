@@ -12,7 +12,15 @@ import psutil
 
 from .._version import __version__
 
-__all__ = ["BenchResult", "Row", "chart", "describe_machine", "format_table", "to_json"]
+__all__ = [
+    "BenchResult",
+    "Row",
+    "chart",
+    "cpu_name",
+    "describe_machine",
+    "format_table",
+    "to_json",
+]
 
 
 @dataclass
@@ -82,6 +90,19 @@ class BenchResult:
         return rows[name].images_per_s / rows[to].images_per_s
 
 
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC ..."), from ``/proc/cpuinfo`` on Linux; elsewhere what
+    :func:`platform.processor` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def describe_machine() -> dict[str, Any]:
     """The CPU, memory, platform and library versions figures were taken with."""
     from importlib.metadata import PackageNotFoundError, version
@@ -96,6 +117,7 @@ def describe_machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "seqstore": __version__,
@@ -146,7 +168,8 @@ def chart(result: BenchResult, path: Path) -> Path | None:
 def format_table(result: BenchResult) -> str:
     """The results as a plain-text table."""
     lines = [
-        f"{result.records} records, {result.megabytes:.1f} MB; {result.machine['cpus']} CPUs; "
+        f"{result.records} records, {result.megabytes:.1f} MB; {result.machine['cpus']} CPUs"
+        f" ({result.machine.get('cpu', '?')}); "
         f"transform={result.config['transform']} workers={result.config['workers']} "
         f"batch={result.config['batch_size']}",
         "",
