@@ -187,3 +187,20 @@ def test_peers_benchmark_without_the_peers_measures_seqstore_and_says_so(
         assert f"| {row}" not in p.stdout
     assert "note: torchvision-style (PIL, float): Pillow is not installed, left out" in p.stdout
     assert "fastest peer" not in p.stdout
+
+
+def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(
+        ROOT / "benchmarks" / "hdd.py",
+        src,
+        *("--copies", "1", "--repeat", "1", "--only", "lmdb", "--workdir", tmp_path),
+    )
+    assert p.returncode == 0, p.stderr
+    if p.stdout.startswith("skipped: "):  # not root, or no cgroup block-I/O controller
+        assert len(p.stdout.splitlines()) == 1
+        return
+    row = next(line for line in p.stdout.splitlines() if line.startswith("| seqstore lmdb"))
+    cold, warm = (float(cell) for cell in row.split("|")[2:4])
+    assert cold > 0 and warm > 0
+    assert not list(Path("/sys/fs/cgroup/blkio").glob("seqstore-hdd-*"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from seqstore import Loader
 from seqstore import transforms as T
 from seqstore.convert import convert
 from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order
-from seqstore.engine.stream import RawBatch, iter_batches
+from seqstore.engine.stream import BlockFetcher, RawBatch, iter_batches
 from seqstore.errors import ConfigError, ResumeError
 from seqstore.testing import collect_epoch, make_image_folder
 
@@ -161,7 +162,7 @@ def test_resume_does_not_decode_skipped_samples(store: Path) -> None:
     assert len(decoded) == N - 48
 
 
-def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
+def test_memory_stays_within_buffer_plus_two_blocks(store: Path) -> None:
     reader = seqstore.open(store)
     counts = {"read": 0, "emitted": 0, "peak": 0}
 
@@ -176,7 +177,29 @@ def test_memory_stays_within_buffer_plus_one_block(store: Path) -> None:
 
     for _ in _single_worker_batches(read_block, transform):
         pass
-    assert counts["emitted"] == N and counts["peak"] <= 16 + 10
+    # The shuffle buffer, the block being consumed and the one read ahead.
+    assert counts["emitted"] == N and counts["peak"] <= 16 + 2 * 10
+
+
+def test_next_block_is_read_while_the_current_one_is_transformed(store: Path) -> None:
+    reader = seqstore.open(store)
+    second_block_read = threading.Event()
+
+    def read_block(start: int, stop: int) -> list[Any]:
+        if start == 10:
+            second_block_read.set()
+        return reader.read_block(start, stop)
+
+    fetcher = BlockFetcher(read_block, [(0, 30)], block=10)
+    try:
+        assert fetcher.get(0).key == reader.read_block(0, 1)[0].key
+        # Nothing more is asked of the fetcher: only a read ahead can get block 2 going.
+        assert second_block_read.wait(timeout=10)
+        assert [fetcher.get(i).key for i in range(1, 30)] == [
+            r.key for r in reader.read_block(1, 30)
+        ]
+    finally:
+        fetcher.close()
 
 
 @pytest.mark.parametrize("drop_last", [False, True])

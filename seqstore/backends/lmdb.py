@@ -21,9 +21,11 @@ stores are refused with a line that says to convert again.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import struct
+import sys
 from typing import Any, ClassVar
 
 import lmdb
@@ -33,7 +35,9 @@ from ..errors import CorruptStoreError, SeqstoreError
 from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
 from .base import Backend
+from .handles import ProcessLocal
 from .lmdb_env import DATA_FILE, SharedEnvReader
+from .ranges import GAP, FileRanges
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
 
@@ -55,6 +59,39 @@ def _encode(record: Record) -> bytes:
     return b"".join((header, key, record.data))
 
 
+# LMDB's on-disk structures (mdb.c), unchanged since its first release: a page starts with
+# its number (8 bytes) and, at byte 10, its flags; a leaf node is its data size (two 16-bit
+# halves), flags and key size, then the key, then the value, or for a value too big for the
+# leaf (F_BIGDATA) the number of its first overflow page.
+_PAGE_FLAGS = struct.Struct("<QHH")  # page number, padding, flags
+_NODE = struct.Struct("<HHHH")  # size low, size high, flags, key size
+_P_LEAF, _F_BIGDATA, _PAGE_HEADER = 0x02, 0x01, 16
+
+
+def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int] | None:
+    """Where record ``index``'s value lies in the data file, ``(start, end)``, read from its
+    leaf node without touching the value's own pages; None if the node is not as expected.
+
+    A value on overflow pages lies from its first page on; one kept in the leaf is counted
+    as its whole leaf page.
+    """
+    key = _index_key(index)
+    if not cursor.set_key(key):
+        return None
+    address = int(np.frombuffer(cursor.key(), np.uint8).ctypes.data)
+    page = address - address % psize
+    pgno, _, page_flags = _PAGE_FLAGS.unpack(ctypes.string_at(page, _PAGE_FLAGS.size))
+    node = ctypes.string_at(address - _NODE.size, _NODE.size + len(key) + 8)
+    low, high, flags, key_size = _NODE.unpack_from(node)
+    if not page_flags & _P_LEAF or key_size != len(key) or node[_NODE.size : -8] != key:
+        return None
+    if not flags & _F_BIGDATA:
+        return pgno * psize, (pgno + 1) * psize
+    overflow = struct.unpack_from("<Q", node, _NODE.size + len(key))[0]
+    start = overflow * psize + _PAGE_HEADER
+    return start, start + (low | high << 16)
+
+
 def _decode(value: memoryview | bytes) -> Record:
     label, width, height, crc, key_len = _HEADER.unpack_from(value)
     key_end = _HEADER.size + key_len
@@ -70,17 +107,22 @@ class LMDBReader(SharedEnvReader):
     location
         The store directory.
     readahead
-        Let the OS read ahead of the cursor. Good for the sequential block reads seqstore
-        does; turn off only for random access to a store much larger than RAM.
+        Let the OS read around every page fault of the memory map. Off by default on Linux,
+        where a block is read with one large read first (see :meth:`_prime`) and a fault
+        is only ever a page of the B-tree, for which reading megabytes around it (the
+        kernel's default) is waste; on by default elsewhere, where blocks are read
+        through the map alone.
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, location: str | os.PathLike[str], *, readahead: bool = True) -> None:
+    def __init__(self, location: str | os.PathLike[str], *, readahead: bool | None = None) -> None:
         super().__init__(location)
-        self.readahead = readahead
+        self.readahead = sys.platform != "linux" if readahead is None else readahead
         self._manifest = read_store_manifest(self.path)
         self._check_files()
+        self._ranges = FileRanges(self.path / DATA_FILE)
+        self._page_size: ProcessLocal[int] = ProcessLocal()
 
     @property
     def manifest(self) -> Manifest:
@@ -89,6 +131,35 @@ class LMDBReader(SharedEnvReader):
 
     def _env_options(self) -> dict[str, Any]:
         return {"readahead": self.readahead, "max_readers": 1024}
+
+    def close(self) -> None:
+        # docstring inherited
+        super().close()
+        self._ranges.close()
+        self._page_size.close()
+
+    def _prime(self, cursor: lmdb.Cursor, start: int, stop: int) -> None:
+        """Read the file extent of records ``start`` to ``stop - 1`` in one large read.
+
+        Records are appended in key order, so a block's values lie back to back in the file,
+        from the first record's value (or leaf page) to the end of the last one's. Walked
+        through the map, every page of a value is a page fault (py-lmdb touches each page of
+        a value it hands out), which on a cold, slow disk is an I/O of its own; read
+        first, the pages are in the page cache when the walk copies them.
+        """
+        first = _node_extent(cursor, start, self._psize)
+        last = _node_extent(cursor, stop - 1, self._psize) if stop - start > 1 else first
+        if first is None or last is None:
+            return
+        lo, hi = first[0], last[1]
+        # A sanity bound: never more than a few times what the records are expected to take.
+        expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
+        if 0 < hi - lo <= expected:
+            self._ranges.prime(lo, hi - lo)
+
+    @property
+    def _psize(self) -> int:
+        return self._page_size.get(lambda: int(self.env.stat()["psize"]))
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -99,6 +170,7 @@ class LMDBReader(SharedEnvReader):
         try:
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
+                self._prime(cursor, start, stop)
                 if not cursor.set_key(_index_key(start)):
                     raise CorruptStoreError(
                         f"record {start} is missing from LMDB store '{self.path}'; "

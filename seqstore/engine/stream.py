@@ -4,12 +4,15 @@ Format-agnostic: it only calls ``Reader.read_block``. The order is the epoch pla
 (:mod:`seqstore.engine.plan`), decided on indices by its
 :class:`~seqstore.engine.shuffle.ShuffleBuffer`; :class:`BlockFetcher` keeps the
 records of the indices the buffer holds and reads the next block when the buffer pulls
-past what has been read. Memory is therefore the shuffle buffer plus one block.
+past what has been read, while a background thread already reads the one after it. Memory
+is therefore the shuffle buffer plus two blocks.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +35,13 @@ def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 
 class BlockFetcher:
-    """Records by index, read a block at a time in span order.
+    """Records by index, read a block at a time in span order, the next block in the
+    background.
+
+    While the records of one block are transformed, a thread already reads the next one:
+    on a slow disk the read then overlaps with the decoding instead of adding to it.
+    Readers do their I/O with the GIL released (``pread``, libhdf5, a memory map), so one
+    thread is enough.
 
     Parameters
     ----------
@@ -44,6 +53,8 @@ class BlockFetcher:
         Records per read.
     skip
         Start after this many records of the spans (used by resume).
+    ahead
+        Blocks read ahead of the one being consumed (0: read in the calling thread).
     """
 
     def __init__(
@@ -52,10 +63,14 @@ class BlockFetcher:
         spans: list[Span],
         block: int,
         skip: int = 0,
+        ahead: int = 1,
     ) -> None:
         self._read_block = read_block
         self._pieces = self._iter_pieces(spans, block, skip)
         self._records: dict[int, Record] = {}
+        self._ahead = ahead
+        self._pending: deque[tuple[int, Future[list[Record]]]] = deque()
+        self._pool: ThreadPoolExecutor | None = None
         self.blocks_read = 0
 
     @staticmethod
@@ -72,18 +87,38 @@ class BlockFetcher:
     def __len__(self) -> int:
         return len(self._records)
 
-    def _load(self, start: int, stop: int) -> None:
-        for offset, record in enumerate(self._read_block(start, stop)):
+    def _keep(self, start: int, records: list[Record]) -> None:
+        for offset, record in enumerate(records):
             self._records[start + offset] = record
         self.blocks_read += 1
+
+    def _next_block(self) -> bool:
+        """Take in the next block (waiting for its read), and start reading ahead."""
+        if self._ahead == 0:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return False
+            self._keep(piece[0], self._read_block(*piece))
+            return True
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqstore-read")
+        while len(self._pending) <= self._ahead:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._pending.append((piece[0], self._pool.submit(self._read_block, *piece)))
+        if not self._pending:
+            self.close()
+            return False
+        start, future = self._pending.popleft()
+        self._keep(start, future.result())
+        return True
 
     def get(self, index: int) -> Record:
         """The record at ``index``, reading ahead block by block until it is loaded."""
         while index not in self._records:
-            piece = next(self._pieces, None)
-            if piece is None:
+            if not self._next_block():
                 raise KeyError(f"record {index} is not in this worker's spans")
-            self._load(*piece)
         return self._records.pop(index)
 
     def preload(self, indices: list[int]) -> None:
@@ -95,7 +130,14 @@ class BlockFetcher:
             else:
                 runs.append([i, i + 1])
         for start, stop in runs:
-            self._load(start, stop)
+            self._keep(start, self._read_block(start, stop))
+
+    def close(self) -> None:
+        """Stop reading ahead; the thread ends once a read under way is done."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._pending.clear()
 
 
 @dataclass
@@ -139,18 +181,21 @@ def iter_batches(
     order = work.shuffle_buffer()
     order.skip(skip_samples)
     fetcher = BlockFetcher(read_block, plan.spans, spec.block, skip=order.pulled)
-    fetcher.preload(order.buffer)
-    remaining = plan.num_samples - skip_samples
-    for batch in plan.batches[skip_batches:]:
-        size = min(batch_size, remaining)
-        remaining -= size
-        samples = []
-        labels = np.empty(size, np.int64)
-        indices = np.empty(size, np.int64)
-        for i in range(size):
-            index = next(order)
-            record = fetcher.get(index)
-            samples.append(transform(record, sample_rng(spec.seed, work.epoch, index)))
-            labels[i] = record.label
-            indices[i] = index
-        yield RawBatch(samples, labels, indices, batch)
+    try:
+        fetcher.preload(order.buffer)
+        remaining = plan.num_samples - skip_samples
+        for batch in plan.batches[skip_batches:]:
+            size = min(batch_size, remaining)
+            remaining -= size
+            samples = []
+            labels = np.empty(size, np.int64)
+            indices = np.empty(size, np.int64)
+            for i in range(size):
+                index = next(order)
+                record = fetcher.get(index)
+                samples.append(transform(record, sample_rng(spec.seed, work.epoch, index)))
+                labels[i] = record.label
+                indices[i] = index
+            yield RawBatch(samples, labels, indices, batch)
+    finally:
+        fetcher.close()

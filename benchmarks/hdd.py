@@ -1,0 +1,202 @@
+"""Loader throughput on a hard-disk-like device with a cold page cache.
+
+    sudo python benchmarks/hdd.py [SRC] [--iops 100] [--mbps 250] [--copies 5] [--repeat 3]
+
+The device that holds the working directory is throttled with cgroup block-I/O limits (v1
+``blkio.throttle.read_iops_device``/``read_bps_device``, or v2 ``io.max``) to what a hard
+disk serves: 100 reads per second, 250 MB/s. This process joins the throttled group, so the
+measurement processes and their workers do too, and the page cache is dropped before each
+cold epoch. SRC (default ../shared/data/imagen200, 1000 real ImageNet JPEGs; generated
+images when absent) is copied ``--copies`` times into the working directory and converted
+to LMDB and HDF5 there, so that a cold epoch takes seconds rather than a fraction of one.
+
+Rows: each store cold and warm (RandomResizedCrop(224) + flip, 2 workers, batch 64), the
+folder read in place by seqstore, and the torchvision-style loader over the one-copy folder
+(its rate is per image; it is slow enough that one copy is plenty).
+
+Targets: LMDB and HDF5 cold >= 0.9x their own warm speed, and >= 9.6x the torchvision-style
+loader under the same throttle (the 670 h vs 70 h of the sequential-LMDB loaders).
+
+Needs root on Linux and a cgroup block-I/O controller; otherwise it prints why and exits
+with status 0 without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+
+from seqstore.bench import measure
+from seqstore.bench.harness import drop_caches
+from seqstore.config import BenchConfig
+from seqstore.convert import convert
+
+DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
+V1 = Path("/sys/fs/cgroup/blkio")
+V2_MOUNTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
+
+
+def disk_of(path: Path) -> str:
+    """``MAJOR:MINOR`` of the whole disk holding ``path`` (a partition's parent)."""
+    dev = os.stat(path).st_dev
+    node = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}")
+    if not node.exists():
+        raise RuntimeError(f"'{path}' is not on a block device (st_dev {os.major(dev)}:0)")
+    if (node / "partition").exists():
+        node = node.resolve().parent
+    return (node / "dev").read_text().strip()
+
+
+class Throttle:
+    """This process (and every process it starts afterwards) in a cgroup whose reads from
+    ``disk`` are limited to ``iops`` operations and ``bps`` bytes per second."""
+
+    def __init__(self, disk: str, iops: int, bps: int) -> None:
+        self.disk, self.iops, self.bps = disk, iops, bps
+        self.group: Path | None = None
+        self.home: Path | None = None
+
+    def __enter__(self) -> Throttle:
+        name = f"seqstore-hdd-{os.getpid()}"
+        if (V1 / "blkio.throttle.read_iops_device").exists():
+            self.group, self.home = V1 / name, V1
+            self.group.mkdir()
+            (self.group / "blkio.throttle.read_iops_device").write_text(f"{self.disk} {self.iops}")
+            (self.group / "blkio.throttle.read_bps_device").write_text(f"{self.disk} {self.bps}")
+        else:
+            root = next((m for m in V2_MOUNTS if (m / "cgroup.controllers").exists()), None)
+            if root is None or "io" not in (root / "cgroup.controllers").read_text().split():
+                raise RuntimeError("no cgroup block-I/O controller (v1 blkio or v2 io)")
+            (root / "cgroup.subtree_control").write_text("+io")
+            self.group, self.home = root / name, root
+            self.group.mkdir()
+            (self.group / "io.max").write_text(f"{self.disk} riops={self.iops} rbps={self.bps}")
+        (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.group is not None and self.home is not None:
+            # This process, and helpers it left running (multiprocessing's resource tracker).
+            for pid in (self.group / "cgroup.procs").read_text().split():
+                try:
+                    (self.home / "cgroup.procs").write_text(pid)
+                except OSError:  # it ended meanwhile
+                    pass
+            self.group.rmdir()
+
+
+def copy_folder(src: Path, dst: Path, copies: int) -> Path:
+    """``src``'s class folders with every image ``copies`` times (``k_<name>``)."""
+    for image in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = image.relative_to(src)
+        (dst / rel.parent).mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            shutil.copyfile(image, dst / rel.parent / f"{k}_{rel.name}")
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("src", nargs="?", default=str(DEFAULT_SRC))
+    parser.add_argument("--iops", type=int, default=100)
+    parser.add_argument("--mbps", type=float, default=250.0)
+    parser.add_argument("--copies", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--workdir")
+    parser.add_argument(
+        "--only", nargs="+", default=["lmdb", "hdf5", "folder", "torchvision"], metavar="ROW"
+    )
+    args = parser.parse_args()
+    if sys.platform != "linux" or os.geteuid() != 0:
+        print("skipped: needs root on Linux (cgroup throttling, dropping the page cache)")
+        return
+    with tempfile.TemporaryDirectory(prefix="seqstore-hdd-bench-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        src = Path(args.src)
+        if not src.exists():
+            from seqstore.testing import make_image_folder
+
+            src = make_image_folder(work / "images", classes=20, per_class=50, max_side=500)
+        try:
+            throttle = Throttle(disk_of(work), args.iops, int(args.mbps * 1e6))
+        except (OSError, RuntimeError) as exc:
+            print(f"skipped: cannot throttle the disk of '{work}': {exc}")
+            return
+        one = copy_folder(src, work / "one", 1)
+        many = copy_folder(src, work / "many", args.copies)
+        stores = {fmt: work / f"store.{fmt}" for fmt in ("lmdb", "hdf5")}
+        for fmt, store in stores.items():
+            convert(many, store, format=fmt, check="header", progress=False)
+        cfg = BenchConfig(src=many, workers=2, batch_size=64, transform="imagenet_train", out=work)
+        cold_cfg = cfg.model_copy(update={"cold": True})
+        cases = [
+            case
+            for case in (
+                ("seqstore lmdb", stores["lmdb"], True),
+                ("seqstore hdf5", stores["hdf5"], True),
+                ("seqstore folder, read in place", many, False),
+            )
+            if any(word in case[0] for word in args.only)
+        ]
+        rows: dict[str, dict[str, list[float]]] = {}
+        try:
+            with throttle:
+                for _ in range(args.repeat):
+                    for name, path, warm in cases:
+                        row = rows.setdefault(name, {"cold": [], "warm": [], "first": []})
+                        if not drop_caches():
+                            print("skipped: the page cache cannot be dropped")
+                            return
+                        rate, first, _ = measure("seqstore", path, cold_cfg)
+                        row["cold"].append(rate)
+                        row["first"].append(first)
+                        if warm:
+                            row["warm"].append(measure("seqstore", path, cfg)[0])
+                baseline = first = math.nan
+                if "torchvision" in args.only:
+                    drop_caches()
+                    baseline, first, _ = measure("torchvision", one, cold_cfg)
+        except OSError as exc:
+            print(f"skipped: cannot throttle the disk of '{work}': {exc}")
+            return
+        n = sum(1 for p in many.rglob("*") if p.is_file())
+        print(
+            f"{n} images ({args.copies} copies of {src}), disk {throttle.disk} throttled to "
+            f"{args.iops} reads/s and {args.mbps:.0f} MB/s, page cache dropped before each "
+            "cold epoch; RandomResizedCrop(224)+flip, 2 workers, batch 64, medians of "
+            f"{args.repeat}\n"
+        )
+        print(
+            "| pipeline | cold img/s | warm img/s | cold / warm | cold x torchvision-style "
+            "| first batch, cold |"
+        )
+        print("|---|---|---|---|---|---|")
+        for name, row in rows.items():
+            cold = statistics.median(row["cold"])
+            warm = statistics.median(row["warm"]) if row["warm"] else None
+            ratio = f"{cold / warm:.2f}" if warm else "-"
+            print(
+                f"| {name} | {cold:.0f} | {f'{warm:.0f}' if warm else '-'} | {ratio} | "
+                f"{cold / baseline:.1f}x | {statistics.median(row['first']):.2f} s |"
+            )
+        print(
+            f"| torchvision-style folder loader | {baseline:.1f} | - | - | 1.0x | {first:.2f} s |"
+        )
+
+
+if __name__ == "__main__":
+    main()
