@@ -158,6 +158,9 @@ def test_every_pipeline_of_the_peers_benchmark_yields_each_image_once_per_epoch(
             assert sorted(order) == labels, name
             orders.append(order)
         assert orders[0] != orders[1], name
+    # mosaicml-streaming's vision datasets import torchvision, which the CPU torch has no
+    # build of: the benchmark keeps them out
+    assert "torchvision" not in sys.modules
 
 
 def test_peers_benchmark_without_the_peers_measures_seqstore_and_says_so(
