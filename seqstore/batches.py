@@ -26,7 +26,7 @@ import torch
 
 from .engine.stream import RawBatch
 
-__all__ = ["Delivery", "Ring", "Slot", "collate", "normalize"]
+__all__ = ["Affine", "Delivery", "Ring", "Slot", "collate", "normalize", "normalizing_affine"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class Slot:
 
 
 class Ring:
-    """Shared-memory batch buffers, ``slots`` per worker, reused from batch to batch.
+    """Shared-memory batch buffers, ``slots`` per worker, reused from batch to batch, for
+    samples of one shape and dtype.
 
     A worker takes a free buffer (:meth:`acquire`), fills it and sends a :class:`Slot`; the
     main process reads the batch out and frees the buffer (:meth:`release`). The DataLoader
@@ -55,19 +56,30 @@ class Ring:
     batch_size
         Samples per buffer.
     shape
-        Shape of one sample (HWC).
+        Shape of one sample (HWC for the built-in pipelines).
+    dtype
+        Type of the samples' elements.
     """
 
-    def __init__(self, workers: int, slots: int, batch_size: int, shape: tuple[int, ...]):
+    def __init__(
+        self,
+        workers: int,
+        slots: int,
+        batch_size: int,
+        shape: tuple[int, ...],
+        dtype: torch.dtype = torch.uint8,
+    ):
         self.shape = shape
+        self.dtype = dtype
         size = (workers, slots, batch_size, *shape)
         try:
             # A new shared segment, as torch.multiprocessing makes them: no copy into it,
             # which share_memory_() of a fresh tensor would make (twice as slow).
-            storage = torch.UntypedStorage._new_shared(math.prod(size))
-            self.buffers = torch.empty(0, dtype=torch.uint8).set_(storage).view(size)
+            nbytes = math.prod(size) * dtype.itemsize
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(size)
         except AttributeError:  # a torch without it
-            self.buffers = torch.empty(size, dtype=torch.uint8).share_memory_()
+            self.buffers = torch.empty(size, dtype=dtype).share_memory_()
         self.busy = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
 
     def reset(self, worker: int) -> None:
@@ -94,40 +106,111 @@ class Ring:
         self.busy[slot.worker, slot.slot] = 0
 
 
+def _same(samples: list[Any], shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """Whether every sample is an array or tensor of ``shape`` and ``dtype``."""
+    if not samples:
+        return False
+    for s in samples:
+        if isinstance(s, np.ndarray):
+            if s.shape != shape or torch.from_numpy(s[:0]).dtype != dtype:
+                return False
+        elif not (isinstance(s, torch.Tensor) and s.shape == shape and s.dtype == dtype):
+            return False
+    return True
+
+
+def _stack(samples: list[Any], out: torch.Tensor) -> None:
+    if isinstance(samples[0], torch.Tensor):
+        torch.stack(samples, out=out)
+    else:
+        np.stack(samples, out=out.numpy())
+
+
+def _stack_normalized(samples: list[np.ndarray], out: np.ndarray, affine: Affine) -> None:
+    """uint8 samples into float ``out``, each ``x * scale + shift``: two passes, no
+    temporaries, while the sample is still in cache."""
+    scale, shift = affine
+    for i, sample in enumerate(samples):
+        np.multiply(sample, scale, out=out[i])
+        out[i] += shift
+
+
+#: Per-channel ``(scale, shift)`` that normalises uint8 pixels: ``x * scale + shift``.
+Affine = tuple[np.ndarray, np.ndarray]
+
+
+def _uint8_images(samples: list[Any]) -> list[np.ndarray] | None:
+    """``samples`` if they are uint8 HWC arrays of one shape (a built-in pipeline's)."""
+    first = samples[0] if samples else None
+    if (
+        isinstance(first, np.ndarray)
+        and first.dtype == np.uint8
+        and first.ndim == 3
+        and all(isinstance(s, np.ndarray) and s.shape == first.shape for s in samples)
+    ):
+        return samples
+    return None
+
+
 def collate(
-    raw: RawBatch, ring: Ring | None, worker: int | None
+    raw: RawBatch, ring: Ring | None, worker: int | None, affine: Affine | None = None
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """A worker's batch: images (a :class:`Slot`, a tensor, or a list) and numpy labels and
     indices, which pickle by value instead of each taking a shared-memory segment.
 
+    Samples of the ring's shape and dtype go into a ring buffer. With ``affine``, uint8 HWC
+    samples are normalised into a float32 batch on the way (see :func:`normalizing_affine`).
     ``worker`` is None in the main process (``num_workers=0``), where nothing needs to be
     shared.
     """
     samples = raw.samples
-    first = samples[0] if samples else None
-    if not (
-        isinstance(first, np.ndarray)
-        and first.dtype == np.uint8
-        and first.ndim == 3
-        and all(s.shape == first.shape for s in samples)
-    ):
+    images = _uint8_images(samples)
+    normalizing = affine is not None and images is not None
+    if ring is not None and worker is not None and samples:
+        if normalizing and images is not None and affine is not None:
+            fits = ring.dtype == torch.float32 and images[0].shape == ring.shape
+        else:
+            fits = _same(samples, ring.shape, ring.dtype)
+        if fits:
+            slot = Slot(worker, ring.acquire(worker), len(samples))
+            if images is not None and affine is not None:
+                _stack_normalized(images, ring.view(slot).numpy(), affine)
+            else:
+                _stack(samples, ring.view(slot))
+            return slot, raw.labels, raw.indices
+    if images is None:
+        first = samples[0] if samples else None
         if isinstance(first, (bytes, str)) or first is None:
             return samples, raw.labels, raw.indices
         if isinstance(first, np.ndarray) and any(s.shape != first.shape for s in samples):
             # Images of their own sizes (transform="decode"): nothing to stack.
             return [torch.from_numpy(s) for s in samples], raw.labels, raw.indices
         return torch.utils.data.default_collate(samples), raw.labels, raw.indices
-    if ring is not None and worker is not None and first.shape == ring.shape:
-        slot = Slot(worker, ring.acquire(worker), len(samples))
-        np.stack(samples, out=ring.view(slot).numpy())
-        return slot, raw.labels, raw.indices
     # NHWC in one buffer, in shared memory up front when in a worker so that the batch
     # crosses to the main process without another copy.
-    out = torch.empty((len(samples), *first.shape), dtype=torch.uint8)
+    shape = (len(images), *images[0].shape)
+    out = torch.empty(shape, dtype=torch.float32 if affine is not None else torch.uint8)
     if worker is not None:
         out.share_memory_()
-    np.stack(samples, out=out.numpy())
+    if affine is not None:
+        _stack_normalized(images, out.numpy(), affine)
+    else:
+        np.stack(images, out=out.numpy())
     return out, raw.labels, raw.indices
+
+
+def normalizing_affine(mean: Sequence[float], std: Sequence[float]) -> Affine:
+    """The :data:`Affine` of ``(x / 255 - mean) / std``, torchvision's normalisation."""
+    m = np.asarray(mean, np.float32)
+    s = np.asarray(std, np.float32)
+    return (1 / (255 * s)).astype(np.float32), (-m / s).astype(np.float32)
+
+
+def _detach(images: torch.Tensor) -> torch.Tensor:
+    """A copy of a ring buffer's view in memory of its own, with the same strides. numpy's
+    copy, single-threaded, since torch's would wake its thread pool, which then spins
+    against the workers."""
+    return torch.from_numpy(images.numpy().copy(order="K"))
 
 
 def normalize(
@@ -189,29 +272,29 @@ class Delivery:
             return [x.permute(2, 0, 1).to(device) for x in images], labels
         if not isinstance(images, torch.Tensor):
             return images, labels
-        if not self.hwc or images.ndim != 4:
-            return images.to(device, non_blocking=non_blocking), labels
+        if not self.hwc or images.ndim != 4:  # a user callable's outputs
+            if device.type != "cpu":
+                if not owned and self.pin:
+                    images = torch.empty_like(images, pin_memory=True).copy_(images)
+                return images.to(device, non_blocking=non_blocking and self.pin), labels
+            return (images if owned else _detach(images)), labels
         images = images.permute(0, 3, 1, 2)  # NCHW with channels-last strides
         if device.type != "cpu":
             if not owned and self.pin:
                 images = torch.empty_like(images, pin_memory=True).copy_(images)
             images = images.to(device, non_blocking=non_blocking and self.pin)
             owned = True  # a copy on the device
-        if images.dtype != torch.uint8:  # a pipeline that normalised in the workers
-            return images.to(memory_format=layout), labels
-        if self.dtype == "uint8":
-            if not owned and layout == torch.channels_last:
-                # NHWC is channels-last NCHW: one flat copy. numpy's, single-threaded, since
-                # torch's would wake its thread pool, which then spins against the workers.
-                nhwc = images.permute(0, 2, 3, 1).numpy()
-                return torch.from_numpy(nhwc.copy()).permute(0, 3, 1, 2), labels
-            out = images.contiguous(memory_format=layout)
-            if not owned and out.data_ptr() == images.data_ptr():  # already in that layout
-                out = out.clone(memory_format=layout)
-            return out, labels
-        dtype = getattr(torch, self.dtype)
-        if not self.normalize:
-            return images.to(dtype=dtype, memory_format=layout), labels
-        mean = self.mean.to(device, dtype, non_blocking=non_blocking)
-        inv_std = self.inv_std.to(device, dtype, non_blocking=non_blocking)
-        return normalize(images, mean, inv_std, layout), labels
+        if images.dtype == torch.uint8 and self.dtype != "uint8":
+            dtype = getattr(torch, self.dtype)
+            if not self.normalize:
+                return images.to(dtype=dtype, memory_format=layout), labels
+            mean = self.mean.to(device, dtype, non_blocking=non_blocking)
+            inv_std = self.inv_std.to(device, dtype, non_blocking=non_blocking)
+            return normalize(images, mean, inv_std, layout), labels
+        # Already in its dtype: uint8 as asked, or normalised in the workers.
+        if not owned and layout == torch.channels_last:
+            return _detach(images), labels  # NHWC is channels-last NCHW: one flat copy
+        out = images.contiguous(memory_format=layout)
+        if not owned and out.data_ptr() == images.data_ptr():  # already in that layout
+            out = out.clone(memory_format=layout)
+        return out, labels

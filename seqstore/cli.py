@@ -29,16 +29,31 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     values = model_values(args, CONVERT_OPTIONS)
     # 0 is how a shell says "no limit"; the model says it with None.
     values["max_pixels"] = values["max_pixels"] or None
-    report = convert(args.src, args.dst, **values, progress=not args.quiet)
+    if args.distributed is None:  # a rank that torchrun started shares the conversion
+        from .sharded_convert import under_torchrun
+
+        args.distributed = under_torchrun()
+    report = convert(
+        args.src, args.dst, **values, distributed=args.distributed, progress=not args.quiet
+    )
+    if report.rank != 0:
+        return 0  # rank 0 speaks for the conversion
     m = report.manifest
-    if report.resumed_records:
+    if report.kept_shards:
+        print(
+            f"resumed a killed convert: kept its {report.kept_shards} finished shard(s); "
+            f"{report.resumed_records} records in all were kept"
+        )
+    elif report.resumed_records:
         print(
             f"resumed a killed convert: kept the {report.resumed_records} records of its last "
             "checkpoint"
         )
+    shards = f" in {len(m.shards)} shards" if m.shards is not None else ""
     print(
         f"wrote {m.num_records} records ({m.total_bytes / 1e6:.1f} MB, {len(m.classes)} classes) "
-        f"to {args.dst} as {m.format} in {report.seconds:.1f} s ({report.mb_per_s:.1f} MB/s)"
+        f"to {args.dst} as {m.format}{shards} in {report.seconds:.1f} s "
+        f"({report.mb_per_s:.1f} MB/s)"
     )
     for line in report.warnings:
         print(f"warning: {line}")
@@ -77,6 +92,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         )
     if p.skipped:
         lines.append(("skipped", f"{len(p.skipped)} source file(s), e.g. {p.skipped[0].key}"))
+    if m.shards is not None:
+        mean = m.total_bytes / max(len(m.shards), 1) / 1e6
+        lines.append(
+            (
+                "shards",
+                f"{len(m.shards)} {m.format} stores of {mean:.3g} MB on average, in "
+                f"{Path(args.path) / 'shard-NNNNN'}",
+            )
+        )
     for key, value in lines:
         print(f"{key:>9}: {value}")
     for warning in p.warnings:
@@ -199,8 +223,10 @@ CONVERT_OPTIONS = (
     "overwrite",
     "resume",
     "checkpoint_mb",
+    "shard_mb",
     "limit",
     "source_format",
+    "staging_dir",
 )
 BENCH_OPTIONS = (
     "workers",
@@ -230,12 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert an image folder or store into a store")
     p.add_argument("src", help="image folder, seqstore store, or tensorpack LMDB file")
-    p.add_argument("dst", help="directory of the new store")
+    p.add_argument("dst", help="directory of the new store, or its URL (s3://bucket/x.h5 ...)")
     add_model_options(
         p,
         ConvertConfig,
         CONVERT_OPTIONS,
         help={"max_pixels": "Refuse images with more pixels than this, from their header; 0: none"},
+    )
+    p.add_argument(
+        "--distributed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="share a sharded conversion among the ranks of a torch.distributed job "
+        "(default: when started by torchrun)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)

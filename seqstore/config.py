@@ -29,8 +29,8 @@ class ConvertConfig(BaseModel):
     format : str
         Backend to write (``lmdb``, ``hdf5``, ``folder`` or a registered plugin).
     workers : int
-        Processes that read and check source files; 0 does it in this process. The single
-        writer keeps record order the same whatever this is.
+        Processes that read and check source files, or with ``shard_mb`` that each write
+        whole shards; 0 does it in this process. The store is the same whatever this is.
     shuffle : bool or None
         Write records in a seeded random order. ``None`` shuffles image-folder training trees
         (so that local shuffling at load time approximates a global one) and keeps the order
@@ -64,6 +64,16 @@ class ConvertConfig(BaseModel):
     checkpoint_mb : float
         Megabytes written between the checkpoints ``resume`` continues from (each costs an
         fsync).
+    shard_mb : float or None
+        Write a sharded store, shards of about this many MB of source images, written in
+        parallel by the ``workers`` processes (or the ranks of a ``distributed`` run). Which
+        records go into which shard depends on the source alone: a shard holds this many MB
+        over the source's mean record size of consecutive records of the write order.
+    distributed : bool
+        Share a sharded conversion among the ranks of a torch.distributed job (``torchrun``;
+        ``seqstore convert`` turns this on by itself under torchrun): rank 0 lists the source
+        and broadcasts it, every rank writes its shards, rank 0 the manifest. Shards of
+        1024 MB unless ``shard_mb`` says otherwise.
     source_format : str or None
         Read the source with this backend instead of recognising it.
     limit : int or None
@@ -71,6 +81,13 @@ class ConvertConfig(BaseModel):
         shuffling).
     progress : bool
         Show a progress bar.
+    storage_options : dict
+        For a destination URL (``s3://bucket/train.h5``, any fsspec URL): the fsspec
+        filesystem's options; by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_ENDPOINT_URL`` ...).
+    staging_dir : Path or None
+        For a destination URL: where the store is written before it is uploaded (it needs
+        the store's size free); default: the system's temporary directory.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -90,9 +107,13 @@ class ConvertConfig(BaseModel):
     overwrite: bool = False
     resume: bool = False
     checkpoint_mb: float = Field(256.0, gt=0)
+    shard_mb: float | None = Field(None, gt=0)
+    distributed: bool = False
     source_format: str | None = None
     limit: int | None = Field(None, ge=1)
     progress: bool = True
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    staging_dir: Path | None = None
 
 
 class LoaderConfig(BaseModel):
@@ -100,8 +121,20 @@ class LoaderConfig(BaseModel):
 
     Attributes
     ----------
-    path : Path
-        A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``.
+    path : Path or str
+        A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``;
+        or the URL of a store or of a root of stores (``s3://bucket/train.h5``, ``gs://``,
+        ``https://``, any fsspec URL), kept as a string.
+    storage_options : dict
+        For a URL: the fsspec filesystem's options (credentials, ``client_kwargs`` with an
+        ``endpoint_url`` ...); by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` ...).
+    cache_dir : Path or None
+        For a URL: a local directory that keeps whole copies of the store's data files, so
+        that later epochs read them from disk; shared safely by processes and loaders.
+    cache_limit_gb : float or None
+        The most GB ``cache_dir`` holds; least recently used copies are removed first.
+        None: no limit.
     backend : str or None
         Read with this backend instead of the one the store's manifest names.
     split : {"train", "val"} or None
@@ -182,7 +215,10 @@ class LoaderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    path: Path
+    path: Path | str
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: Path | None = None
+    cache_limit_gb: float | None = Field(None, gt=0)
     backend: str | None = None
     split: Literal["train", "val"] | None = None
     reader_options: dict[str, Any] = Field(default_factory=dict)
@@ -212,6 +248,14 @@ class LoaderConfig(BaseModel):
     verify: bool = True
     on_error: Literal["raise", "skip"] = "raise"
     max_bad: int | float | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: Any) -> Any:
+        # A URL stays text: as a Path, "s3://b/k" would lose a slash.
+        if isinstance(value, str) and "://" in value:
+            return value
+        return Path(value) if isinstance(value, str) else value
 
     @field_validator("max_bad", mode="before")
     @classmethod

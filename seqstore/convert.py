@@ -5,10 +5,11 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,15 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from ._version import __version__
-from .backends import Reader, get_backend, open_store
+from .backends import Reader, Writer, get_backend, open_store
 from .backends.folder import load_classes
+from .backends.reader import is_local
 from .config import ConvertConfig, load_config
-from .errors import BadImageError, ConfigError
+from .errors import BadImageError, ConfigError, SeqstoreError
 from .imageinfo import ImageInfo, extension_format, probe
-from .manifest import Manifest, Provenance, SkippedFile
+from .manifest import MANIFEST_NAME, Manifest, Provenance, SkippedFile
 from .records import Record
 
-__all__ = ["ConvertReport", "convert"]
+__all__ = ["ConversionPlan", "ConvertReport", "Filled", "convert", "fill", "plan_conversion"]
 
 # Records per unit of work handed to a worker process.
 _CHUNK = 64
@@ -49,7 +51,12 @@ class ConvertReport:
     warnings : list of str
         Files kept but worth a look (a PNG named .JPEG, a CMYK JPEG) and ignored non-images.
     resumed_records : int
-        Records kept from the checkpoint of a killed conversion (``resume``); 0 otherwise.
+        Records kept from the checkpoint of a killed conversion (``resume``), finished
+        shards included; 0 otherwise.
+    kept_shards : int
+        Shards a killed sharded conversion had finished, kept as they were (``resume``).
+    rank : int
+        This process's rank in a distributed conversion (0 otherwise).
     """
 
     manifest: Manifest
@@ -58,6 +65,8 @@ class ConvertReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     resumed_records: int = 0
+    kept_shards: int = 0
+    rank: int = 0
 
     @property
     def mb_per_s(self) -> float:
@@ -82,6 +91,8 @@ def convert(
         Directory of the new store.
     config, **options
         A :class:`~seqstore.config.ConvertConfig` (or dict), and/or its fields as keywords.
+        With ``shard_mb`` or ``distributed`` the store is sharded and written in parallel
+        (see :mod:`seqstore.sharded_convert`).
 
     Returns
     -------
@@ -94,10 +105,98 @@ def convert(
         destination is then removed, never left looking complete.
     """
     cfg = load_config(ConvertConfig, config, **options)
+    if not is_local(dst):
+        if cfg.shard_mb is not None or cfg.distributed:
+            raise ConfigError(
+                f"sharded stores are written to local file systems only, not to '{dst}'; "
+                "convert to a local path (for --distributed, one that every rank sees)"
+            )
+        return _convert_to_url(src, os.fspath(dst), cfg)
+    if cfg.storage_options:
+        raise ConfigError(
+            f"storage_options apply to a destination URL (s3://, gs:// ...), and '{dst}' is "
+            "a local path; leave them out, or give the store's URL"
+        )
+    if cfg.shard_mb is not None or cfg.distributed:
+        from .sharded_convert import convert_sharded
+
+        return convert_sharded(src, dst, cfg)
+    plan = plan_conversion(src, dst, cfg)
+    start = time.perf_counter()
+    with get_backend(cfg.format).open_writer(
+        dst,
+        classes=plan.classes,
+        overwrite=cfg.overwrite,
+        provenance=plan.provenance,
+        resume=cfg.resume,
+    ) as writer:
+        with tqdm(
+            total=len(plan.order),
+            unit="img",
+            disable=not cfg.progress,
+            desc=f"convert -> {cfg.format}",
+        ) as bar:
+
+            def progress(records: int, bytes_read: int) -> None:
+                bar.update(records)
+                elapsed = max(bar.format_dict["elapsed"], 1e-9)
+                bar.set_postfix_str(f"{bytes_read / 1e6 / elapsed:.1f} MB/s")
+
+            filled = fill(
+                writer, plan, plan.order, lambda part: _prepared(plan.reader, part, cfg), progress
+            )
+    manifest = Manifest.model_validate_json((Path(dst) / "seqstore.json").read_bytes())
+    return ConvertReport(
+        manifest,
+        time.perf_counter() - start,
+        filled.bytes_read,
+        list(manifest.provenance.skipped),
+        list(manifest.provenance.warnings),
+        filled.resumed_records,
+    )
+
+
+@dataclass
+class ConversionPlan:
+    """What a conversion writes, decided from the source and options before any writing.
+
+    Attributes
+    ----------
+    reader : Reader
+        The source.
+    order : numpy.ndarray
+        Source positions in write order (seeded shuffle, ``limit``).
+    classes : list of str
+        The new store's class names.
+    relabel : list of int or None
+        New label of each source label, where ``classes`` renames them.
+    provenance : Provenance
+        The new store's provenance, with the store-wide warnings.
+    config : ConvertConfig
+    """
+
+    reader: Reader
+    order: np.ndarray
+    classes: list[str]
+    relabel: list[int] | None
+    provenance: Provenance
+    config: ConvertConfig
+
+
+def plan_conversion(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], cfg: ConvertConfig
+) -> ConversionPlan:
+    """Open the source and decide the write order, the classes and the provenance.
+
+    Raises
+    ------
+    SeqstoreError
+        A bad source, destination or option.
+    """
     src_path, dst_path = Path(src), Path(dst)
     if src_path.exists() and dst_path.exists() and src_path.resolve() == dst_path.resolve():
         raise ConfigError(f"source and destination are the same path '{src_path}'")
-    backend = get_backend(cfg.format)
+    get_backend(cfg.format)  # an unknown format fails before the source is read
     reader_options: dict[str, Any] = {}
     if cfg.labels is not None:
         reader_options["labels"] = cfg.labels
@@ -136,7 +235,6 @@ def convert(
     shuffle = is_training_tree if cfg.shuffle is None else cfg.shuffle
     order = np.random.default_rng(cfg.seed).permutation(n) if shuffle else np.arange(n)
     order = order[: cfg.limit]
-    n = len(order)
 
     provenance = Provenance(
         seqstore_version=__version__,
@@ -144,81 +242,137 @@ def convert(
         source_format=reader.manifest.format,
         options=cfg.model_dump(
             mode="json",
-            exclude={"progress", "overwrite", "workers", "resume", "checkpoint_mb"},
+            exclude={
+                "progress",
+                "overwrite",
+                "workers",
+                "resume",
+                "checkpoint_mb",
+                "shard_mb",
+                "distributed",
+                # Credentials and a local scratch path are no facts of the store.
+                "storage_options",
+                "staging_dir",
+            },
         )
         | {"shuffle": shuffle, "source_records": len(reader)},
     )
     # The writer records the provenance when it finishes: what is skipped or worth a warning
     # on the way is appended to its lists.
-    skipped, warnings = provenance.skipped, provenance.warnings
     if reader.ignored:
-        warnings.append(_ignored_line(reader.ignored))
+        provenance.warnings.append(_ignored_line(reader.ignored))
     if class_warning is not None:
-        warnings.append(class_warning)
-    start = time.perf_counter()
-    with backend.open_writer(
-        dst_path,
-        classes=classes,
-        overwrite=cfg.overwrite,
-        provenance=provenance,
-        resume=cfg.resume,
-    ) as writer:
-        # A resumed write carries on from its last checkpoint: the same order, minus the
-        # source positions already consumed, and what they skipped or warned of.
-        done = writer.resumed or {}
-        resumed_records = writer.num_records
-        consumed = int(done.get("consumed", 0))
-        bytes_read = int(done.get("bytes_read", 0))
-        skipped.extend(SkippedFile.model_validate(x) for x in done.get("skipped", []))
-        warnings.extend(done.get("warnings", []))
-        every = int(cfg.checkpoint_mb * 1e6) if writer.resumable else None
-        next_checkpoint = writer.total_bytes + (every or 0)
-        with tqdm(
-            total=n,
-            initial=consumed,
-            unit="img",
-            disable=not cfg.progress,
-            desc=f"convert -> {cfg.format}",
-        ) as bar:
-            for results in _prepared(reader, order[consumed:], cfg):
-                for result in results:
-                    bytes_read += result.nbytes
-                    if isinstance(result, _Bad):
-                        if cfg.on_error == "fail":
-                            raise BadImageError(result.reason)
-                        skipped.append(SkippedFile(key=result.key, reason=result.reason))
-                        continue
-                    warnings.extend(result.warnings)
-                    record = result.record
-                    if relabel is not None:
-                        # A new label is a new record: its checksum covers the label.
-                        record = Record.make(
-                            record.key,
-                            relabel[record.label],
-                            record.data,
-                            record.width,
-                            record.height,
-                        )
-                    writer.write(record)
-                consumed += len(results)
-                if every is not None and writer.total_bytes >= next_checkpoint:
-                    writer.checkpoint(
-                        {
-                            "consumed": consumed,
-                            "bytes_read": bytes_read,
-                            "skipped": [x.model_dump() for x in skipped],
-                            "warnings": warnings,
-                        }
-                    )
-                    next_checkpoint = writer.total_bytes + every
-                bar.update(len(results))
-                bar.set_postfix_str(
-                    f"{bytes_read / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s"
+        provenance.warnings.append(class_warning)
+    return ConversionPlan(reader, order, classes, relabel, provenance, cfg)
+
+
+@dataclass
+class Filled:
+    """What :func:`fill` did: source bytes read (checkpointed ones included) and records
+    kept from a killed writer's checkpoint."""
+
+    bytes_read: int
+    resumed_records: int
+
+
+def fill(
+    writer: Writer,
+    plan: ConversionPlan,
+    positions: np.ndarray,
+    prepared: Callable[[np.ndarray], Iterator[list[_Good | _Bad]]],
+    progress: Callable[[int, int], object],
+) -> Filled:
+    """Write the source records at ``positions`` (in that order) into ``writer``.
+
+    A resumed writer carries on from its last checkpoint: the same positions, minus those
+    already consumed, and what they skipped or warned of.
+
+    Parameters
+    ----------
+    writer
+        An open writer; its provenance collects skipped files and warnings.
+    plan
+        The conversion.
+    positions
+        Source positions, a slice of ``plan.order``.
+    prepared
+        Checks and prepares the records at some positions, in lists, in order.
+    progress
+        Called with the positions consumed and the bytes read so far after each list.
+
+    Raises
+    ------
+    BadImageError
+        A bad source file, with ``on_error="fail"``.
+    """
+    cfg = plan.config
+    skipped, warnings = writer.provenance.skipped, writer.provenance.warnings
+    own = len(warnings)  # store-wide warnings come before this writer's own
+    done = writer.resumed or {}
+    resumed_records = writer.num_records
+    consumed = int(done.get("consumed", 0))
+    bytes_read = int(done.get("bytes_read", 0))
+    skipped.extend(SkippedFile.model_validate(x) for x in done.get("skipped", []))
+    warnings.extend(done.get("warnings", []))
+    every = int(cfg.checkpoint_mb * 1e6) if writer.resumable else None
+    next_checkpoint = writer.total_bytes + (every or 0)
+    progress(consumed, bytes_read)
+    for results in prepared(positions[consumed:]):
+        for result in results:
+            bytes_read += result.nbytes
+            if isinstance(result, _Bad):
+                if cfg.on_error == "fail":
+                    raise BadImageError(result.reason)
+                skipped.append(SkippedFile(key=result.key, reason=result.reason))
+                continue
+            warnings.extend(result.warnings)
+            record = result.record
+            if plan.relabel is not None:
+                # A new label is a new record: its checksum covers the label.
+                record = Record.make(
+                    record.key,
+                    plan.relabel[record.label],
+                    record.data,
+                    record.width,
+                    record.height,
                 )
-    manifest = Manifest.model_validate_json((dst_path / "seqstore.json").read_bytes())
-    return ConvertReport(
-        manifest, time.perf_counter() - start, bytes_read, skipped, warnings, resumed_records
-    )
+            writer.write(record)
+        consumed += len(results)
+        if every is not None and writer.total_bytes >= next_checkpoint:
+            writer.checkpoint(
+                {
+                    "consumed": consumed,
+                    "bytes_read": bytes_read,
+                    "skipped": [x.model_dump() for x in skipped],
+                    "warnings": warnings[own:],
+                }
+            )
+            next_checkpoint = writer.total_bytes + every
+        progress(len(results), bytes_read)
+    return Filled(bytes_read, resumed_records)
+
+
+def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
+    """Convert into a local staging directory, then upload the finished store to ``url``
+    (data files first, the manifest last: see :mod:`seqstore.remote.upload`)."""
+    from .remote.location import Remote
+    from .remote.upload import check_destination, staging_path, upload_store
+
+    remote = Remote(url, dict(cfg.storage_options))
+    check_destination(remote, overwrite=cfg.overwrite)
+    local = staging_path(remote.url, cfg.staging_dir)
+    # The staging path is this conversion's own: a finished store left there by a convert
+    # whose upload failed is replaced.
+    report = convert(src, local, cfg.model_copy(update={"overwrite": True, "storage_options": {}}))
+    try:
+        upload_store(local, remote, overwrite=cfg.overwrite)
+    except SeqstoreError as exc:
+        raise type(exc)(
+            f"{exc}; the finished store stays at '{local}' (copy it up, data files before "
+            f"{MANIFEST_NAME}, or run the same convert again)"
+        ) from None
+    shutil.rmtree(local, ignore_errors=True)
+    return report
 
 
 def _ignored_line(ignored: Sequence[str]) -> str:
@@ -253,12 +407,15 @@ def _chunks(order: np.ndarray, shuffled: bool) -> Iterator[list[tuple[int, int]]
 
 
 def _prepared(
-    reader: Reader, order: np.ndarray, cfg: ConvertConfig
+    reader: Reader, order: np.ndarray, cfg: ConvertConfig, workers: int | None = None
 ) -> Iterator[list[_Good | _Bad]]:
+    """The records at ``order``, checked and prepared, in lists of up to 64, in order: by
+    ``workers`` processes (default: the config's), or in this one with 0."""
     shuffled = bool(len(order) > 1 and np.any(np.diff(order) != 1))
     args = (cfg.max_side, cfg.quality, cfg.check, cfg.max_pixels)
-    if cfg.workers == 0:
-        _init_worker(reader, *args)
+    if (cfg.workers if workers is None else workers) == 0:
+        if _worker_state.get("reader") is not reader:
+            _init_worker(reader, *args)
         yield from map(_prepare_chunk, _chunks(order, shuffled))
         return
     # One writer, many readers: imap keeps the results in submission order, so the store

@@ -16,6 +16,7 @@ __all__ = [
     "DiskFullError",
     "NotAStoreError",
     "PartialStoreError",
+    "RemoteError",
     "ResumeError",
     "SeqstoreError",
     "SeqstoreWarning",
@@ -61,6 +62,14 @@ class StoreExistsError(SeqstoreError, FileExistsError):
 
 class BadImageError(SeqstoreError):
     """A source file is not a decodable image (empty, truncated, or another kind of file)."""
+
+
+class RemoteError(SeqstoreError, OSError):
+    """Object storage refused a request for good (no such bucket, access denied), or kept
+    failing past the retries (the server or the network did not recover)."""
+
+    def __str__(self) -> str:  # OSError would prefix an errno
+        return str(self.args[0]) if self.args else ""
 
 
 class ResumeError(SeqstoreError):

@@ -12,6 +12,8 @@ its device (:class:`~seqstore.batches.Delivery`). Here too: epochs, resume
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backends import Reader, open_store
-from .batches import Delivery, Ring, Slot
+from .batches import Delivery, Ring, Slot, normalizing_affine
 from .config import LoaderConfig, load_config
-from .engine.order import rank_sample_count
-from .engine.plan import EpochSpec
+from .engine.order import TABLE_LIMIT, rank_sample_count
+from .engine.plan import EpochSpec, Remaining, remaining_after
 from .errors import ConfigError, ResumeError, WorkerDiedError
 from .splits import resolve_split
 from .workers import (
@@ -42,7 +44,11 @@ __all__ = ["Loader", "resolve_split"]
 
 # 2: the store's identity and the epoch's bad-record count joined the state.
 # 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
-_STATE_VERSION = 3
+# 4: a state resumes on another shape (ranks, workers, batch size); "remaining" holds the
+#    records an epoch resumed so runs over.
+_STATE_VERSION = 4
+# Beyond this, batches of a user callable's outputs are shared one by one instead.
+_MAX_RING_BYTES = 2 << 30
 
 
 def _default_rank_world() -> tuple[int, int]:
@@ -103,6 +109,13 @@ class Loader:
     :class:`~seqstore.errors.WorkerDiedError`; the loader's :meth:`state_dict` still holds
     the last batch delivered, so iterating again after :meth:`load_state_dict` of it (on
     this loader or a new one) continues the epoch exactly.
+
+    Resume: every rank runs the same number of batches, so the :meth:`state_dict` of any
+    one rank tells what every rank has delivered; save one (rank 0's) and load it on every
+    rank. On the same world size, worker count and batch size the epoch continues exactly
+    as it would have. On another shape (another GPU count after a preemption) the rest of
+    the epoch is the records it had not delivered, each once over all ranks, shuffled anew
+    (see :meth:`load_state_dict`); the epochs after it are whole ones.
     """
 
     def __init__(
@@ -126,9 +139,18 @@ class Loader:
         path_ = cfg.path
         reader_options = dict(cfg.reader_options)
         if cfg.split is not None:
-            path_, found = resolve_split(cfg.path, cfg.split)
+            path_, found = resolve_split(cfg.path, cfg.split, cfg.storage_options)
             reader_options = {**found, **reader_options}
-        self.reader: Reader = open_store(path_, cfg.backend, **reader_options)
+        self.reader: Reader = open_store(
+            path_,
+            cfg.backend,
+            storage_options=cfg.storage_options,
+            cache_dir=cfg.cache_dir,
+            cache_limit_gb=cfg.cache_limit_gb,
+            **reader_options,
+        )
+        self.where = os.fspath(self.reader.location)
+        """The store's path or URL."""
         rank, world = _default_rank_world()
         rank = cfg.rank if cfg.rank is not None else rank
         world = cfg.world_size if cfg.world_size is not None else world
@@ -148,19 +170,36 @@ class Loader:
         transform = SampleTransform(cfg)
         transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
         pipeline = transform.pipeline
-        # uint8 HWC samples of one size go through the ring.
-        size = pipeline.output_size if pipeline is not None else None
-        if pipeline is not None and pipeline.output_dtype != np.uint8:
-            size = None
-        self._ring = (
-            Ring(cfg.num_workers, cfg.prefetch_factor + 1, cfg.batch_size, (*size, 3))
-            if cfg.num_workers > 0 and size is not None
-            else None
-        )
-        self._dataset = EpochDataset(
-            self.reader, transform, self.spec, self._ring, skip_bad=cfg.on_error == "skip"
-        )
         self.device = torch.device(cfg.device)
+        affine = None
+        sample: tuple[tuple[int, ...], torch.dtype] | None = None
+        if pipeline is not None:
+            size = pipeline.output_size
+            if size is not None and pipeline.output_dtype == np.uint8:
+                sample = ((*size, 3), torch.uint8)
+                if cfg.dtype == "float32" and cfg.normalize and self.device.type == "cpu":
+                    # Normalised in the workers as they stack each batch: the main process,
+                    # whose time the training step needs on a CPU, only copies it out.
+                    affine = normalizing_affine(cfg.mean, cfg.std)
+                    sample = (sample[0], torch.float32)
+        elif transform.user is not None and cfg.num_workers > 0:
+            sample = transform.probe(self.reader)
+        # Batches of same-shaped samples go through the ring, unless it would be huge.
+        self._ring = None
+        if cfg.num_workers > 0 and sample is not None:
+            slots = cfg.prefetch_factor + 1
+            shape, dtype = sample
+            nbytes = cfg.num_workers * slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
+            if nbytes <= _MAX_RING_BYTES:
+                self._ring = Ring(cfg.num_workers, slots, cfg.batch_size, *sample)
+        self._dataset = EpochDataset(
+            self.reader,
+            transform,
+            self.spec,
+            self._ring,
+            skip_bad=cfg.on_error == "skip",
+            affine=affine,
+        )
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         self._pin_batches = pin and self._ring is None
         self._deliver = Delivery(
@@ -175,17 +214,18 @@ class Loader:
             std=cfg.std,
         )
         self._loader = self._make_dataloader()
-        self._num_batches = self.spec.num_batches
         max_bad = cfg.max_bad
         if isinstance(max_bad, float):
             max_bad = int(max_bad * rank_sample_count(n, world, cfg.drop_last))
-        self._bad = BadRecordLog(self.reader.path, max_bad, setting=cfg.max_bad, rank=rank)
+        self._bad = BadRecordLog(self.where, max_bad, setting=cfg.max_bad, rank=rank)
         self.bad_records: list[str] = self._bad.keys
         """Keys of the bad records met so far (``on_error="skip"``), each once, in order."""
         self._worker_death: str | None = None
         self._epoch = 0
         self._batches_done = 0
         self._resume_at = 0
+        # The records the current epoch runs over once resumed on another shape; None: all.
+        self._remaining: Remaining | None = None
 
     def _make_dataloader(self) -> DataLoader[WorkerItem]:
         cfg = self.config
@@ -202,7 +242,9 @@ class Loader:
 
     # -- facts -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self._num_batches
+        """Batches of the epoch the next iteration runs (of its rest, after a resume on
+        another shape); the same on every rank."""
+        return self.spec.batches_over(self._remaining)
 
     @property
     def epoch(self) -> int:
@@ -236,6 +278,7 @@ class Loader:
             raise ConfigError(f"epoch must be >= 0, got {epoch}")
         if epoch != self._epoch:
             self._resume_at = self._batches_done = 0
+            self._remaining = None
         self._epoch = epoch
 
     def __iter__(self) -> Iterator[Any]:
@@ -243,6 +286,7 @@ class Loader:
         self._resume_at = 0
         self._dataset.state[0] = epoch
         self._dataset.state[1] = start
+        self._dataset.state[2] = self._remaining is not None
         self._batches_done = start
         if start == 0:
             self._bad.in_epoch = 0
@@ -283,7 +327,7 @@ class Loader:
             death = death or self._worker_death
             if death is not None:
                 raise WorkerDiedError(
-                    f"a loader worker of store '{self.reader.path}' died in epoch {epoch} "
+                    f"a loader worker of store '{self.where}' died in epoch {epoch} "
                     f"after batch {self._batches_done} ({death}); state_dict() still holds "
                     "the last batch delivered: load_state_dict() it and iterate to continue"
                 )
@@ -314,9 +358,9 @@ class Loader:
                 if slot is not None and self._ring is not None:
                     self._ring.release(slot)
             self._batches_done += 1
-            if self._batches_done == self._num_batches:
+            if self._batches_done == len(self):
                 # Finished: the next iteration (and a state saved now) is the next epoch.
-                self._epoch, self._batches_done = epoch + 1, 0
+                self._epoch, self._batches_done, self._remaining = epoch + 1, 0, None
             if self.config.with_indices:
                 yield images, labels, indices
             else:
@@ -324,26 +368,44 @@ class Loader:
 
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Where this loader is: enough to continue an interrupted epoch exactly."""
+        """Where this loader is: enough to continue an interrupted epoch on any shape.
+
+        Every rank runs the same number of batches, so the state of any one rank tells what
+        all ranks have delivered: one rank's state (rank 0's) is all a checkpoint needs.
+        Plain values only (JSON can hold it). ``remaining`` is None except in an epoch
+        resumed on another shape, where it holds that epoch's records as a compressed
+        bitmap (at most one bit per record: 160 KB for 1.28M records).
+        """
         return {
             "version": _STATE_VERSION,
             "store": self.reader.identity,
-            "store_path": str(self.reader.path),
+            "store_path": self.where,
             "epoch": self._epoch,
             "batches_done": self._batches_done,
             "bad_in_epoch": self._bad.in_epoch,
             **self.spec.as_dict(),
+            "remaining": None if self._remaining is None else self._remaining.to_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state``: the next iteration yields the rest of its epoch.
+        """Continue from ``state`` (any rank's): the next iteration yields the rest of its
+        epoch.
+
+        Saved with the same world size, worker count, batch size, block and buffer size,
+        the epoch continues exactly as the interrupted one would have, batch for batch.
+        Saved with another shape, the next iteration runs over the records the interrupted
+        epoch had not delivered on any rank, each once, in a fresh order of the same blocks
+        (found by replaying the interrupted run's shuffle decisions on indices: no record is
+        read). Its ranks run the same number of batches: without ``drop_last`` the rest is
+        padded by repeating its first records (fewer than one per rank), with ``drop_last``
+        the last records that do not fill a batch on every rank are dropped.
+        ``len(loader)`` is then the rest's batch count; the epochs after it are whole.
 
         Raises
         ------
         ResumeError
-            The state comes from a loader of another store, or of another shape (world size,
-            workers, batch size, seed ...): the remaining samples would not be the ones it
-            left. Or it was saved by an older seqstore (state version 1).
+            The state comes from a loader of another store, seed or shuffle setting, is
+            damaged, or was saved by an older seqstore (state version 1).
         """
         state = _upgrade_state(state)
         version = state.get("version")
@@ -355,36 +417,86 @@ class Loader:
         if state.get("store") != self.reader.identity:
             raise ResumeError(
                 f"cannot resume: the saved loader state is of store '{state.get('store_path')}' "
-                f"(id {state.get('store')}), not of '{self.reader.path}' "
+                f"(id {state.get('store')}), not of '{self.where}' "
                 f"(id {self.reader.identity}); resume on the store it was saved on, or start "
                 "the epoch afresh with set_epoch()"
             )
-        diff = [
-            f"{key} {state.get(key)!r} != {value!r}"
-            for key, value in self.spec.as_dict().items()
-            if state.get(key) != value
-        ]
-        if diff:
+        for key in ("seed", "shuffle"):
+            if state.get(key) != getattr(self.spec, key):
+                raise ResumeError(
+                    f"cannot resume: the saved loader state has {key}={state.get(key)!r}, "
+                    f"this loader {key}={getattr(self.spec, key)!r}; resume with the same "
+                    f"{key}, or start the epoch afresh with set_epoch()"
+                )
+        try:
+            fields = {f.name: state[f.name] for f in dataclasses.fields(EpochSpec)}
+            saved = EpochSpec(**fields)
+            if saved.num_records != self.spec.num_records:
+                raise ValueError(f"num_records {saved.num_records} != {self.spec.num_records}")
+            remaining = state["remaining"]
+            if remaining is not None:
+                remaining = Remaining.from_state(remaining, saved.num_records)
+            epoch, done = int(state["epoch"]), int(state["batches_done"])
+            bad = int(state["bad_in_epoch"])
+        except (KeyError, TypeError, ValueError) as err:
             raise ResumeError(
-                "cannot resume: the saved loader state differs from this loader in "
-                + ", ".join(diff)
-                + "; resume with the same settings, or start the epoch afresh with set_epoch()"
-            )
-        done = int(state["batches_done"])
-        if not 0 <= done <= self._num_batches:
-            raise ResumeError(f"saved batches_done={done} is outside 0..{self._num_batches}")
-        self._epoch = int(state["epoch"])
+                f"the saved loader state of store '{self.where}' is damaged ({err}); "
+                "start the epoch afresh with set_epoch()"
+            ) from None
+        total = saved.batches_over(remaining)
+        if not 0 <= done <= total:
+            raise ResumeError(f"saved batches_done={done} is outside 0..{total}")
+        if _shape(saved) != _shape(self.spec) and done:
+            remaining, done = remaining_after(saved, epoch, done, remaining), 0
+        if (done or remaining is not None) and done == self.spec.batches_over(remaining):
+            # Nothing left that this loader would yield: the epoch is over.
+            epoch, done, remaining = epoch + 1, 0, None
+        self._epoch = epoch
         self._batches_done = self._resume_at = done
-        self._bad.in_epoch = int(state["bad_in_epoch"])
+        self._bad.in_epoch = bad
+        if remaining is not self._remaining:
+            self._remaining = self._dataset.remaining = remaining
+            # Workers receive the records as they start: running ones have the old ones.
+            self._stop_workers()
+            self._loader = self._make_dataloader()
+
+    def _stop_workers(self) -> None:
+        running = getattr(self._loader, "_iterator", None)
+        shutdown = getattr(running, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _shape(spec: EpochSpec) -> dict[str, Any]:
+    """What must match for an epoch to continue exactly: all but the rank, which a state
+    of any rank tells as well as that rank's own."""
+    return {k: v for k, v in spec.as_dict().items() if k != "rank"}
 
 
 def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 state (seqstore before the epoch spec) in the current form; any other
-    state unchanged."""
-    if state.get("version") != 2:
-        return state
-    state = {**state, "version": _STATE_VERSION}
-    capacity = state.pop("shuffle_capacity", None)
-    # Version 2 kept the buffer size an unshuffled loader does not use; the spec's is 1.
-    state["capacity"] = capacity if state.get("shuffle") else 1
+    """A version 2 or 3 state (older seqstore) in the current form; any other state
+    unchanged.
+
+    Raises
+    ------
+    ResumeError
+        A version 3 state of a shuffled store of more than TABLE_LIMIT blocks, whose block
+        order this seqstore no longer draws.
+    """
+    if state.get("version") == 2:
+        state = {**state, "version": 3}
+        capacity = state.pop("shuffle_capacity", None)
+        # Version 2 kept the buffer size an unshuffled loader does not use; the spec's is 1.
+        state["capacity"] = capacity if state.get("shuffle") else 1
+    if state.get("version") == 3:
+        n, block = state.get("num_records"), state.get("block")
+        blocks = -(-n // block) if isinstance(n, int) and isinstance(block, int) and block else 0
+        if state.get("shuffle") and blocks > TABLE_LIMIT:
+            raise ResumeError(
+                f"loader state version 3 is of a store of {blocks} blocks, whose order this "
+                f"seqstore draws differently (beyond {TABLE_LIMIT} blocks); start the epoch "
+                "afresh with set_epoch()"
+            )
+        # Otherwise the order is this seqstore's: all the state lacks is "remaining".
+        state = {**state, "version": _STATE_VERSION, "remaining": None}
     return state

@@ -1,10 +1,14 @@
 """The store's own metadata file, ``seqstore.json``: read, write, validate.
 
-A store is a directory. While a writer runs, its staging directory (see
-:mod:`seqstore.backends.staging`) holds ``seqstore.partial.json`` (what is being written, by
-which process, since when); :meth:`Writer.finish` writes ``seqstore.json`` atomically
-(temporary file, fsync, rename) and only then removes the partial marker. So a store is
-complete exactly when ``seqstore.json`` exists.
+A store is a directory. A sharded store is a directory of ordinary stores of one format
+(``shard-00000``, ``shard-00001``, ...) under one manifest that lists them in record order
+(:class:`Shard`); its record numbers run on from one shard to the next.
+
+While a writer runs, its staging directory (see :mod:`seqstore.backends.staging`) holds
+``seqstore.partial.json`` (what is being written, by which process, since when);
+:meth:`Writer.finish` writes ``seqstore.json`` atomically (temporary file, fsync, rename)
+and only then removes the partial marker. So a store is complete exactly when
+``seqstore.json`` exists.
 
 The manifest vouches for the data beside it: it records the size of each data file, a digest
 of the store's index (labels, checksums, offsets: whatever the format keeps per record), and
@@ -22,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import CorruptStoreError, NotAStoreError, PartialStoreError
 
@@ -32,10 +36,13 @@ __all__ = [
     "PROGRESS_NAME",
     "Manifest",
     "Provenance",
+    "Shard",
     "SkippedFile",
     "fsync_dir",
     "index_digest",
+    "is_sharded",
     "is_store",
+    "parse_manifest",
     "read_manifest",
     "write_json_atomic",
     "write_manifest",
@@ -68,6 +75,44 @@ class Provenance(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class Shard(BaseModel):
+    """One shard of a sharded store, as the store's manifest lists it.
+
+    Attributes
+    ----------
+    name : str
+        The shard's directory inside the store (``shard-00000``): an ordinary store with
+        its own manifest and data files.
+    start : int
+        Store-wide number of the shard's first record.
+    num_records : int
+        Records in the shard: it holds records ``start`` to ``start + num_records - 1``.
+    total_bytes : int
+        Sum of the shard's records' encoded sizes.
+    data_files : dict of str to int
+        Size in bytes of each of the shard's data files, by name within its directory.
+    index_digest : str or None
+        The shard manifest's ``index_digest``: what the shard holds, whoever wrote it.
+    digest : str
+        The shard manifest's ``digest``: this very shard, not another one put in its place.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+    start: int = Field(ge=0)
+    num_records: int = Field(ge=0)
+    total_bytes: int = Field(ge=0)
+    data_files: dict[str, int] = Field(default_factory=dict)
+    index_digest: str | None = None
+    digest: str
+
+    @property
+    def stop(self) -> int:
+        """Store-wide number one past the shard's last record."""
+        return self.start + self.num_records
+
+
 class Manifest(BaseModel):
     """Everything a reader needs to know about a store before opening its data.
 
@@ -95,6 +140,11 @@ class Manifest(BaseModel):
     index_digest : str or None
         SHA-256 of the format's per-record index, as the writer left it (see
         :func:`index_digest`; each backend's module says which arrays, in which order).
+    shards : list of Shard or None
+        The shards of a sharded store, in record order; None for a store of one data file.
+        A sharded store's ``index_digest`` is :func:`index_digest` of its shards' index
+        digests (ASCII, in order): it depends on the records alone, not on how many
+        processes wrote them.
     digest : str or None
         SHA-256 of this manifest's other fields; None only for manifests made in memory.
     """
@@ -111,7 +161,27 @@ class Manifest(BaseModel):
     store_id: str | None = None
     data_files: dict[str, int] = Field(default_factory=dict)
     index_digest: str | None = None
+    shards: list[Shard] | None = None
     digest: str | None = None
+
+    @model_validator(mode="after")
+    def _shards_tile_the_store(self) -> Manifest:
+        if self.shards is None:
+            return self
+        start = 0
+        for shard in self.shards:
+            if shard.start != start:
+                raise ValueError(
+                    f"shard '{shard.name}' starts at record {shard.start}, not {start}"
+                )
+            start = shard.stop
+        if start != self.num_records:
+            raise ValueError(f"the shards hold {start} records, not {self.num_records}")
+        if sum(s.total_bytes for s in self.shards) != self.total_bytes:
+            raise ValueError(f"the shards' bytes do not add up to {self.total_bytes}")
+        if len({s.name for s in self.shards}) != len(self.shards):
+            raise ValueError("two shards have the same name")
+        return self
 
     @property
     def mean_record_bytes(self) -> float:
@@ -123,6 +193,15 @@ def is_store(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a directory holding a store, complete or partial."""
     p = Path(path)
     return (p / MANIFEST_NAME).is_file() or (p / PARTIAL_NAME).is_file()
+
+
+def is_sharded(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a complete sharded store (its manifest lists shards)."""
+    try:
+        raw = json.loads((Path(path) / MANIFEST_NAME).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("shards") is not None
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
@@ -142,14 +221,34 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
         if partial.is_file():
             raise PartialStoreError(_partial_message(p, partial))
         raise NotAStoreError(f"'{p}' is not a seqstore store (no {MANIFEST_NAME})")
+    return parse_manifest(manifest.read_bytes(), str(manifest))
+
+
+def parse_manifest(data: bytes, name: str) -> Manifest:
+    """Validate the bytes of a manifest file, read from a disk or fetched from a URL.
+
+    Parameters
+    ----------
+    data
+        The file's content.
+    name
+        Its path or URL, for messages.
+
+    Raises
+    ------
+    NotAStoreError
+        ``data`` is not a valid manifest.
+    CorruptStoreError
+        It does not match its digest (edited or damaged).
+    """
     try:
-        raw = json.loads(manifest.read_bytes())
+        raw = json.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("not a JSON object")
         digest = raw.get("digest")
         if digest is not None and digest != _digest(raw):
             raise CorruptStoreError(
-                f"'{manifest}' was edited or damaged: it no longer matches its digest; "
+                f"'{name}' was edited or damaged: it no longer matches its digest; "
                 "re-create the store with seqstore convert (editing a manifest by hand can "
                 "make a store read wrong records)"
             )
@@ -157,7 +256,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     except (ValidationError, ValueError) as exc:
         first = str(exc).splitlines()[0]
         raise NotAStoreError(
-            f"'{manifest}' is not a valid seqstore manifest ({first}); "
+            f"'{name}' is not a valid seqstore manifest ({first}); "
             "re-create the store with seqstore convert"
         ) from None
 
@@ -185,7 +284,9 @@ def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
     Manifest
         The manifest as written, ``digest`` included.
     """
-    raw = manifest.model_dump(mode="json", exclude={"digest"})
+    # A store of one data file says nothing of shards, as manifests did before them.
+    exclude = {"digest"} | ({"shards"} if manifest.shards is None else set())
+    raw = manifest.model_dump(mode="json", exclude=exclude)
     raw["digest"] = _digest(raw)
     write_json_atomic(directory / MANIFEST_NAME, raw)
     return Manifest.model_validate(raw)

@@ -14,16 +14,34 @@ from .errors import NotAStoreError
 __all__ = ["resolve_split"]
 
 
-def resolve_split(root: Path, split: str) -> tuple[Path, dict[str, Any]]:
+def resolve_split(
+    root: str | Path, split: str, storage_options: dict[str, Any] | None = None
+) -> tuple[str | Path, dict[str, Any]]:
     """Find the store or folder of ``split`` under a dataset root, and its reader options.
 
-    See :class:`~seqstore.config.LoaderConfig` (``split``) for the layouts tried.
+    See :class:`~seqstore.config.LoaderConfig` (``split``) for the layouts tried. Under a
+    URL, only stores: ``<split>.h5``, ``<split>.hdf5``, ``<split>.lmdb``, ``<split>``, the
+    first that holds a manifest (HDF5 first: it reads by ranged requests).
 
     Raises
     ------
     NotAStoreError
         None of the layouts is there.
     """
+    if isinstance(root, str) and "://" in root:
+        from .manifest import MANIFEST_NAME
+        from .remote import Remote
+
+        remote = Remote(root, dict(storage_options or {}))
+        names = [f"{split}.h5", f"{split}.hdf5", f"{split}.lmdb", split]
+        for name in names:
+            if remote.exists(remote.join(f"{name}/{MANIFEST_NAME}")):
+                return remote.join(name), {}
+        raise NotAStoreError(
+            f"no '{split}' store under '{remote.url}' (looked for {', '.join(names)} with a "
+            f"{MANIFEST_NAME})"
+        )
+    root = Path(root)
     # Converted stores first: a root often keeps the image folder beside its store.
     for candidate in (
         root / f"{split}.lmdb",

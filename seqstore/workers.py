@@ -14,6 +14,7 @@ worker that died ended.
 from __future__ import annotations
 
 import multiprocessing.connection
+import os
 import random
 import signal
 import threading
@@ -29,9 +30,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import transforms
 from .backends import Reader
-from .batches import Ring, collate
+from .batches import Affine, Ring, collate
 from .config import LoaderConfig
-from .engine.plan import EpochSpec, WorkerEpoch
+from .engine.plan import EpochSpec, Remaining, WorkerEpoch
 from .engine.stream import RawBatch, iter_batches
 from .errors import BadRecordError, BadRecordWarning, SeqstoreError
 from .records import Record
@@ -74,7 +75,7 @@ BadRecord = tuple[str, int, str | None]
 WorkerItem = tuple[Any, np.ndarray, np.ndarray, list[BadRecord]] | WorkerFailure
 
 
-def bad_message(key: str, index: int, store: Path, decode_error: str | None) -> str:
+def bad_message(key: str, index: int, store: str | Path, decode_error: str | None) -> str:
     """What is wrong with record ``key`` (#``index``) of ``store``, and what to do."""
     where = f"record '{key}' (#{index}) of store '{store}'"
     if decode_error is None:
@@ -139,9 +140,11 @@ class SampleTransform:
             from .decode import decode, decode_pil
 
             # User transforms draw from torch's and Python's generators (torchvision does):
-            # seed both from the record's generator so augmentation is reproducible.
+            # seed both from the record's generator so augmentation is reproducible. Only
+            # the CPU generator: torch.manual_seed would seed every device's too, which
+            # costs a hundred times as much, per record.
             seed = int(rng.integers(2**63))
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             random.seed(seed)
             image: Any
             if self.image_format == "pil":
@@ -152,8 +155,32 @@ class SampleTransform:
             return BadSample(record.key, str(err))
         return self.user(image)
 
+    def probe(self, reader: Reader) -> tuple[tuple[int, ...], torch.dtype] | None:
+        """The shape and dtype of the user callable's output for the store's first record,
+        if it is one array or tensor, so that same-shaped batches can go through the ring.
 
-def replace_bad(raw: RawBatch, store: Path, skip: bool) -> list[BadRecord]:
+        Runs once in the calling process, with torch's and Python's generator states
+        restored afterwards and the reader's handles closed (they are opened again in
+        each worker). None for any other output, or if the record or the callable fails:
+        the epoch meets that failure where it belongs.
+        """
+        state = random.getstate()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                sample = self(reader.read_block(0, 1)[0], np.random.default_rng(0))
+        except Exception:  # reported where the epoch meets it, with the record it concerns
+            return None
+        finally:
+            random.setstate(state)
+            reader.close()
+        if isinstance(sample, torch.Tensor) and not sample.is_complex():
+            return tuple(sample.shape), sample.dtype
+        if isinstance(sample, np.ndarray) and sample.dtype.kind in "uif":
+            return sample.shape, torch.from_numpy(sample[:0].copy()).dtype
+        return None
+
+
+def replace_bad(raw: RawBatch, store: str | Path, skip: bool) -> list[BadRecord]:
     """Put the next good sample of the batch (wrapping around) in place of each bad one, in
     ``raw``, and return the bad records.
 
@@ -203,12 +230,19 @@ class EpochDataset(IterableDataset[WorkerItem]):
         Shared-memory buffers for same-shaped uint8 batches, or None.
     skip_bad
         Replace bad samples (``on_error="skip"``) rather than stop on the first.
+    affine
+        Normalise uint8 images into float32 batches as they are stacked (see
+        :func:`~seqstore.batches.collate`).
 
     Attributes
     ----------
     state : torch.Tensor
-        (epoch, batches to skip), in shared memory: workers persist across epochs and read
-        the values the main process sets before each epoch starts.
+        (epoch, batches to skip, 1 if the epoch runs over ``remaining`` only), in shared
+        memory: workers persist across epochs and read the values the main process sets
+        before each epoch starts.
+    remaining : Remaining or None
+        The records of an epoch resumed on another shape. Workers receive it when they
+        start, so the Loader starts new ones when it changes.
     """
 
     def __init__(
@@ -218,13 +252,16 @@ class EpochDataset(IterableDataset[WorkerItem]):
         spec: EpochSpec,
         ring: Ring | None,
         skip_bad: bool,
+        affine: Affine | None = None,
     ) -> None:
         self.reader = reader
         self.transform = transform
         self.spec = spec
         self.ring = ring
         self.skip_bad = skip_bad
-        self.state = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self.affine = affine
+        self.state = torch.zeros(3, dtype=torch.int64).share_memory_()
+        self.remaining: Remaining | None = None
 
     def __iter__(self) -> Iterator[WorkerItem]:
         try:
@@ -238,21 +275,23 @@ class EpochDataset(IterableDataset[WorkerItem]):
 
     def _batches(self) -> Iterator[WorkerItem]:
         spec = self.spec
-        epoch, skip_batches = (int(v) for v in self.state)
+        epoch, skip_batches, partial = (int(v) for v in self.state)
         info = get_worker_info()
         worker = info.id if info is not None else 0
         # DataLoader collects batches from workers round-robin starting at worker 0; after
         # a resume at batch k the next batch belongs to worker k % workers, so the workers
         # are rotated to take up where their counterparts left off.
-        work = WorkerEpoch(spec, epoch, spec.rank, (worker + skip_batches) % spec.workers)
+        plan_worker = (worker + skip_batches) % spec.workers
+        remaining = self.remaining if partial else None
+        work = WorkerEpoch(spec, epoch, spec.rank, plan_worker, remaining)
         done = sum(1 for b in work.plan.batches if b < skip_batches)
         batches = iter_batches(self.reader.read_block, work, self.transform, skip_batches=done)
         in_worker = worker if info is not None else None
         if self.ring is not None and in_worker is not None:
             self.ring.reset(in_worker)
         for raw in batches:
-            bad = replace_bad(raw, self.reader.path, self.skip_bad)
-            yield (*collate(raw, self.ring, in_worker), bad)
+            bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
+            yield (*collate(raw, self.ring, in_worker, self.affine), bad)
 
 
 def dead_worker(batches: Iterator[Any], wait: float = 2.0) -> str | None:
@@ -302,7 +341,7 @@ class BadRecordLog:
         Bad records met in the current epoch (saved with a loader's state).
     """
 
-    def __init__(self, store: Path, max_bad: int | None, setting: float | None, rank: int):
+    def __init__(self, store: str | Path, max_bad: int | None, setting: float | None, rank: int):
         self.store = store
         self.max_bad = max_bad
         self.setting = setting

@@ -1,12 +1,15 @@
-"""Every built-in writable backend against the shared conformance suite.
+"""Every built-in writable backend against the shared conformance suite, LMDB and HDF5 also
+as sharded stores.
 
 The bypass hooks write and read each format with its own library (lmdb, h5py, the file
-system), following the layout documented in the backend's module, never through seqstore.
+system), following the layout documented in the backend's module, never through seqstore;
+a sharded store's shards are raw stores of the format under a manifest made by hand.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +19,10 @@ import lmdb
 import numpy as np
 from PIL import Image
 
-from seqstore.manifest import index_digest
+import seqstore
+from seqstore.backends import Backend, Reader
+from seqstore.backends.sharded import ShardedReader
+from seqstore.manifest import Manifest, Provenance, Shard, index_digest, write_manifest
 from seqstore.records import Record
 from seqstore.testing.backend import BackendSuite, seal_raw_store
 
@@ -147,3 +153,68 @@ class TestFolder(BackendSuite):
                 key = file.relative_to(path).as_posix()
                 out.append(Record.make(key, label, data, width, height))
         return sorted(out, key=lambda r: r.key)
+
+
+class _Sharded:
+    """The suite on sharded stores of the format: its writer cuts a shard every 12 KB (about
+    4 shards of the suite's 37 records); raw stores are shards of the format's raw layout
+    under a manifest that lists them (seqstore/backends/sharded.py)."""
+
+    writer_options = {"shard_bytes": 12_000}
+    raw_cuts = (0, 10, 10, 25, 37)  # shard 1 is empty: every record of it skipped
+
+    def reader_type(self, backend: type[Backend]) -> type[Reader]:
+        return ShardedReader
+
+    def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
+        path.mkdir()
+        shards = []
+        for i, (a, b) in enumerate(zip(self.raw_cuts[:-1], self.raw_cuts[1:], strict=True)):
+            name = f"shard-{i:05d}"
+            super().write_raw(path / name, records[a:b], classes)  # type: ignore[misc]
+            m = json.loads((path / name / "seqstore.json").read_text())
+            shards.append(
+                Shard(
+                    name=name,
+                    start=a,
+                    num_records=b - a,
+                    total_bytes=m["total_bytes"],
+                    data_files=m["data_files"],
+                    index_digest=m["index_digest"],
+                    digest=m["digest"],
+                )
+            )
+        write_manifest(
+            path,
+            Manifest(
+                format=self.backend_name,  # type: ignore[attr-defined]
+                format_version=2,
+                num_records=len(records),
+                total_bytes=sum(len(r.data) for r in records),
+                classes=list(classes),
+                provenance=Provenance(seqstore_version=seqstore.__version__),
+                index_digest=index_digest(*(s.index_digest.encode() for s in shards)),
+                shards=shards,
+            ),
+        )
+
+    def read_raw(self, path: Path) -> list[Record]:
+        manifest = json.loads((path / "seqstore.json").read_text())
+        assert manifest["data_files"] == {}
+        out: list[Record] = []
+        for shard in manifest["shards"]:
+            assert shard["start"] == len(out)
+            part = super().read_raw(path / shard["name"])  # type: ignore[misc]
+            assert len(part) == shard["num_records"]
+            assert shard["total_bytes"] == sum(len(r.data) for r in part)
+            out += part
+        assert manifest["num_records"] == len(out) and len(manifest["shards"]) > 1
+        return out
+
+
+class TestShardedLMDB(_Sharded, TestLMDB):
+    pass
+
+
+class TestShardedHDF5(_Sharded, TestHDF5):
+    pass

@@ -44,6 +44,22 @@ def test_storage_benchmark_times_every_conversion_and_read(tmp_path: Path) -> No
         assert row in p.stdout, row
 
 
+def test_convert_benchmark_times_sharded_against_one_writer(tmp_path: Path) -> None:
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = _run(ROOT / "benchmarks" / "convert.py", src, "--repeat", "1", "--workdir", tmp_path)
+    assert p.returncode == 0, p.stderr
+    rows = {line[:44].strip(): line[44:].split() for line in p.stdout.splitlines()}
+    for fmt, check in (("hdf5", "header"), ("lmdb", "header"), ("hdf5", "decode")):
+        assert rows[f"{fmt} --check {check}: one writer"][3] == "1.00"  # its own baseline
+        for name in ("one writer, -w 2", "sharded -w 0", "sharded -w 2"):
+            seconds, mb_s, rec_s, ratio = map(float, rows[f"{fmt} --check {check}: {name}"][:4])
+            assert seconds > 0 and rec_s * seconds == pytest.approx(40, rel=0.05)
+        marks = rows[f"{fmt} --check {check}: sharded -w 2"][4:]
+        expected = ["ok" if ratio >= 1.6 else "MISSED"] if check == "decode" else []
+        assert marks == expected  # the target is the default conversion's
+    assert "(8 shards)" in p.stdout
+
+
 def test_fault_benchmark_prints_its_table() -> None:
     p = _run(ROOT / "benchmarks" / "faults.py", "--tries", "1", "--only", "manifest")
     assert p.returncode == 0, p.stderr
@@ -190,6 +206,18 @@ def test_peers_benchmark_without_the_peers_measures_seqstore_and_says_so(
         assert f"| {row}" not in p.stdout
     assert "note: torchvision-style (PIL, float): Pillow is not installed, left out" in p.stdout
     assert "fastest peer" not in p.stdout
+
+
+def test_plan_benchmark_prints_its_table_and_the_resume() -> None:
+    args = ("--records", "100000", "--ranks", "4", "--workers", "2", "--repeat", "1")
+    p = _run(ROOT / "benchmarks" / "plan.py", *args)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    row = next(line for line in lines if "plan: 100,000 records, 4 ranks x 2 workers" in line)
+    assert row.endswith("| < 1 s, < 100 MB |") and " ms |" in row
+    assert any(line.startswith("| baseline: a table of all 2,778 blocks") for line in lines)
+    assert "elastic resume: 1,281,167 records stopped after 313 of 626 batches" in p.stdout
+    assert "the state carries them in" in p.stdout
 
 
 def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) -> None:

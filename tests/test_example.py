@@ -105,18 +105,21 @@ def test_readme_torchrun_line_and_its_checkpoint_on_one_and_two_ranks(
     (data / "val").symlink_to(root / "val")
     _torchrun(data, tmp_path / "ddp", *README_TORCHRUN, "4")
     ckpt = _load(tmp_path / "ddp")
-    assert [s["rank"] for s in ckpt["loader"]] == [0, 1]
-    assert all(s["epoch"] == 1 and s["batches_done"] == 1 for s in ckpt["loader"])
+    # Rank 0's loader state: every rank ran as many batches, so it tells what all delivered.
+    state = ckpt["loader"]
+    assert (state["world_size"], state["epoch"], state["batches_done"]) == (2, 1, 1)
     assert not any(k.startswith("module.") for k in ckpt["model"])
 
-    # One process continues it: same weights in, the epoch started over on one rank.
+    # One process continues it: same weights in, the 96 records epoch 1 had not delivered
+    # (160 - 2 ranks x 32) in 3 batches of 32.
     out = _resume(data, tmp_path / "ddp", "--max-steps", "5")
-    assert "checkpoint of 2 rank(s) resumed on 1: epoch 1 starts from its beginning" in out
-    assert _load(tmp_path / "ddp")["step"] == 5
-    # And two ranks again, from the one-process checkpoint.
+    assert "checkpoint of 2 rank(s) resumed on 1: epoch 1 goes on with 3 batches per rank" in out
+    ckpt = _load(tmp_path / "ddp")
+    assert ckpt["step"] == 5 and ckpt["loader"]["remaining"]["count"] == 96
+    # And two ranks again, from the one-process checkpoint: 64 records left, 1 batch each.
     out = _torchrun(data, tmp_path / "ddp", "--resume", "--max-steps", "6")
-    assert "checkpoint of 1 rank(s) resumed on 2" in out
-    assert [s["rank"] for s in _load(tmp_path / "ddp")["loader"]] == [0, 1]
+    assert "checkpoint of 1 rank(s) resumed on 2: epoch 1 goes on with 1 batches per rank" in out
+    assert _load(tmp_path / "ddp")["loader"]["world_size"] == 2
 
 
 def test_a_checkpoint_with_the_ddp_prefix_loads_into_one_process(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqstore.engine.order import block_order, iter_indices, num_batches, worker_plan
+from seqstore.engine import order
+from seqstore.engine.order import BlockOrder, iter_indices, num_batches, worker_plan
 from seqstore.engine.shuffle import ShuffleBuffer
 
 shapes = st.fixed_dictionaries(
@@ -22,33 +24,47 @@ shapes = st.fixed_dictionaries(
         "workers": st.integers(1, 4),
         "batch_size": st.integers(1, 17),
         "drop_last": st.booleans(),
+        # The block order of stores above TABLE_LIMIT blocks, tried on small ones.
+        "feistel": st.booleans(),
     }
 )
 
 
+def _sequence(cfg: dict) -> BlockOrder:
+    limit = 0 if cfg.get("feistel") else order.TABLE_LIMIT
+    with mock.patch.object(order, "TABLE_LIMIT", limit):
+        return BlockOrder(
+            cfg["n"], cfg["block"], seed=cfg["seed"], epoch=cfg["epoch"], shuffle=cfg["shuffle"]
+        )
+
+
 def _plans(cfg: dict, rank: int) -> list:
-    args = {k: v for k, v in cfg.items() if k not in ("world", "workers")}
-    return [
-        worker_plan(**args, rank=rank, world=cfg["world"], worker=w, workers=cfg["workers"])
-        for w in range(cfg["workers"])
-    ]
+    seq = _sequence(cfg)
+    args = {k: cfg[k] for k in ("shuffle", "world", "workers", "batch_size", "drop_last")}
+    return [worker_plan(seq, **args, rank=rank, worker=w) for w in range(cfg["workers"])]
 
 
 def _rank_indices(cfg: dict, rank: int) -> list[int]:
     return [i for plan in _plans(cfg, rank) for i in iter_indices(plan.spans)]
 
 
-@given(
-    st.integers(0, 500), st.integers(1, 50), st.integers(0, 99), st.integers(0, 9), st.booleans()
-)
-def test_blocks_are_contiguous_and_cover_the_store(
-    n: int, block: int, seed: int, epoch: int, shuffle: bool
-) -> None:
-    spans = block_order(n, block, seed=seed, epoch=epoch, shuffle=shuffle)
-    assert all(0 < stop - start <= block for start, stop in spans)
-    assert sorted(i for s in spans for i in range(*s)) == list(range(n))
-    if not shuffle:
-        assert [i for s in spans for i in range(*s)] == list(range(n))
+@settings(max_examples=300, deadline=None)
+@given(shapes, st.data())
+def test_blocks_are_contiguous_and_cover_the_store(cfg: dict, data: st.DataObject) -> None:
+    n, block = cfg["n"], cfg["block"]
+    seq = _sequence(cfg)
+    spans = seq.spans(0, n).tolist()
+    whole = [i for s in spans for i in range(*s)]
+    assert sorted(whole) == list(range(n))
+    if not cfg["shuffle"]:
+        assert whole == list(range(n))
+    else:  # whole blocks, each starting on a block boundary
+        assert len(spans) == seq.num_blocks
+        assert all(0 < stop - start <= block and start % block == 0 for start, stop in spans)
+    # Any stretch is the same stretch of the whole sequence.
+    lo = data.draw(st.integers(0, n))
+    hi = data.draw(st.integers(lo, n))
+    assert [i for s in seq.spans(lo, hi).tolist() for i in range(*s)] == whole[lo:hi]
 
 
 @settings(max_examples=300, deadline=None)
@@ -165,3 +181,66 @@ def test_skip_then_continue_equals_uninterrupted(n: int, capacity: int, k: int, 
     resumed = ShuffleBuffer(iter(range(n)), capacity, seed)
     resumed.skip(min(k, n))
     assert list(resumed) == full[min(k, n) :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 600), st.integers(0, 2**32 - 1))
+def test_feistel_is_a_permutation_with_its_inverse(size: int, seed: int) -> None:
+    keys = np.random.SeedSequence(seed).generate_state(6, np.uint64)
+    perm = order._Feistel(size, keys)
+    values = perm(np.arange(size))
+    assert sorted(values.tolist()) == list(range(size))
+    assert perm.inverse(values).tolist() == list(range(size))
+
+
+def test_a_billion_records_order_is_pinned_and_evaluated_pointwise() -> None:
+    # 27.8M blocks: beyond the table, so only the positions asked for are computed.
+    seq = BlockOrder(10**9, 36, seed=0, epoch=0, shuffle=True)
+    assert seq.num_blocks == 27_777_778 > order.TABLE_LIMIT
+    assert seq.blocks(0, 4).tolist() == [756774, 19791437, 6875677, 17515687]
+    positions = np.random.default_rng(0).integers(0, seq.num_blocks, 100_000)
+    assert seq._feistel is not None
+    blocks = seq._feistel(positions)
+    assert len(set(blocks.tolist())) == len(set(positions.tolist()))  # no two positions collide
+    assert seq._feistel.inverse(blocks).tolist() == positions.tolist()
+    # The short last block (10**9 = 27,777,777 blocks of 36 + one of 28) is read where the
+    # permutation puts it, and the sequence around it has no gap.
+    at = seq._short_at * 36
+    spans = seq.spans(at - 40, at + 40)
+    assert (spans[:, 1] - spans[:, 0]).tolist() == [4, 36, 28, 12]
+    assert spans[2].tolist() == [999_999_972, 10**9]
+
+
+def test_plans_of_a_billion_records_split_every_rank_exactly() -> None:
+    seq = BlockOrder(10**9, 36, seed=1, epoch=4, shuffle=True)
+    args: dict = dict(shuffle=True, world=1024, workers=16, batch_size=256, drop_last=False)
+    for rank in (0, 511, 1023):
+        plans = [worker_plan(seq, **args, rank=rank, worker=w) for w in range(16)]
+        lengths = [int((p.spans[:, 1] - p.spans[:, 0]).sum()) for p in plans]
+        assert lengths == [p.num_samples for p in plans]
+        assert sum(lengths) == -(-(10**9) // 1024)
+        starts = np.concatenate([p.spans[:, 0] for p in plans])
+        assert starts.min() >= 0 and np.concatenate([p.spans[:, 1] for p in plans]).max() <= 10**9
+        # Within a rank no record is read twice (the one padded record aside, on the last).
+        spans = np.concatenate([p.spans for p in plans])
+        spans = spans[np.argsort(spans[:, 0])]
+        assert (spans[1:, 0] >= spans[:-1, 1]).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, st.lists(st.integers(0, 400), max_size=12, unique=True), st.data())
+def test_a_subsequence_keeps_the_order_of_its_records(
+    cfg: dict, cuts: list[int], data: st.DataObject
+) -> None:
+    n = cfg["n"]
+    seq = _sequence(cfg)
+    edges = sorted(c for c in cuts if c <= n)
+    ranges = np.array(edges[: len(edges) // 2 * 2], np.int64).reshape(-1, 2)
+    ranges = ranges[ranges[:, 0] < ranges[:, 1]]
+    kept = {i for a, b in ranges.tolist() for i in range(a, b)}
+    whole = [i for s in seq.spans(0, n).tolist() for i in range(*s) if i in kept]
+    sub = order.Subsequence(seq, ranges)
+    assert sub.length == len(kept)
+    lo = data.draw(st.integers(0, sub.length))
+    hi = data.draw(st.integers(lo, sub.length))
+    assert [i for s in sub.spans(lo, hi).tolist() for i in range(*s)] == whole[lo:hi]

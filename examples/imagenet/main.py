@@ -10,10 +10,11 @@
 DATA is a dataset root with ``train`` and ``val`` splits: folders, or stores made by
 ``seqstore convert`` (``train.lmdb``, ``val.h5``, ``train/`` ...), or tensorpack's
 ``ILSVRC-train.lmdb``. Checkpoints (``DATA/checkpoints/checkpoint.pt`` unless
-``--checkpoint-dir`` says otherwise) hold the run's arguments and each rank's loader state,
-so ``--resume`` alone continues an interrupted epoch with exactly the samples it had not
-seen; on another number of ranks it starts that epoch over. ``--max-steps`` stops early,
-which with the small default model lets the example run on a CPU in seconds.
+``--checkpoint-dir`` says otherwise) hold the run's arguments and the loader state of rank 0
+(every rank runs the same number of batches, so one rank's state tells what all delivered).
+``--resume`` alone continues an interrupted epoch: on the same number of ranks exactly as it
+would have run, on another with the records it had not delivered, each once. ``--max-steps``
+stops early, which with the small default model lets the example run on a CPU in seconds.
 """
 
 from __future__ import annotations
@@ -190,27 +191,19 @@ def main() -> None:
         unwrap(model).load_state_dict(bare_state(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        states = ckpt["loader"]
-        if len(states) == train_loader.world_size:
-            train_loader.load_state_dict(states[rank])
-        else:
-            # Another number of ranks splits the epoch differently: start the saved epoch over.
-            train_loader.set_epoch(states[0]["epoch"])
-            if rank == 0:
-                print(
-                    f"checkpoint of {len(states)} rank(s) resumed on {train_loader.world_size}: "
-                    f"epoch {states[0]['epoch']} starts from its beginning"
-                )
+        state = ckpt["loader"]
+        train_loader.load_state_dict(state)
+        if rank == 0 and state["world_size"] != train_loader.world_size:
+            print(
+                f"checkpoint of {state['world_size']} rank(s) resumed on "
+                f"{train_loader.world_size}: epoch {train_loader.epoch} goes on with "
+                f"{len(train_loader)} batches per rank"
+            )
         step = ckpt["step"]
         if rank == 0:
             print(f"resumed at epoch {train_loader.epoch}, step {step}")
 
     def save() -> None:
-        states = [train_loader.state_dict()]
-        if distributed:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
         if rank == 0:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -219,7 +212,7 @@ def main() -> None:
                     "model": unwrap(model).state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
-                    "loader": states,
+                    "loader": train_loader.state_dict(),
                     "step": step,
                 },
                 checkpoint,

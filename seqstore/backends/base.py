@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from .reader import Reader
+from ..manifest import is_sharded
+from .reader import Reader, is_local
+from .staging import recover
 from .writer import Writer, ensure_space
 
 __all__ = ["Backend", "Reader", "Writer", "ensure_space"]
@@ -54,22 +56,50 @@ class Backend:
 
     @classmethod
     def open_reader(cls, location: str | os.PathLike[str], **options: Any) -> Reader:
-        """Open a reader of the store at ``location`` (options: see the backend's reader)."""
+        """Open a reader of the store at ``location`` (options: see the backend's reader).
+
+        A sharded store of this format is read through a
+        :class:`~seqstore.backends.sharded.ShardedReader`, which opens one reader of this
+        backend per shard, with the same options.
+        """
+        if is_local(location):
+            path = Path(location)
+            recover(path)  # a replace cut short may be hiding a sharded store
+            if is_sharded(path):
+                from .sharded import ShardedReader
+
+                return ShardedReader(path, backend=cls, **options)
         return cls.reader_cls(location, **options)
 
     @classmethod
-    def open_writer(cls, path: str | os.PathLike[str], **options: Any) -> Writer:
+    def open_writer(
+        cls, path: str | os.PathLike[str], *, shard_bytes: int | None = None, **options: Any
+    ) -> Writer:
         """Create a writer of a new store at ``path`` (options: see :class:`Writer`).
+
+        Parameters
+        ----------
+        path
+            Directory of the new store.
+        shard_bytes
+            Write a sharded store (:class:`~seqstore.backends.sharded.ShardedWriter`): a new
+            shard begins once the last one holds this many bytes of records.
+        **options
+            See :class:`Writer` and the backend's writer.
 
         Raises
         ------
         ConfigError
-            The backend has no writer.
+            The backend has no writer, or (with ``shard_bytes``) cannot write shards.
         """
         if cls.writer_cls is None:
             raise ConfigError(
                 f"the '{cls.name}' backend cannot write stores; choose another format"
             )
+        if shard_bytes is not None:
+            from .sharded import sharded_writer_cls
+
+            return sharded_writer_cls(cls)(path, shard_bytes=shard_bytes, **options)
         return cls.writer_cls(path, **options)
 
     @classmethod

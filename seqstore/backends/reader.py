@@ -122,6 +122,19 @@ class Reader(ABC):
         return hashlib.sha256(repr(facts).encode()).hexdigest()[:32]
 
     @property
+    def shard_bounds(self) -> np.ndarray:
+        """Where the store's shards meet, in record numbers.
+
+        An int64 array ``[0, b_1, ..., b_k-1, len(self)]`` of ``k + 1`` bounds: shard ``i``
+        holds records ``shard_bounds[i]`` to ``shard_bounds[i + 1] - 1``. A
+        :meth:`read_block` within one shard is one sequential read of one file; one that
+        crosses a bound is read as one read per shard it touches, so a reader of blocks cuts
+        them at the bounds. A store of one data file is one shard, ``[0, len(self)]``. Equal
+        neighbours are empty shards (every record of one was skipped at conversion).
+        """
+        return np.array([0, len(self)], np.int64)
+
+    @property
     def classes(self) -> list[str]:
         """Class names; a record's label indexes this list (empty when names are unknown)."""
         return list(self.manifest.classes)

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
 from ..manifest import MANIFEST_NAME, is_store, read_manifest
 from .base import Backend, Reader
+from .reader import is_local
 from .staging import read_store_manifest
 
 __all__ = [
@@ -163,15 +164,33 @@ def _load_entry_points() -> None:
         _table.setdefault(ep.name, BackendEntry(ep.value))
 
 
-def open_store(path: str | os.PathLike[str], backend: str | None = None, **options: Any) -> Reader:
-    """Open any readable store: seqstore's own, a tensorpack LMDB file, or an image folder.
+def open_store(
+    path: str | os.PathLike[str],
+    backend: str | None = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_limit_gb: float | None = None,
+    **options: Any,
+) -> Reader:
+    """Open any readable store: seqstore's own, a tensorpack LMDB file, or an image folder,
+    on a local disk or at a URL.
 
     Parameters
     ----------
     path
-        The store's directory or file, or an image folder.
+        The store's directory or file, or an image folder; or the URL of a store
+        (``s3://bucket/train.h5``, ``gs://...``, ``https://...``, any fsspec URL: see
+        :mod:`seqstore.remote`).
     backend
         Force a backend instead of reading it from the manifest or recognising the data.
+    storage_options
+        For a URL: the fsspec filesystem's options (credentials, ``client_kwargs`` with an
+        ``endpoint_url`` ...); by default the environment's (``AWS_ACCESS_KEY_ID``,
+        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` ...).
+    cache_dir, cache_limit_gb
+        For a URL: a local directory that keeps whole copies of the store's data files,
+        and the most GB it holds (least recently used copies go first; None: no limit).
     **options
         Passed to the backend's reader (for example ``labels=`` for a folder).
 
@@ -180,8 +199,35 @@ def open_store(path: str | os.PathLike[str], backend: str | None = None, **optio
     NotAStoreError
         Nothing at ``path`` is readable as a store.
     PartialStoreError
-        The store's writer never finished.
+        The store's writer (or its upload) never finished.
+    RemoteError
+        A URL's bucket does not exist, access is denied, or its server stayed unreachable.
     """
+    if not is_local(path):
+        from ..remote import open_remote
+
+        return open_remote(
+            os.fspath(path),
+            backend,
+            storage_options=storage_options,
+            cache_dir=cache_dir,
+            cache_limit_gb=cache_limit_gb,
+            **options,
+        )
+    given = [
+        name
+        for name, value in (
+            ("storage_options", storage_options),
+            ("cache_dir", cache_dir),
+            ("cache_limit_gb", cache_limit_gb),
+        )
+        if value
+    ]
+    if given:
+        raise ConfigError(
+            f"{', '.join(given)} apply to stores at a URL (s3://, gs://, https:// ...), and "
+            f"'{os.fspath(path)}' is a local path; leave them out, or give the store's URL"
+        )
     p = Path(path)
     if not p.exists():
         read_store_manifest(p)  # finishes an interrupted replace, or names a killed write

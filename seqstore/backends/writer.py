@@ -32,6 +32,7 @@ from ..manifest import (
     PROGRESS_NAME,
     Manifest,
     Provenance,
+    Shard,
     is_store,
     write_json_atomic,
     write_manifest,
@@ -181,6 +182,10 @@ class Writer(ABC):
         """SHA-256 of the format's per-record index, once :meth:`_finish` has run."""
         return None
 
+    def _shards(self) -> list[Shard] | None:
+        """The shards of a sharded store, once :meth:`_finish` has run; None otherwise."""
+        return None
+
     # -- public ------------------------------------------------------------------------------
     def write(self, record: Record) -> None:
         """Append ``record`` to the store."""
@@ -239,6 +244,7 @@ class Writer(ABC):
                         name: (self.directory / name).stat().st_size for name in self.data_files
                     },
                     index_digest=self._index_digest(),
+                    shards=self._shards(),
                 ),
             )
             for name in (PARTIAL_NAME, PROGRESS_NAME):

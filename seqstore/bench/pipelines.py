@@ -35,10 +35,11 @@ def named_pipeline(transform: str, image_size: int) -> transforms.Pipeline | Non
 
 
 def seqstore_epoch(
-    path: Path,
+    path: Path | str,
     cfg: BenchConfig,
     dtype: str = "uint8",
     verify: bool = True,
+    storage_options: dict[str, Any] | None = None,
     transform: Callable[[Any], Any] | None = None,
 ) -> Callable[[], Iterator[Any]]:
     """One Loader epoch per call. ``uint8`` batches in channels-last layout are what crosses
@@ -58,6 +59,7 @@ def seqstore_epoch(
         dtype=dtype,
         channels_last=dtype == "uint8",
         verify=verify,
+        storage_options=storage_options or {},
     )
     return lambda: iter(loader)
 
@@ -142,7 +144,13 @@ def build(
     from . import baselines
 
     if kind == "seqstore":
-        return seqstore_epoch(path, cfg, extra.get("dtype", "uint8"), extra.get("verify", True))
+        return seqstore_epoch(
+            extra.get("url", path),  # a store at a URL (the S3 row), else the local one
+            cfg,
+            extra.get("dtype", "uint8"),
+            extra.get("verify", True),
+            extra.get("storage_options"),
+        )
     if kind == "torchvision":
         reader = open_store(path)
         files = reader.source_files

@@ -19,6 +19,7 @@ from ..errors import NotAStoreError
 from .baselines import missing_packages
 from .harness import drop_caches, measure, measure_checksum_cost
 from .quality import shuffle_quality
+from .remote import S3_ROW, s3_row
 from .report import BenchResult, Row, chart, describe_machine, to_json
 from .stages import stage_times
 from .stores import prepare_stores, reencoded_name
@@ -90,6 +91,11 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         else:
             notes.append("torchvision-style baseline needs the 'folder' format in --formats")
     plans.append((rows.setdefault("ceiling", Row("ceiling", "ceiling")), "ceiling", first_path, {}))
+    s3 = s3_row(stores, notes)
+    if s3 is not None:
+        plans.append(
+            (rows.setdefault(S3_ROW, Row(S3_ROW, "seqstore")), "seqstore", stores["hdf5"], s3[0])
+        )
 
     cold = cfg.cold
     if cold and not drop_caches():
@@ -106,6 +112,8 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
             row.ttfb_runs.append(ttfb)
             row.rss_runs.append(peak)
         print(f"repetition {rep + 1}/{cfg.repeat} done")
+    if s3 is not None:
+        s3[1].close()
     for row in rows.values():
         row.images_per_s = statistics.median(row.runs)
         row.first_batch_s = statistics.median(row.ttfb_runs)

@@ -5,7 +5,9 @@ count, batch size, drop_last): no I/O, no torch. The scheme:
 
 1. The store is cut into contiguous blocks of ``block`` records (a few MB each), so that
    every read is long and sequential. With ``shuffle`` the block order is permuted per
-   (seed, epoch); the concatenated blocks form the epoch's global sequence.
+   (seed, epoch); the concatenated blocks form the epoch's sequence (:class:`BlockOrder`).
+   An epoch resumed on another shape runs over the records its interrupted run had not
+   delivered: the same sequence with the others left out (:class:`Subsequence`).
 2. Rank ``r`` takes the ``r``-th contiguous slice of that sequence. All ranks get the same
    number of samples: without ``drop_last`` the sequence wraps around to pad the last rank
    (as ``DistributedSampler`` does); with it, the tail is dropped. So every rank runs the
@@ -19,6 +21,12 @@ count, batch size, drop_last): no I/O, no torch. The scheme:
 
 Only the last batch of a rank can be short (without ``drop_last``), and it is the last
 batch of the worker that owns it.
+
+A worker's plan costs time and memory in proportion to its own share, never to the store:
+no structure over every block is built. Up to :data:`TABLE_LIMIT` blocks the permutation
+is numpy's (a table of at most 32 MB); beyond, a keyed Feistel network over the block
+numbers, evaluated only at the positions a worker reads, and everything else is closed
+form. Spans are ``(k, 2)`` int64 arrays of ``[start, stop)`` storage ranges.
 """
 
 from __future__ import annotations
@@ -26,28 +34,104 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 __all__ = [
+    "TABLE_LIMIT",
+    "BlockOrder",
+    "EpochSequence",
     "Span",
+    "Subsequence",
     "WorkerPlan",
-    "block_order",
+    "complement",
+    "intersect",
     "iter_indices",
+    "iter_spans",
     "num_batches",
     "rank_sample_count",
+    "union",
     "worker_plan",
 ]
 
 Span = tuple[int, int]
+
+TABLE_LIMIT = 1 << 22
+"""Most blocks whose order is a table drawn by numpy (the order of every store up to
+4,194,304 blocks, 150M records in 4 MB blocks of ImageNet-sized images); larger stores use
+the Feistel permutation, which needs no table."""
+
+_ROUNDS = 6
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([k & 0xFFFFFFFF for k in key]))
 
 
-def block_order(n: int, block: int, *, seed: int, epoch: int, shuffle: bool) -> list[Span]:
-    """The epoch's blocks, in the order they are read.
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a 64-bit hash, wrapping as unsigned arithmetic does."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class _Feistel:
+    """A keyed permutation of ``range(size)``, evaluated at any points, either way.
+
+    A balanced Feistel network permutes the ``2 * half``-bit numbers, the smallest such
+    domain holding ``size`` (under 4x as large); cycle walking (apply again until the
+    value falls below ``size``) restricts it to ``range(size)``.
+    """
+
+    def __init__(self, size: int, keys: np.ndarray) -> None:
+        self.size = size
+        self.half = max(1, ((size - 1).bit_length() + 1) // 2)
+        self.mask = np.uint64((1 << self.half) - 1)
+        self.keys = keys
+
+    def _round(self, key: np.uint64, x: np.ndarray) -> np.ndarray:
+        return _mix((x + key) * _GOLDEN) & self.mask
+
+    def _walk(self, x: np.ndarray, inverse: bool) -> np.ndarray:
+        shift = np.uint64(self.half)
+        keys = self.keys[::-1] if inverse else self.keys
+        out = x.astype(np.uint64)
+        todo = np.ones(len(out), bool)
+        while todo.any():
+            left, right = out[todo] >> shift, out[todo] & self.mask
+            for key in keys:
+                if inverse:
+                    left, right = right ^ self._round(key, left), left
+                else:
+                    left, right = right, left ^ self._round(key, right)
+            out[todo] = (left << shift) | right
+            todo = out >= self.size
+        return out.astype(np.int64)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._walk(x, inverse=False)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        return self._walk(y, inverse=True)
+
+
+class EpochSequence(Protocol):
+    """An epoch's records in read order, of which any stretch can be had as spans."""
+
+    @property
+    def length(self) -> int:
+        """Records in the sequence."""
+        ...
+
+    def spans(self, lo: int, hi: int) -> np.ndarray:
+        """Storage ranges of positions ``[lo, hi)``, ``0 <= lo <= hi <= length``, in order."""
+        ...
+
+
+class BlockOrder:
+    """The epoch's sequence: every record of the store, block by block in permuted order.
 
     Parameters
     ----------
@@ -60,23 +144,204 @@ def block_order(n: int, block: int, *, seed: int, epoch: int, shuffle: bool) -> 
     shuffle
         Permute the blocks; otherwise storage order.
 
-    Returns
-    -------
-    list of (start, stop)
-        Contiguous, disjoint ranges covering ``range(n)``.
+    Attributes
+    ----------
+    length : int
+        ``n``.
+    num_blocks : int
+        Blocks in the store.
     """
-    if n < 0 or block < 1:
-        raise ValueError(f"need n >= 0 and block >= 1, got n={n}, block={block}")
-    spans = [(start, min(start + block, n)) for start in range(0, n, block)]
-    if shuffle and len(spans) > 1:
-        perm = _rng(seed, epoch, 0x5EB1).permutation(len(spans))
-        spans = [spans[i] for i in perm]
-    return spans
+
+    def __init__(self, n: int, block: int, *, seed: int, epoch: int, shuffle: bool) -> None:
+        if n < 0 or block < 1:
+            raise ValueError(f"need n >= 0 and block >= 1, got n={n}, block={block}")
+        self.length = n
+        self.block = block
+        self.num_blocks = -(-n // block)
+        self._table: np.ndarray | None = None
+        self._feistel: _Feistel | None = None
+        if shuffle and self.num_blocks > 1:
+            if self.num_blocks <= TABLE_LIMIT:
+                self._table = _rng(seed, epoch, 0x5EB1).permutation(self.num_blocks)
+            else:
+                entropy = [seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF, 0xFE15]
+                keys = np.random.SeedSequence(entropy).generate_state(_ROUNDS, np.uint64)
+                self._feistel = _Feistel(self.num_blocks, keys)
+        # The short last block moves every block placed after it back by its shortfall.
+        self._tail = n - (self.num_blocks - 1) * block
+        last = np.array([self.num_blocks - 1])
+        if self._table is not None:
+            self._short_at = int(np.flatnonzero(self._table == last[0])[0])
+        elif self._feistel is not None:
+            self._short_at = int(self._feistel.inverse(last)[0])
+        else:
+            self._short_at = self.num_blocks - 1
+
+    def blocks(self, lo: int, hi: int) -> np.ndarray:
+        """Numbers of the blocks at positions ``[lo, hi)`` of the permutation (int64)."""
+        if self._table is not None:
+            return self._table[lo:hi].astype(np.int64)
+        positions = np.arange(lo, hi, dtype=np.int64)
+        return positions if self._feistel is None else self._feistel(positions)
+
+    def _offset(self, p: int) -> int:
+        """Sequence position of the first record of the ``p``-th block read."""
+        return p * self.block - (self.block - self._tail) * (p > self._short_at)
+
+    def _locate(self, q: int) -> int:
+        """Which block read (its position in the permutation) holds sequence position q."""
+        short = self._short_at * self.block
+        if q < short:
+            return q // self.block
+        if q < short + self._tail:
+            return self._short_at
+        return (q - self._tail) // self.block + 1
+
+    def spans(self, lo: int, hi: int) -> np.ndarray:
+        """Storage ranges of sequence positions ``[lo, hi)``, one per block touched."""
+        if lo >= hi:
+            return np.zeros((0, 2), np.int64)
+        if self._table is None and self._feistel is None:  # storage order
+            return np.array([[lo, hi]], np.int64)
+        first, last = self._locate(lo), self._locate(hi - 1)
+        starts = self.blocks(first, last + 1) * self.block
+        out = np.stack([starts, np.minimum(starts + self.block, self.length)], axis=1)
+        out[-1, 1] = starts[-1] + hi - self._offset(last)
+        out[0, 0] += lo - self._offset(first)
+        return out
 
 
-def iter_indices(spans: list[Span], skip: int = 0) -> Iterator[int]:
-    """Indices of ``spans`` in read order, starting after the first ``skip``."""
+class Subsequence:
+    """The records of ``order`` that lie in given storage ranges, in ``order``'s order.
+
+    Parameters
+    ----------
+    order
+        The epoch's full sequence.
+    ranges
+        ``(k, 2)`` sorted, disjoint ``[start, stop)`` storage ranges of the records kept.
+    """
+
+    def __init__(self, order: BlockOrder, ranges: np.ndarray) -> None:
+        self.order = order
+        self.ranges = ranges
+        lengths = ranges[:, 1] - ranges[:, 0]
+        self._before = np.concatenate([[0], np.cumsum(lengths)])  # kept below ranges[i, 0]
+        ends = np.minimum(np.arange(order.num_blocks + 1) * order.block, order.length)
+        per_block = np.diff(self._kept_below(ends))
+        read = per_block[order.blocks(0, order.num_blocks)]
+        self._read_before = np.concatenate([[0], np.cumsum(read)])
+        self.length = int(self._read_before[-1])
+
+    def _kept_below(self, x: np.ndarray) -> np.ndarray:
+        """How many kept records lie below each storage position in ``x``."""
+        if not len(self.ranges):
+            return np.zeros_like(x)
+        i = np.searchsorted(self.ranges[:, 0], x, side="right") - 1
+        inside = np.clip(x - self.ranges[i, 0], 0, self.ranges[i, 1] - self.ranges[i, 0])
+        return np.where(i >= 0, self._before[i] + inside, 0)
+
+    def spans(self, lo: int, hi: int) -> np.ndarray:
+        """Storage ranges of positions ``[lo, hi)`` of the subsequence, in order."""
+        if lo >= hi:
+            return np.zeros((0, 2), np.int64)
+        first = int(np.searchsorted(self._read_before, lo, side="right")) - 1
+        stop = int(np.searchsorted(self._read_before, hi, side="left"))
+        order = self.order
+        starts = order.blocks(first, stop) * order.block
+        blocks = np.stack([starts, np.minimum(starts + order.block, order.length)], axis=1)
+        kept = intersect(blocks, self.ranges)
+        skip = lo - int(self._read_before[first])
+        return _cut(kept, np.array([[skip, skip + hi - lo]]))
+
+
+def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For items that each stand for ``counts[i]`` pieces: every piece's item, and its
+    number within the item."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    return owner, np.arange(len(owner)) - first[owner]
+
+
+def intersect(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """The parts of ``spans`` inside the sorted, disjoint ``ranges``, in span order."""
+    lo = np.searchsorted(ranges[:, 1], spans[:, 0], side="right")
+    hi = np.searchsorted(ranges[:, 0], spans[:, 1], side="left")
+    owner, k = _expand(np.maximum(hi - lo, 0))
+    hit = ranges[lo[owner] + k]
+    out = np.stack(
+        [np.maximum(hit[:, 0], spans[owner, 0]), np.minimum(hit[:, 1], spans[owner, 1])], axis=1
+    )
+    return out[out[:, 0] < out[:, 1]]
+
+
+def union(spans: np.ndarray) -> np.ndarray:
+    """The records of any of ``spans``, as sorted, disjoint ranges (touching ones joined)."""
+    spans = spans[spans[:, 0] < spans[:, 1]]
+    if not len(spans):
+        return spans
+    spans = spans[np.argsort(spans[:, 0], kind="stable")]
+    reach = np.maximum.accumulate(spans[:, 1])
+    new = np.ones(len(spans), bool)
+    new[1:] = spans[1:, 0] > reach[:-1]
+    return np.stack([spans[new, 0], reach[np.append(new[1:], True)]], axis=1)
+
+
+def complement(ranges: np.ndarray, n: int) -> np.ndarray:
+    """The records of ``range(n)`` outside the sorted, disjoint ``ranges``."""
+    edges = np.concatenate([[0], ranges.ravel(), [n]]).reshape(-1, 2)
+    return edges[edges[:, 0] < edges[:, 1]]
+
+
+def _cut(spans: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+    """Positions ``[a, b)`` of the sequence that ``spans`` concatenate, for each row of
+    ``pieces`` (sorted, disjoint), as spans."""
+    lengths = spans[:, 1] - spans[:, 0]
+    before = np.concatenate([[0], np.cumsum(lengths)])
+    first = np.searchsorted(before, pieces[:, 0], side="right") - 1
+    stop = np.searchsorted(before, pieces[:, 1], side="left")
+    owner, k = _expand(np.maximum(stop - first, 0))
+    i = first[owner] + k
+    out = np.stack(
+        [
+            spans[i, 0] + np.maximum(pieces[owner, 0] - before[i], 0),
+            spans[i, 0] + np.minimum(pieces[owner, 1] - before[i], lengths[i]),
+        ],
+        axis=1,
+    )
+    return out[out[:, 0] < out[:, 1]]
+
+
+def _merge(spans: np.ndarray) -> np.ndarray:
+    """Join spans that continue each other, so a read never stops where it need not."""
+    if len(spans) < 2:
+        return spans
+    new = np.ones(len(spans), bool)
+    new[1:] = spans[1:, 0] != spans[:-1, 1]
+    last = np.append(new[1:], True)
+    return np.stack([spans[new, 0], spans[last, 1]], axis=1)
+
+
+def _wrapped(seq: EpochSequence, lo: int, hi: int) -> np.ndarray:
+    """Positions ``[lo, hi)`` of ``seq`` repeated end to end, as spans."""
+    parts = [np.zeros((0, 2), np.int64)]
+    while lo < hi:
+        lap, start = divmod(lo, seq.length)
+        stop = min(hi - lap * seq.length, seq.length)
+        parts.append(seq.spans(start, stop))
+        lo += stop - start
+    return np.concatenate(parts)
+
+
+def iter_spans(spans: np.ndarray) -> Iterator[Span]:
+    """The rows of ``spans`` as pairs of Python ints, one at a time."""
     for start, stop in spans:
+        yield int(start), int(stop)
+
+
+def iter_indices(spans: np.ndarray, skip: int = 0) -> Iterator[int]:
+    """Indices of ``spans`` in read order, starting after the first ``skip``."""
+    for start, stop in iter_spans(spans):
         if skip >= stop - start:
             skip -= stop - start
             continue
@@ -95,61 +360,39 @@ def num_batches(n: int, *, world: int, batch_size: int, drop_last: bool) -> int:
     return m // batch_size if drop_last else math.ceil(m / batch_size)
 
 
-def _take(spans: list[Span], lo: int, hi: int) -> list[Span]:
-    """Positions ``[lo, hi)`` of the sequence that ``spans`` concatenate, as spans."""
-    out: list[Span] = []
-    pos = 0
-    for start, stop in spans:
-        length = stop - start
-        a, b = max(lo - pos, 0), min(hi - pos, length)
-        if a < b:
-            out.append((start + a, start + b))
-        pos += length
-        if pos >= hi:
-            break
-    return out
-
-
-def _merge(spans: list[Span]) -> list[Span]:
-    """Join spans that continue each other, so a read never stops where it need not."""
-    out: list[Span] = []
-    for span in spans:
-        if out and out[-1][1] == span[0]:
-            out[-1] = (out[-1][0], span[1])
-        else:
-            out.append(span)
-    return out
-
-
 @dataclass(frozen=True)
 class WorkerPlan:
     """What one worker of one rank does in one epoch.
 
     Attributes
     ----------
-    spans : list of (start, stop)
-        Storage ranges to read, in order; their lengths sum to ``num_samples``.
+    spans : numpy.ndarray
+        ``(k, 2)`` int64 storage ranges to read, in order; their lengths sum to
+        ``num_samples``.
     num_samples : int
         Samples this worker yields.
-    batches : list of int
+    batches : range
         Rank-local indices of the batches this worker yields, in order
         (``worker, worker + workers, ...``).
     last_batch_size : int
         Size of this worker's final batch (``batch_size`` unless it owns the short one).
     """
 
-    spans: list[Span]
+    spans: np.ndarray
     num_samples: int
-    batches: list[int]
+    batches: range
     last_batch_size: int
+
+    def samples_before(self, batch: int, batch_size: int) -> int:
+        """Samples this worker yields in the rank's batches before ``batch``."""
+        done = len(range(self.batches.start, min(batch, self.batches.stop), self.batches.step))
+        short = batch_size - self.last_batch_size if done == len(self.batches) else 0
+        return max(done * batch_size - short, 0)
 
 
 def worker_plan(
-    n: int,
+    seq: EpochSequence,
     *,
-    block: int,
-    seed: int,
-    epoch: int,
     shuffle: bool,
     rank: int,
     world: int,
@@ -158,7 +401,7 @@ def worker_plan(
     batch_size: int,
     drop_last: bool,
 ) -> WorkerPlan:
-    """The spans and batches of worker ``worker`` of rank ``rank`` in ``epoch``.
+    """The spans and batches of worker ``worker`` of rank ``rank`` over the sequence ``seq``.
 
     See the module docstring for the scheme. Every argument is validated; the result is the
     same for the same arguments on any machine.
@@ -169,32 +412,25 @@ def worker_plan(
         raise ValueError(f"worker {worker} is outside worker count {workers}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    blocks = block_order(n, block, seed=seed, epoch=epoch, shuffle=shuffle)
+    n = seq.length
     m = rank_sample_count(n, world, drop_last)
-    total_batches = num_batches(n, world=world, batch_size=batch_size, drop_last=drop_last)
+    total = num_batches(n, world=world, batch_size=batch_size, drop_last=drop_last)
     # Samples the rank actually yields: whole batches, plus the short last one if kept.
-    used = total_batches * batch_size if drop_last else m
-    if m * world > n:  # pad by wrapping around the epoch's sequence (more than once if tiny)
-        repeats, rest = divmod(m * world, n)
-        blocks = blocks * repeats + _take(blocks, 0, rest)
-    rank_spans = _take(blocks, rank * m, rank * m + used)
-
-    mine = list(range(worker, total_batches, workers))
-    sizes = [
-        min(batch_size, used - j * batch_size) for j in range(total_batches)
-    ]  # only the last can be short
-    count = sum(sizes[j] for j in mine)
+    used = total * batch_size if drop_last else m
+    short = total * batch_size - used  # what the rank's last batch lacks
+    mine = range(worker, total, workers)
+    last = batch_size - short if total and (total - 1) % workers == worker else batch_size
+    count = len(mine) * batch_size - (batch_size - last)
+    if not mine:
+        return WorkerPlan(np.zeros((0, 2), np.int64), 0, mine, 0)
     if shuffle:
-        start = sum(sizes[j] for j in range(total_batches) if j % workers < worker)
-        spans = _take(rank_spans, start, start + count)
+        earlier = sum(len(range(v, total, workers)) for v in range(worker))
+        start = earlier * batch_size - (short if (total - 1) % workers < worker else 0)
+        pieces = np.array([[start, start + count]], np.int64)
     else:
-        rank_spans = _merge(rank_spans)  # one span, two when padding wraps around
-        spans = []
-        for j in mine:
-            spans += _take(rank_spans, j * batch_size, j * batch_size + sizes[j])
-    return WorkerPlan(
-        spans=_merge(spans),
-        num_samples=count,
-        batches=mine,
-        last_batch_size=sizes[mine[-1]] if mine else 0,
-    )
+        lo = np.arange(worker, total, workers, dtype=np.int64) * batch_size
+        pieces = np.stack([lo, np.minimum(lo + batch_size, used)], axis=1)
+    # Only the stretch of the rank's slice this worker reads, wrapping around to pad.
+    cover = rank * m + int(pieces[0, 0]), rank * m + int(pieces[-1, 1])
+    spans = _cut(_wrapped(seq, *cover), pieces - pieces[0, 0])
+    return WorkerPlan(_merge(spans), count, mine, last)

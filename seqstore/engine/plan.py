@@ -7,22 +7,49 @@ into the sequence a rank's loader yields. The Loader's workers, the resume of an
 interrupted epoch, the benchmark's shuffle-quality figure and the tests all draw the order
 from here, so none of them can drift from what the Loader does.
 
+An epoch interrupted on one shape (ranks, workers, batch size) and resumed on another runs
+over the records it had not delivered: :func:`remaining_after` finds them from the batch
+count of any one rank (every rank runs the same number of batches, so one rank's count is
+every rank's), and every function here takes them as ``remaining``.
+
 Pure: no I/O, no torch.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
-from .order import WorkerPlan, iter_indices, num_batches, worker_plan
+from .order import (
+    BlockOrder,
+    EpochSequence,
+    Subsequence,
+    WorkerPlan,
+    complement,
+    intersect,
+    iter_indices,
+    num_batches,
+    union,
+    worker_plan,
+)
 from .shuffle import ShuffleBuffer
 
-__all__ = ["EpochSettings", "EpochSpec", "WorkerEpoch", "rank_order", "worker_order"]
+__all__ = [
+    "EpochSettings",
+    "EpochSpec",
+    "Remaining",
+    "WorkerEpoch",
+    "epoch_sequence",
+    "rank_order",
+    "remaining_after",
+    "worker_order",
+]
 
 
 class EpochSettings(Protocol):
@@ -134,8 +161,12 @@ class EpochSpec:
     @property
     def num_batches(self) -> int:
         """Batches each rank yields per epoch (the same on every rank)."""
+        return self.batches_over(None)
+
+    def batches_over(self, remaining: Remaining | None) -> int:
+        """Batches each rank yields in an epoch over ``remaining`` (None: every record)."""
         return num_batches(
-            self.num_records,
+            self.num_records if remaining is None else remaining.count,
             world=self.world_size,
             batch_size=self.batch_size,
             drop_last=self.drop_last,
@@ -144,6 +175,82 @@ class EpochSpec:
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: what a saved loader state must match to be resumed."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Remaining:
+    """The records an interrupted epoch had not delivered: what its resumed run yields.
+
+    Parameters
+    ----------
+    num_records
+        Records in the store.
+    ranges
+        ``(k, 2)`` int64 ``[start, stop)`` storage ranges of the records, sorted and
+        disjoint.
+    """
+
+    num_records: int
+    ranges: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Records still to deliver."""
+        return int((self.ranges[:, 1] - self.ranges[:, 0]).sum())
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray) -> Remaining:
+        """The records whose entry in the boolean ``mask`` (one per record) is set."""
+        edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
+        return cls(len(mask), edges.reshape(-1, 2).astype(np.int64))
+
+    def mask(self) -> np.ndarray:
+        """One boolean per record of the store: still to deliver."""
+        edges = np.concatenate([[0], self.ranges.ravel(), [self.num_records]])
+        inside = np.arange(len(edges) - 1) % 2 == 1  # runs alternate: out, in, out, ...
+        return np.repeat(inside, np.diff(edges))
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-friendly form: the count, and a bitmap over the records, compressed
+        (at most ``num_records / 8`` bytes, far less when the records form long runs)."""
+        return dict(self._state)
+
+    @cached_property
+    def _state(self) -> dict[str, Any]:
+        # Made once: a loader's state_dict() may be asked for after every batch.
+        packed = zlib.compress(np.packbits(self.mask()).tobytes(), 6)
+        return {"count": self.count, "bitmap": base64.b64encode(packed).decode("ascii")}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], num_records: int) -> Remaining:
+        """The inverse of :meth:`to_state`, for a store of ``num_records`` records.
+
+        Raises
+        ------
+        ValueError
+            The state is damaged: it does not decode, or its count is not its bitmap's.
+        """
+        try:
+            raw = zlib.decompress(base64.b64decode(state["bitmap"], validate=True))
+            bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=num_records)
+            count = int(state["count"])
+        except (KeyError, TypeError, ValueError, zlib.error) as err:
+            raise ValueError(f"the remaining records do not decode ({err})") from None
+        remaining = cls.from_mask(bits.astype(bool))
+        if remaining.count != count:
+            raise ValueError(f"the bitmap holds {remaining.count} records, not {count}")
+        return remaining
+
+
+def epoch_sequence(
+    spec: EpochSpec, epoch: int, remaining: Remaining | None = None
+) -> EpochSequence:
+    """The records of ``epoch`` in read order, before ranks and workers share them out:
+    every record, or only ``remaining``."""
+    order = BlockOrder(
+        spec.num_records, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
+    )
+    return order if remaining is None else Subsequence(order, remaining.ranges)
 
 
 @dataclass(frozen=True)
@@ -157,22 +264,22 @@ class WorkerEpoch:
     epoch, rank, worker
         Which epoch, rank and worker (``worker`` counts batches round-robin from 0, as the
         DataLoader collects them).
+    remaining
+        Run over these records only (the rest of an interrupted epoch); None: all.
     """
 
     spec: EpochSpec
     epoch: int
     rank: int
     worker: int
+    remaining: Remaining | None = None
 
     @cached_property
     def plan(self) -> WorkerPlan:
         """The storage spans this worker reads and the batches it yields."""
         s = self.spec
         return worker_plan(
-            s.num_records,
-            block=s.block,
-            seed=s.seed,
-            epoch=self.epoch,
+            epoch_sequence(s, self.epoch, self.remaining),
             shuffle=s.shuffle,
             rank=self.rank,
             world=s.world_size,
@@ -193,7 +300,9 @@ class WorkerEpoch:
         return np.fromiter(self.shuffle_buffer(), np.int64, count=self.plan.num_samples)
 
 
-def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndarray:
+def worker_order(
+    spec: EpochSpec, epoch: int, rank: int, worker: int, remaining: Remaining | None = None
+) -> np.ndarray:
     """The store indices worker ``worker`` of rank ``rank`` emits in ``epoch``, in order.
 
     Parameters
@@ -202,6 +311,8 @@ def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndar
         The loader's epoch spec (its own ``rank`` is not used: any rank can be asked for).
     epoch, rank, worker
         Which epoch, rank and worker.
+    remaining
+        The records of an epoch resumed on another shape; None: a whole epoch.
 
     Returns
     -------
@@ -209,18 +320,103 @@ def worker_order(spec: EpochSpec, epoch: int, rank: int, worker: int) -> np.ndar
         int64 indices, the shuffle buffer's decisions included; its batches are
         consecutive runs of ``spec.batch_size``.
     """
-    return WorkerEpoch(spec, epoch, rank, worker).order()
+    return WorkerEpoch(spec, epoch, rank, worker, remaining).order()
 
 
-def rank_order(spec: EpochSpec, epoch: int, rank: int) -> np.ndarray:
+def rank_order(
+    spec: EpochSpec, epoch: int, rank: int, remaining: Remaining | None = None
+) -> np.ndarray:
     """The store indices rank ``rank``'s loader yields in ``epoch``, batch after batch.
 
-    The workers' batches taken round-robin, as the DataLoader collects them.
+    The workers' batches taken round-robin, as the DataLoader collects them; over
+    ``remaining`` only, when given.
     """
     size = spec.batch_size
-    orders = [worker_order(spec, epoch, rank, w) for w in range(spec.workers)]
+    orders = [worker_order(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
     batches = [
         orders[b % spec.workers][(b // spec.workers) * size : (b // spec.workers + 1) * size]
-        for b in range(spec.num_batches)
+        for b in range(spec.batches_over(remaining))
     ]
     return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+
+
+def remaining_after(
+    spec: EpochSpec, epoch: int, done: int, remaining: Remaining | None = None
+) -> Remaining:
+    """The records of ``epoch`` not delivered once every rank has yielded ``done`` batches.
+
+    Every rank runs the same number of batches, so the count of any one rank tells what all
+    of them delivered. Each worker's share is replayed on indices only, the way a resume
+    replays it (:meth:`~seqstore.engine.shuffle.ShuffleBuffer.skip`): what it delivered is
+    what it pulled from its spans, less what its shuffle buffer still held. Records an
+    uninterrupted epoch would not deliver at all (the tail ``drop_last`` drops) are not
+    counted as remaining; padding delivered twice counts as delivered.
+
+    Cost: the replay takes time in proportion to the records delivered (0.4 s for half an
+    ImageNet epoch on 8 ranks of 8 workers, on a 2-core AMD EPYC), and memory in proportion
+    to the spans read, never an array over every record.
+
+    Parameters
+    ----------
+    spec
+        The spec of the interrupted loader (its world size, workers, batch size).
+    epoch
+        The interrupted epoch.
+    done
+        Batches each rank had yielded.
+    remaining
+        The records the interrupted epoch ran over, if it was itself a resumed one.
+
+    Returns
+    -------
+    Remaining
+        The records to deliver, each once, in the resumed run.
+
+    Raises
+    ------
+    ValueError
+        ``done`` is outside the epoch.
+    """
+    total = spec.batches_over(remaining)
+    if not 0 <= done <= total:
+        raise ValueError(f"batches done {done} is outside the epoch's 0..{total}")
+    n = spec.num_records
+    read: list[np.ndarray] = []  # every worker's spans: what the whole epoch delivers
+    pulled: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
+    held: list[int] = []
+    for rank in range(spec.world_size):
+        for worker in range(spec.workers):
+            work = WorkerEpoch(spec, epoch, rank, worker, remaining)
+            spans = work.plan.spans
+            if spec.drop_last:
+                read.append(spans)
+            emitted = work.plan.samples_before(done, spec.batch_size)
+            if emitted == 0:
+                continue
+            buffer = work.shuffle_buffer()
+            buffer.skip(emitted)
+            pulled.append(_head(spans, buffer.pulled))
+            held += buffer.buffer
+    if spec.drop_last:
+        whole = union(np.concatenate(read))
+    else:  # every record of the epoch, at least once
+        whole = np.array([[0, n]], np.int64) if remaining is None else remaining.ranges
+    rows = np.concatenate(pulled)
+    # A held record is delivered all the same if another worker (padding) pulled it too.
+    at, holders = np.unique(np.asarray(held, np.int64), return_counts=True)
+    pulled_by = np.searchsorted(np.sort(rows[:, 0]), at, side="right") - np.searchsorted(
+        np.sort(rows[:, 1]), at, side="right"
+    )
+    back = at[pulled_by == holders]
+    rest = intersect(whole, complement(union(rows), n))
+    return Remaining(n, union(np.concatenate([rest, np.stack([back, back + 1], axis=1)])))
+
+
+def _head(spans: np.ndarray, count: int) -> np.ndarray:
+    """The spans of the first ``count`` records of ``spans``."""
+    before = np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])])
+    rows = int(np.searchsorted(before, count, side="left"))
+    head = spans[:rows].copy()
+    if rows:
+        head[-1, 1] = head[-1, 0] + count - before[rows - 1]
+    return head

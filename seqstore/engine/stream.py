@@ -11,7 +11,7 @@ is therefore the shuffle buffer plus two blocks.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..records import Record
-from .order import Span
+from .order import Span, iter_spans
 from .plan import WorkerEpoch
 
 __all__ = ["BlockFetcher", "RawBatch", "iter_batches", "sample_rng"]
@@ -60,7 +60,7 @@ class BlockFetcher:
     def __init__(
         self,
         read_block: Callable[[int, int], list[Record]],
-        spans: list[Span],
+        spans: Iterable[Span],
         block: int,
         skip: int = 0,
         ahead: int = 1,
@@ -74,7 +74,7 @@ class BlockFetcher:
         self.blocks_read = 0
 
     @staticmethod
-    def _iter_pieces(spans: list[Span], block: int, skip: int) -> Iterator[Span]:
+    def _iter_pieces(spans: Iterable[Span], block: int, skip: int) -> Iterator[Span]:
         for start, stop in spans:
             if skip >= stop - start:
                 skip -= stop - start
@@ -180,7 +180,7 @@ def iter_batches(
     skip_samples = min(skip_batches * batch_size, plan.num_samples)
     order = work.shuffle_buffer()
     order.skip(skip_samples)
-    fetcher = BlockFetcher(read_block, plan.spans, spec.block, skip=order.pulled)
+    fetcher = BlockFetcher(read_block, iter_spans(plan.spans), spec.block, skip=order.pulled)
     try:
         fetcher.preload(order.buffer)
         remaining = plan.num_samples - skip_samples

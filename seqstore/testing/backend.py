@@ -28,12 +28,12 @@ import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 import seqstore
-from seqstore.backends import Backend, Reader, get_backend
+from seqstore.backends import Backend, Reader, Writer, get_backend
 from seqstore.errors import PartialStoreError, StoreExistsError
 from seqstore.manifest import Manifest, Provenance, write_manifest
 from seqstore.records import Record
@@ -76,8 +76,10 @@ def _checksums_of(reader: Reader, start: int, stop: int) -> list[tuple[str, int]
     return [(r.key, r.checksum if r.verify() else -1) for r in reader.read_block(start, stop)]
 
 
-def _write_half_and_die(backend: type[Backend], path: Path, records: list[Record]) -> None:
-    writer = backend.open_writer(path, classes=CLASSES)
+def _write_half_and_die(
+    backend: type[Backend], path: Path, records: list[Record], options: dict[str, Any]
+) -> None:
+    writer = backend.open_writer(path, classes=CLASSES, **options)
     for record in records[: len(records) // 2]:
         writer.write(record)
     os._exit(0)  # the writer never finishes, as when a process is killed
@@ -95,9 +97,13 @@ class BackendSuite:
     ----------
     backend_name : str
         The registered name of the backend under test.
+    writer_options : dict
+        Passed to every ``open_writer`` of the suite: ``{"shard_bytes": N}`` runs it on
+        sharded stores of the backend.
     """
 
     backend_name: ClassVar[str]
+    writer_options: ClassVar[dict[str, Any]] = {}
 
     # -- hooks the subclass supplies ---------------------------------------------------------
     def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
@@ -122,6 +128,14 @@ class BackendSuite:
             return list(records)
         return sorted(records, key=lambda r: r.key)
 
+    def reader_type(self, backend: type[Backend]) -> type[Reader]:
+        """The class of the reader :func:`seqstore.open` returns for the suite's stores."""
+        return backend.reader_cls
+
+    def open_writer(self, backend: type[Backend], path: Path, **options: Any) -> Writer:
+        """The backend's writer of a new store at ``path``, with :attr:`writer_options`."""
+        return backend.open_writer(path, **self.writer_options, **options)
+
     # -- fixtures ----------------------------------------------------------------------------
 
     @pytest.fixture
@@ -140,7 +154,7 @@ class BackendSuite:
         if backend.writer_cls is None:
             self.write_raw(path, records, CLASSES)
             return path
-        with backend.open_writer(path, classes=CLASSES) as writer:
+        with self.open_writer(backend, path, classes=CLASSES) as writer:
             for record in records:
                 writer.write(record)
         return path
@@ -159,7 +173,7 @@ class BackendSuite:
     ) -> None:
         _needs_writer(backend)
         path = tmp_path / "written"
-        with backend.open_writer(path, classes=CLASSES) as writer:
+        with self.open_writer(backend, path, classes=CLASSES) as writer:
             for record in records:
                 writer.write(record)
         assert self.read_raw(path) == self.expected(records)
@@ -176,7 +190,7 @@ class BackendSuite:
     def test_open_dispatches_on_format(self, store: Path, backend: type[Backend]) -> None:
         reader = seqstore.open(store)
         assert reader.manifest.format == self.backend_name
-        assert isinstance(reader, backend.reader_cls)
+        assert isinstance(reader, self.reader_type(backend))
 
     def test_manifest_describes_the_store(
         self, store: Path, backend: type[Backend], records: list[Record]
@@ -197,6 +211,15 @@ class BackendSuite:
         reader = seqstore.open(store)
         start, stop = span
         assert reader.read_block(start, stop) == [reader.read(i) for i in range(start, stop)]
+
+    def test_shard_bounds_cut_the_store_and_reads_cross_them(self, store: Path) -> None:
+        reader = seqstore.open(store)
+        bounds = reader.shard_bounds.tolist()
+        assert bounds[0] == 0 and bounds[-1] == len(reader) and bounds == sorted(bounds)
+        everything = reader.read_block(0, len(reader))
+        for b in bounds[1:-1]:  # a block that crosses a bound reads as one that does not
+            assert reader.read_block(b - 1, b + 1) == everything[b - 1 : b + 1]
+            assert reader.read_block(0, b) + reader.read_block(b, len(reader)) == everything
 
     @pytest.mark.parametrize("span", [(-1, 2), (5, 4), (0, 38)])
     def test_read_block_out_of_range_raises(self, store: Path, span: tuple[int, int]) -> None:
@@ -223,7 +246,7 @@ class BackendSuite:
         _needs_writer(backend)
         path = tmp_path / "partial"
         child = mp.get_context("fork").Process(
-            target=_write_half_and_die, args=(backend, path, records)
+            target=_write_half_and_die, args=(backend, path, records, self.writer_options)
         )
         child.start()
         child.join()
@@ -238,7 +261,7 @@ class BackendSuite:
         _needs_writer(backend)
         path = tmp_path / "aborted"
         with pytest.raises(RuntimeError, match="boom"):
-            with backend.open_writer(path, classes=CLASSES) as writer:
+            with self.open_writer(backend, path, classes=CLASSES) as writer:
                 writer.write(records[0])
                 raise RuntimeError("boom")
         assert not path.exists()
@@ -248,8 +271,8 @@ class BackendSuite:
     ) -> None:
         _needs_writer(backend)
         with pytest.raises(StoreExistsError, match="overwrite"):
-            backend.open_writer(store, classes=CLASSES)
-        with backend.open_writer(store, classes=CLASSES, overwrite=True) as writer:
+            self.open_writer(backend, store, classes=CLASSES)
+        with self.open_writer(backend, store, classes=CLASSES, overwrite=True) as writer:
             writer.write(records[0])
         assert len(seqstore.open(store)) == 1
         assert sorted(p.name for p in store.parent.iterdir()) == [store.name]  # nothing aside
@@ -262,7 +285,7 @@ class BackendSuite:
         before = [r.data for r in old.read_block(0, len(old))]
         old.close()
         with pytest.raises(RuntimeError, match="boom"):
-            with backend.open_writer(store, classes=CLASSES, overwrite=True) as writer:
+            with self.open_writer(backend, store, classes=CLASSES, overwrite=True) as writer:
                 writer.write(records[0])
                 raise RuntimeError("boom")
         reader = seqstore.open(store)
@@ -275,12 +298,12 @@ class BackendSuite:
         _needs_writer(backend)
         (tmp_path / "mine.txt").write_text("user data")
         with pytest.raises(StoreExistsError, match="not a seqstore store"):
-            backend.open_writer(tmp_path, classes=CLASSES, overwrite=True)
+            self.open_writer(backend, tmp_path, classes=CLASSES, overwrite=True)
         assert (tmp_path / "mine.txt").read_text() == "user data"
 
     def test_empty_store(self, tmp_path: Path, backend: type[Backend]) -> None:
         _needs_writer(backend)
-        with backend.open_writer(tmp_path / "empty", classes=CLASSES):
+        with self.open_writer(backend, tmp_path / "empty", classes=CLASSES):
             pass
         reader = backend.open_reader(tmp_path / "empty")
         assert len(reader) == 0

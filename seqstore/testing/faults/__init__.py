@@ -46,6 +46,7 @@ from .store import (
     flip_record_byte,
     kill_convert_then_resume,
     kill_overwrite,
+    kill_sharded_convert_then_resume,
     odd_images,
     old_pickle_tensorpack,
     racing_writers,
@@ -93,6 +94,14 @@ CASES: list[FaultCase] = [
         _case(
             f"kill -9 during convert, then --resume ({fmt})",
             kill_convert_then_resume(fmt),
+            "handled",
+        )
+        for fmt in ("lmdb", "hdf5")
+    ),
+    *(
+        _case(
+            f"kill -9 during sharded convert -w 2, then --resume ({fmt})",
+            kill_sharded_convert_then_resume(fmt),
             "handled",
         )
         for fmt in ("lmdb", "hdf5")

@@ -59,6 +59,35 @@ def kill_convert_then_resume(fmt: str) -> Callable[[Path, np.random.Generator], 
     return run
 
 
+def kill_sharded_convert_then_resume(fmt: str) -> Callable[[Path, np.random.Generator], str]:
+    """kill -9 at a random instant of a sharded convert by 2 writer processes, then the same
+    convert with --resume: the store must equal an uninterrupted one, shard for shard."""
+
+    def run(workdir: Path, rng: np.random.Generator) -> str:
+        from ..shards import layout
+
+        src = make_source(workdir)
+        ref, dst = workdir / "ref", workdir / "dst"
+        body = CONVERT_BODY.format(
+            src=str(src), dst=str(dst), fmt=fmt, extra="shard_mb=0.5, workers=2"
+        )
+        write_time = time_the_write(body.replace(repr(str(dst)), repr(str(ref))), ref)
+        if kill_mid_write(body, dst, rng, write_time) != 0 and run_cli("info", dst).rc != 0:
+            p = run_cli(
+                "convert", src, dst, "--format", fmt, "--shard-mb", "0.5", "--workers", "2",
+                "--checkpoint-mb", "0.2", "--resume", "-q",
+            )  # fmt: skip
+            if p.rc != 0:
+                return failure_outcome(p)
+        if fingerprint(dst) != fingerprint(ref) or layout(dst) != layout(ref):
+            if os.environ.get("SEQSTORE_FAULTS_VERBOSE"):
+                print(f"[{dst}] differs from the uninterrupted [{ref}]", file=sys.stderr)
+            return "silent wrong"
+        return "leaked" if hidden_siblings(dst, "") else "handled"
+
+    return run
+
+
 def kill_overwrite(fmt: str) -> Callable[[Path, np.random.Generator], str]:
     def run(workdir: Path, rng: np.random.Generator) -> str:
         src = make_source(workdir)

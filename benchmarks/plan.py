@@ -1,0 +1,136 @@
+"""The epoch plan at scale: time and memory of one worker's plan, and of an elastic resume.
+
+    python benchmarks/plan.py [--records 1000000000] [--ranks 1024] [--workers 16] [--repeat 5]
+
+Each plan row is what one loader worker computes at the start of an epoch
+(:attr:`seqstore.engine.plan.WorkerEpoch.plan`): the storage spans it reads and its batches,
+for the last worker of the last rank (the one that reads the padding), shuffled, 4 MB blocks
+of 110 KB records (36 per block, ImageNet's mean), batches of 256. Time is the median over
+``--repeat`` runs; peak memory is traced (tracemalloc, numpy's arrays included) in a run of
+its own.
+
+Target: the plan of 1B records x 1024 ranks x 16 workers in < 1 s and < 100 MB. Beside it:
+an ImageNet-size plan; the largest store whose block order is still numpy's permutation
+table (TABLE_LIMIT blocks); and, as the baseline, that table drawn for the main row's store,
+which is what a plan over every block costs.
+
+The resume row: an ImageNet-size epoch (1,281,167 records) interrupted halfway on 8 ranks of
+8 workers (256 MB buffers per rank), to be resumed on another shape: the time to find the
+records it had not delivered (:func:`seqstore.engine.plan.remaining_after`, done once by
+each rank as it loads the state) and the size of the saved state that then carries them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from seqstore.engine.order import TABLE_LIMIT
+from seqstore.engine.plan import EpochSpec, WorkerEpoch, remaining_after
+
+PER_BLOCK = 36  # 4 MB blocks of 110 KB records
+IMAGENET = 1_281_167
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for the figures' caption."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def spec(records: int, ranks: int, workers: int, capacity: int = 2330) -> EpochSpec:
+    """A shuffled loader's spec: 4 MB blocks, batches of 256, a 256 MB buffer per rank."""
+    return EpochSpec(
+        num_records=records,
+        block=PER_BLOCK,
+        capacity=max(1, capacity // workers),
+        shuffle=True,
+        seed=0,
+        rank=ranks - 1,
+        world_size=ranks,
+        workers=workers,
+        batch_size=256,
+        drop_last=False,
+    )
+
+
+def worker_plan(records: int, ranks: int, workers: int) -> Callable[[], Any]:
+    """What one worker computes: its plan (a fresh one each call, nothing cached)."""
+    s = spec(records, ranks, workers)
+    return lambda: WorkerEpoch(s, 1, ranks - 1, workers - 1).plan
+
+
+def measure(job: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    """Median seconds over ``repeat`` runs, and the peak traced MB of one more."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        job()
+        times.append(time.perf_counter() - start)
+    tracemalloc.start()
+    job()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return statistics.median(times), peak / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=10**9)
+    parser.add_argument("--ranks", type=int, default=1024)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    n, ranks, workers = args.records, args.ranks, args.workers
+    blocks = -(-n // PER_BLOCK)
+    limit = TABLE_LIMIT * PER_BLOCK
+    rows: list[tuple[str, Callable[[], Any], str]] = [
+        (f"plan: {n:,} records, {ranks} ranks x {workers} workers", worker_plan(n, ranks, workers),
+         "< 1 s, < 100 MB"),
+        (f"plan: {IMAGENET:,} records, 8 ranks x 8 workers", worker_plan(IMAGENET, 8, 8), ""),
+        (f"plan: {limit:,} records (table limit), 64 x 8", worker_plan(limit, 64, 8), ""),
+        (f"baseline: a table of all {blocks:,} blocks",
+         lambda: np.random.default_rng(0).permutation(blocks), ""),
+    ]  # fmt: skip
+    cpu = f"{cpu_name()}, {os.cpu_count()} cores"
+    print(f"one worker's epoch plan, shuffled, 36 records per block; {cpu}")
+    print(f"median of {args.repeat} runs; peak memory traced in one more\n")
+    header = f"| {'what':<56} | {'time':>9} | {'peak MB':>8} | {'target':<15} |"
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for name, job, target in rows:
+        seconds, peak = measure(job, args.repeat)
+        print(f"| {name:<56} | {seconds * 1e3:>6.1f} ms | {peak:>8.1f} | {target:<15} |")
+
+    interrupted = spec(IMAGENET, 8, 8)
+    half = interrupted.num_batches // 2
+    start = time.perf_counter()
+    remaining = remaining_after(interrupted, 0, half)
+    seconds = time.perf_counter() - start
+    state = json.dumps(remaining.to_state())
+    print(
+        f"\nelastic resume: {IMAGENET:,} records stopped after {half} of {interrupted.num_batches}"
+        f" batches on 8 ranks x 8 workers:\n  finding the {remaining.count:,} records not"
+        f" delivered: {seconds:.2f} s; the state carries them in {len(state) / 1e3:.0f} KB"
+    )
+
+
+if __name__ == "__main__":
+    main()

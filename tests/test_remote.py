@@ -1,0 +1,415 @@
+"""Stores in object storage: a real S3-compatible server on 127.0.0.1 (see conftest's
+``s3_server``), real stores uploaded to it, real loader worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import seqstore
+from seqstore import Loader
+from seqstore.backends.hdf5 import HDF5Writer
+from seqstore.cli import main
+from seqstore.convert import convert
+from seqstore.errors import (
+    ConfigError,
+    CorruptStoreError,
+    NotAStoreError,
+    PartialStoreError,
+    RemoteError,
+    StoreExistsError,
+)
+from seqstore.records import Record
+from seqstore.remote import Remote, ShardCache, open_remote
+from seqstore.remote.hdf5 import RemoteHDF5Reader
+from seqstore.remote.upload import upload_store
+from seqstore.testing import collect_epoch, make_image_folder
+from seqstore.testing.s3server import S3Server
+
+N = 90
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("remote")
+    images = make_image_folder(root / "images", classes=6, per_class=N // 6, max_side=96)
+    out = {"images": images}
+    for fmt in ("hdf5", "lmdb"):
+        # Small write batches: the images dataset grows in several appends, as a big store's.
+        convert(images, root / fmt, format=fmt, progress=False)
+        out[fmt] = root / fmt
+    return out
+
+
+@pytest.fixture(scope="module")
+def module_bucket(s3_server: S3Server) -> str:
+    name = f"test-remote-{time.monotonic_ns() % 10**8}"
+    s3_server.make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def bucket(module_bucket: str) -> str:
+    """A place of this test's own: a prefix in the module's bucket (SeaweedFS takes
+    seconds to set up each new bucket)."""
+    return f"{module_bucket}/t{next(_prefixes)}"
+
+
+def _upload(s3_server: S3Server, local: Path, url: str) -> str:
+    upload_store(local, Remote(url, s3_server.storage_options()), overwrite=False)
+    return url
+
+
+def _opts(**extra: Any) -> dict[str, Any]:
+    return dict(batch_size=8, image_size=32, shuffle_buffer=24, block_mb=0.05) | extra
+
+
+def test_open_reads_what_the_local_store_holds(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    local = seqstore.open(stores["hdf5"])
+    remote = seqstore.open(url, storage_options=s3_server.storage_options())
+    assert len(remote) == len(local) == N
+    assert remote.classes == local.classes and remote.identity == local.identity
+    for start, stop in [(0, 1), (0, N), (17, 53), (N - 1, N), (5, 5)]:
+        assert remote.read_block(start, stop) == local.read_block(start, stop)
+    assert remote.read(-1) == local.read(N - 1)
+    assert np.array_equal(remote.labels(), local.labels())
+    remote.check_index()
+    with pytest.raises(IndexError):
+        remote.read_block(0, N + 1)
+
+
+def test_a_block_is_one_ranged_get(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:
+    # 200 records of 40 KB: 8 MB of images in chunks of 1 MiB, appended 1 MB at a time.
+    rng = np.random.default_rng(0)
+    records = [Record.make(f"k{i:04d}", i % 3, rng.bytes(40_000), 8, 8) for i in range(200)]
+    with HDF5Writer(tmp_path / "big", classes=["a", "b", "c"], batch_bytes=1 << 20) as w:
+        for r in records:
+            w.write(r)
+    url = _upload(s3_server, tmp_path / "big", f"s3://{bucket}/big.h5")
+    reader = seqstore.open(url, storage_options=s3_server.storage_options())
+    assert isinstance(reader, RemoteHDF5Reader)
+    reader.labels()  # the whole index
+    assert reader.read_block(150, 200) == records[150:200]  # the keys are fetched with it
+    remote = reader.remote  # type: ignore[attr-defined]
+    gets = remote.gets
+    # 4 MB over 5 chunks, with the index's chunks between the first two: one ranged GET.
+    assert reader.read_block(20, 120) == records[20:120]
+    assert remote.gets == gets + 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_over_s3_yields_the_batches_of_local_disk(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, workers: int
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = _opts(num_workers=workers, with_indices=True, seed=5)
+    li, ll, lx = collect_epoch(Loader(stores["hdf5"], **opts))
+    remote = Loader(url, storage_options=s3_server.storage_options(), **opts)
+    ri, rl, rx = collect_epoch(remote)
+    assert ri == li and rl == ll and sorted(ri) == list(range(N))
+    assert all(torch.equal(a, b) for a, b in zip(lx, rx, strict=True))
+    assert remote.state_dict()["store_path"] == url
+
+
+def test_credentials_and_endpoint_from_the_environment(
+    s3_server: S3Server,
+    stores: dict[str, Path],
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _upload(s3_server, stores["hdf5"], f"s3://{bucket}/data/val.h5")
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    # A dataset root at a URL: split= finds the store under it.
+    loader = Loader(f"s3://{bucket}/data", split="val", **_opts(with_indices=True))
+    indices, _, _ = collect_epoch(loader)
+    assert indices == list(range(N))  # val: storage order
+    assert loader.where == f"s3://{bucket}/data/val.h5"
+
+
+def test_http_url(s3_server: S3Server, stores: dict[str, Path], bucket: str) -> None:
+    if s3_server.http_root is None:
+        pytest.skip(f"{s3_server.kind} serves no plain HTTP")
+    pytest.importorskip("aiohttp")
+    _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    reader = seqstore.open(f"{s3_server.http_root}/{bucket}/train.h5")
+    assert reader.read_block(10, 40) == seqstore.open(stores["hdf5"]).read_block(10, 40)
+
+
+def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
+) -> None:
+    urls = [_upload(s3_server, stores["hdf5"], f"s3://{bucket}/s{i}.h5") for i in range(3)]
+    size = (stores["hdf5"] / "data.h5").stat().st_size
+    cache_dir = tmp_path / "cache"
+    limit_gb = 2.5 * size / 1e9  # two copies fit, not three
+    local = seqstore.open(stores["hdf5"])
+    readers = []
+    for url in urls:
+        reader = seqstore.open(
+            url,
+            storage_options=s3_server.storage_options(),
+            cache_dir=cache_dir,
+            cache_limit_gb=limit_gb,
+        )
+        assert reader.read_block(0, 10) == local.read_block(0, 10)  # at once, remotely
+        deadline = time.monotonic() + 30
+        while reader.reading_from.startswith("s3://"):  # until the copy is in the cache
+            assert time.monotonic() < deadline, "the cache was not filled"
+            time.sleep(0.1)
+        assert reader.read_block(0, N) == local.read_block(0, N)  # from the copy
+        readers.append(reader)
+        time.sleep(0.05)  # distinct use times
+    cache = ShardCache(cache_dir, int(limit_gb * 1e9))
+    names = [p.name for p in cache.entries()]
+    assert len(names) == 2 and readers[0].cache_key not in names  # the oldest went
+    assert [readers[1].cache_key, readers[2].cache_key] == names
+    assert cache.total_bytes() <= limit_gb * 1e9
+    assert not list((cache_dir / "tmp").iterdir())  # nothing half-downloaded left
+    # The reader whose copy was evicted keeps reading it: its file is open.
+    assert readers[0].read_block(40, 80) == local.read_block(40, 80)
+    cache.touch(readers[1].cache_key)  # used: now the next victim is readers[2]'s copy
+    again = seqstore.open(
+        urls[0],
+        storage_options=s3_server.storage_options(),
+        cache_dir=cache_dir,
+        cache_limit_gb=limit_gb,
+    )
+    again.read_block(0, 1)
+    deadline = time.monotonic() + 30
+    while again.reading_from.startswith("s3://"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert [p.name for p in cache.entries()] == [readers[1].cache_key, readers[0].cache_key]
+
+
+def test_cache_shared_by_worker_processes(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = _opts(num_workers=2, with_indices=True, seed=1)
+    expected = collect_epoch(Loader(stores["hdf5"], **opts))[0]
+    loader = Loader(url, storage_options=s3_server.storage_options(), cache_dir=tmp_path, **opts)
+    for epoch in range(3):  # the first epoch fills the cache, the later ones read it
+        loader.set_epoch(0)
+        assert collect_epoch(loader)[0] == expected, epoch
+    entries = list((tmp_path / "entries").iterdir())
+    assert len(entries) == 1  # two workers, one download
+    data = (entries[0] / "data.h5").read_bytes()
+    assert data == (stores["hdf5"] / "data.h5").read_bytes()
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_server_restarted_mid_epoch_costs_retries_not_the_epoch(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    if s3_server.kind != "seaweedfs":
+        pytest.skip("moto loses its objects when it restarts")
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = _opts(with_indices=True, seed=2, block_mb=0.02)
+    expected = collect_epoch(Loader(stores["hdf5"], **opts))
+    loader = Loader(url, storage_options=s3_server.storage_options(), **opts)
+    got: tuple[list[int], list[int], list[Any]] = ([], [], [])
+    for n, (x, y, i) in enumerate(loader):
+        got[0].extend(i.tolist())
+        got[1].extend(y.tolist())
+        got[2].append(x)
+        if n == 2:
+            s3_server.stop()
+            # Back after the next blocks' requests have met a closed port.
+            threading.Timer(1.5, s3_server.start).start()
+    assert got[0] == expected[0] and got[1] == expected[1]
+    assert all(torch.equal(a, b) for a, b in zip(got[2], expected[2], strict=True))
+    assert loader.reader.remote.retried > 0  # type: ignore[attr-defined]
+
+
+def test_server_restart_under_worker_processes(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    if s3_server.kind != "seaweedfs":
+        pytest.skip("moto loses its objects when it restarts")
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = _opts(with_indices=True, seed=3, block_mb=0.02, num_workers=2, prefetch_factor=1)
+    expected = collect_epoch(Loader(stores["hdf5"], **opts))[0]
+    got = []
+    for n, (_x, _y, i) in enumerate(
+        Loader(url, storage_options=s3_server.storage_options(), **opts)
+    ):
+        got += i.tolist()
+        if n == 1:
+            s3_server.restart()
+    assert got == expected
+
+
+def test_permanent_errors_are_one_line(
+    s3_server: S3Server,
+    stores: dict[str, Path],
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = s3_server.storage_options()
+    started = time.monotonic()
+    with pytest.raises(RemoteError, match="no such bucket 'no-such-bucket'"):
+        seqstore.open("s3://no-such-bucket/train.h5", storage_options=opts)
+    with pytest.raises(NotAStoreError, match="does not exist or is not a seqstore store"):
+        seqstore.open(f"s3://{bucket}/missing.h5", storage_options=opts)
+    if s3_server.kind == "seaweedfs":  # moto takes any key
+        wrong = s3_server.storage_options(secret="not-the-secret")
+        with pytest.raises(RemoteError, match="access denied.*check the credentials"):
+            seqstore.open(url, storage_options=wrong)
+    assert time.monotonic() - started < 10  # refused at once, not retried
+    assert main(["info", "s3://no-such-bucket/x.h5"]) == 2  # no credentials: refused too
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seqstore: error: ") and "\n" not in err
+
+
+def test_unreachable_server_fails_after_the_retries() -> None:
+    pytest.importorskip("s3fs")
+    from seqstore.remote import RetryPolicy
+
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    with pytest.raises(RemoteError, match="failed 3 times .* is up and reachable") as info:
+        open_remote(
+            "s3://bucket/train.h5",
+            storage_options=options,
+            retry=RetryPolicy(attempts=3, base_s=0.01),
+        )
+    assert "\n" not in str(info.value)
+
+
+def test_incomplete_and_replaced_stores_are_refused(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    opts = s3_server.storage_options()
+    fs = s3_server.filesystem()
+    fs.put_file(str(stores["hdf5"] / "data.h5"), f"{bucket}/half.h5/data.h5")
+    with pytest.raises(PartialStoreError, match="an upload that did not finish"):
+        seqstore.open(f"s3://{bucket}/half.h5", storage_options=opts)
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/cut.h5")
+    fs.pipe_file(f"{bucket}/cut.h5/data.h5", (stores["hdf5"] / "data.h5").read_bytes()[:-10])
+    with pytest.raises(CorruptStoreError, match="not the .* its manifest records"):
+        seqstore.open(url, storage_options=opts)
+
+
+def test_lmdb_needs_the_cache(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
+) -> None:
+    url = _upload(s3_server, stores["lmdb"], f"s3://{bucket}/train.lmdb")
+    opts = s3_server.storage_options()
+    with pytest.raises(ConfigError, match="cannot be read in place .* pass cache_dir="):
+        seqstore.open(url, storage_options=opts)
+    with pytest.raises(ConfigError, match="does not fit in the cache"):
+        seqstore.open(url, storage_options=opts, cache_dir=tmp_path, cache_limit_gb=1e-6)
+    reader = seqstore.open(url, storage_options=opts, cache_dir=tmp_path)
+    local = seqstore.open(stores["lmdb"])
+    assert reader.read_block(0, N) == local.read_block(0, N)
+    assert np.array_equal(reader.labels(), local.labels())
+    li = collect_epoch(Loader(stores["lmdb"], **_opts(num_workers=2, with_indices=True)))[0]
+    loader = Loader(
+        url, storage_options=opts, cache_dir=tmp_path, **_opts(num_workers=2, with_indices=True)
+    )
+    assert collect_epoch(loader)[0] == li
+
+
+def test_local_paths_take_no_storage_options(stores: dict[str, Path]) -> None:
+    with pytest.raises(ConfigError, match="apply to stores at a URL"):
+        seqstore.open(stores["hdf5"], cache_dir="/tmp/x")
+
+
+def test_convert_uploads_a_whole_store(
+    s3_server: S3Server,
+    stores: dict[str, Path],
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the store is staged by default
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again (and after the test)
+    url = f"s3://{bucket}/train.h5"
+    # As the README shows it: credentials and endpoint from the environment.
+    assert main(["convert", str(stores["images"]), url, "--format", "hdf5"]) == 0
+    assert f"to {url} as hdf5" in capsys.readouterr().out
+    assert not list((tmp_path / "seqstore-upload").iterdir())  # the local copy is gone
+    assert main(["info", url]) == 0
+    assert "format: hdf5" in capsys.readouterr().out
+    remote = seqstore.open(url)
+    local = seqstore.open(stores["hdf5"])  # the same source, converted locally
+    assert remote.read_block(0, N) == local.read_block(0, N)
+    assert "storage_options" not in remote.manifest.provenance.options
+    staging = tmp_path / "elsewhere"
+    argv = ["convert", str(stores["images"]), url, "--format", "hdf5", "-q"]
+    argv += ["--staging-dir", str(staging)]
+    assert main(argv) == 2  # a store is there
+    assert "already holds a store" in capsys.readouterr().err
+    first = remote.identity
+    assert main([*argv, "--overwrite"]) == 0
+    assert not list((staging / "seqstore-upload").iterdir())
+    assert seqstore.open(url).identity != first
+    with pytest.raises(StoreExistsError):
+        convert(stores["images"], url, format="hdf5", progress=False)
+
+
+def test_bench_reads_the_store_over_s3_too(s3_server: S3Server, tmp_path: Path) -> None:
+    from seqstore.bench import run_bench
+
+    src = make_image_folder(tmp_path / "src", classes=3, per_class=10, max_side=64)
+    result = run_bench(
+        src=src,
+        formats=["hdf5"],
+        workers=1,
+        batch_size=16,
+        image_size=32,
+        repeat=1,
+        min_seconds=0,
+        baselines=False,
+        out=tmp_path / "out",
+    )
+    rows = {row.name: row for row in result.rows}
+    s3 = rows["hdf5 over s3"]
+    assert s3.images_per_s > 0 and 0 < s3.first_batch_s < 60
+    assert any("hdf5 over s3: the hdf5 store from a" in note for note in result.notes)
+
+
+def test_s3_benchmark_runs_as_the_readme_shows(s3_server: S3Server, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    src = make_image_folder(tmp_path / "src", classes=4, per_class=10)
+    p = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "s3.py"), str(src), "--repeat", "1"]
+        + ["--epochs", "2", "--scale", "2", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(seqstore.__file__).parents[1])},
+        timeout=300,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    for line in (
+        "local disk",
+        "s3, no cache",
+        "s3, cache_dir",
+        "s3, no cache, x2 store",
+        "first epoch, s3 uncached / local disk:",
+        "cached epochs, s3 / local disk:",
+        "first batch from s3:",
+    ):
+        assert line in p.stdout, line
