@@ -188,12 +188,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_bench
 
+    values = model_values(args, BENCH_OPTIONS)
+    # 0 is how a shell says "no re-encoded store"; the model says it with None.
+    values["reencode_max_side"] = values["reencode_max_side"] or None
     result = run_bench(
         src=args.src,
         formats=[f.strip() for f in args.formats.split(",") if f.strip()],
         transform=args.transform,
         baselines=not args.no_baselines,
-        **model_values(args, BENCH_OPTIONS),
+        **values,
     )
     print(format_table(result))
     print(
@@ -236,6 +239,8 @@ BENCH_OPTIONS = (
     "shuffle_buffer_mb",
     "block_mb",
     "out",
+    "reencode_max_side",
+    "reencode_quality",
 )
 
 

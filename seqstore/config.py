@@ -339,6 +339,12 @@ class BenchConfig(BaseModel):
         The Loader's read size under test, in MB of consecutive records (as LoaderConfig).
     baselines : bool
         Also run the torchvision-style and tensorpack pipelines.
+    reencode_max_side : int or None
+        Also measure the first format converted with ``--max-side`` this and ``--quality``
+        ``reencode_quality``, against the original bytes (0 or None: not). Images are then
+        stored no larger than this, re-encoded, as FFCV stores them.
+    reencode_quality : int
+        JPEG quality of that store's re-encoded images.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -357,6 +363,8 @@ class BenchConfig(BaseModel):
     shuffle_buffer_mb: float = Field(64.0, gt=0)
     block_mb: float = Field(4.0, gt=0)
     baselines: bool = True
+    reencode_max_side: int | None = Field(512, gt=0)
+    reencode_quality: int = Field(90, ge=1, le=100)
 
     @field_validator("transform")
     @classmethod

@@ -5,47 +5,69 @@ Speed is the benchmark's business, not the tests': nothing here asserts a rate.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import seqstore
 from seqstore.bench import order_quality, shuffle_quality
-from seqstore.cli import main
 from seqstore.testing import make_image_folder
+
+ROOT = str(Path(seqstore.__file__).parents[1])
+
+
+BENCH_ARGS = [
+    "--formats",
+    "lmdb,folder",
+    "--workers",
+    "1",
+    "--batch-size",
+    "16",
+    "--image-size",
+    "32",
+    "--repeat",
+    "1",
+    "--min-seconds",
+    "0",
+    # Below the images' 96 px: every image of that store is re-encoded smaller.
+    "--reencode-max-side",
+    "48",
+]
+
+
+def run_bench_command(
+    images: Path, out: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``seqstore bench`` as a user runs it, in a process of its own: what its worker and
+    measurement processes print reaches this output too."""
+    return subprocess.run(
+        [sys.executable, "-m", "seqstore", "bench", str(images), *BENCH_ARGS, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})},
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
-def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("bench")
-    images = make_image_folder(root / "images", classes=4, per_class=24, max_side=96)
-    out = root / "out"
-    argv = [
-        "bench",
-        str(images),
-        "--formats",
-        "lmdb,folder",
-        "--workers",
-        "1",
-        "--batch-size",
-        "16",
-        "--image-size",
-        "32",
-        "--repeat",
-        "1",
-        "--min-seconds",
-        "0",
-        "--out",
-        str(out),
-    ]
-    import contextlib
-    import io
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images")
+    return make_image_folder(root / "images", classes=4, per_class=24, max_side=96)
 
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main(argv) == 0
-    return out, buf.getvalue()
+
+@pytest.fixture(scope="module")
+def bench_run(images: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("bench") / "out"
+    p = run_bench_command(images, out)
+    assert p.returncode == 0, p.stderr
+    return out, p.stdout + p.stderr
 
 
 def test_table_and_json_hold_every_figure(bench_run: tuple[Path, str]) -> None:
@@ -54,9 +76,11 @@ def test_table_and_json_hold_every_figure(bench_run: tuple[Path, str]) -> None:
     assert result["records"] == 96 and result["machine"]["cpus"] >= 1
     assert result["machine"]["versions"]["torch"]
     rows = {r["name"]: r for r in result["rows"]}
-    expected = {"lmdb", "folder", "lmdb float32 cpu", "torchvision-style", "ceiling"}
+    expected = {"lmdb", "folder", "lmdb 48px q90", "lmdb float32 cpu", "ceiling"}
+    if importlib.util.find_spec("PIL") is not None:
+        expected.add("torchvision-style")
     assert expected <= set(rows)
-    for name in ("lmdb", "folder"):
+    for name in ("lmdb", "folder", "lmdb 48px q90"):
         assert set(rows[name]["stages_ms"]) == {
             "read",
             "verify",
@@ -139,6 +163,57 @@ def test_tensorpack_rows_when_tensorpack_is_there(bench_run: tuple[Path, str]) -
     names = {r["name"] for r in json.loads((out / "bench.json").read_text())["rows"]}
     assert {"tensorpack file", "tensorpack pipeline"} <= names
     assert "tensorpack file / tensorpack pipeline" in printed
+    # tensorpack prints this on import without TensorFlow, and its worker processes warn
+    # about python-prctl: nothing a bench user needs to read
+    assert "tensorflow" not in printed.lower() and "prctl" not in printed
+
+
+def test_reencoded_store_is_measured_with_its_size(bench_run: tuple[Path, str]) -> None:
+    out, printed = bench_run
+    rows = {r["name"]: r for r in json.loads((out / "bench.json").read_text())["rows"]}
+    original = seqstore.open(out / "stores" / "lmdb")
+    smaller = seqstore.open(out / "stores" / "lmdb-48px-q90")
+    # the same records in the same order, every image now at most 48 px on its longer side
+    assert [r.key for r in smaller.read_block(0, len(smaller))] == [
+        r.key for r in original.read_block(0, len(original))
+    ]
+    assert all(max(r.width, r.height) <= 48 for r in smaller.read_block(0, len(smaller)))
+    assert smaller.manifest.provenance.options["max_side"] == 48
+    on_disk = sum(f.stat().st_size for f in (out / "stores" / "lmdb").iterdir()) / 1e6
+    assert rows["lmdb"]["store_mb"] == pytest.approx(on_disk)
+    assert 0 < rows["lmdb 48px q90"]["store_mb"] < rows["lmdb"]["store_mb"]
+    assert rows["lmdb 48px q90"]["images_per_s"] > 0
+    ratio = rows["lmdb 48px q90"]["images_per_s"] / rows["lmdb"]["images_per_s"]
+    size = rows["lmdb 48px q90"]["store_mb"] / rows["lmdb"]["store_mb"]
+    assert f"lmdb 48px q90 / lmdb: {ratio:.2f}x the images/s from {size:.2f}x the bytes" in printed
+
+
+BLOCK = """
+import sys
+# As after `pip install torch==2.13.0 -e .` alone: neither Pillow nor tensorpack installed.
+sys.modules["PIL"] = None
+sys.modules["tensorpack"] = None
+"""
+
+
+def test_bench_runs_without_pillow_and_tensorpack(images: Path, tmp_path: Path) -> None:
+    (tmp_path / "blocker").mkdir()
+    (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCK)
+    p = run_bench_command(
+        images, tmp_path / "out", env={"PYTHONPATH": f"{tmp_path / 'blocker'}{os.pathsep}{ROOT}"}
+    )
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    result = json.loads((tmp_path / "out" / "bench.json").read_text())
+    names = {r["name"] for r in result["rows"]}
+    assert {"lmdb", "folder", "lmdb 48px q90", "ceiling"} <= names
+    assert not names & {"torchvision-style", "tensorpack file", "tensorpack pipeline"}
+    notes = [line for line in p.stdout.splitlines() if "not installed" in line]
+    assert notes[0] == (
+        "note: left out, their packages are not installed: "
+        "torchvision-style (pip install 'seqstore[pil]'), "
+        "tensorpack pipeline (pip install 'seqstore[tensorpack]')"
+    )
 
 
 def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
@@ -155,7 +230,7 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
         out=out,
         baselines=False,
     )
-    prepare_stores(cfg, [])
+    prepare_stores(cfg)
     assert store.stat().st_mtime_ns == before
 
 
@@ -212,10 +287,10 @@ def test_a_changed_source_is_converted_again(tmp_path: Path) -> None:
 
     src = make_image_folder(tmp_path / "images", classes=2, per_class=3, max_side=48)
     cfg = BenchConfig(src=src, formats=["lmdb"], out=tmp_path / "out", baselines=False)
-    store = prepare_stores(cfg, [])[0]["lmdb"]
+    store = prepare_stores(cfg)[0]["lmdb"]
     made = seqstore.open(store).manifest.provenance.created
-    assert seqstore.open(prepare_stores(cfg, [])[0]["lmdb"]).manifest.provenance.created == made
+    assert seqstore.open(prepare_stores(cfg)[0]["lmdb"]).manifest.provenance.created == made
     first = sorted((src / "class00").iterdir())[0]
     shutil.copy(first, src / "class00" / "added.JPEG")  # one more image
-    again = seqstore.open(prepare_stores(cfg, [])[0]["lmdb"])
+    again = seqstore.open(prepare_stores(cfg)[0]["lmdb"])
     assert len(again) == 7 and again.manifest.provenance.created != made

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import seqstore
 from seqstore.testing import make_image_folder
@@ -80,6 +82,130 @@ def test_loader_benchmark_prints_throughput_first_batch_and_memory(tmp_path: Pat
         "buffer  512 MB",
     ):
         assert row in p.stdout, row
+
+
+PEERS = {  # row -> module
+    "MosaicML Streaming (MDS)": "streaming",
+    "WebDataset": "webdataset",
+    "litdata": "litdata",
+    "FFCV (own decoder, threads)": "ffcv",
+}
+
+
+@pytest.fixture(scope="module")
+def peers_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("peers")
+    src = make_image_folder(tmp / "src", classes=4, per_class=10)
+    work = tmp / "work"
+    p = _run(
+        ROOT / "benchmarks" / "peers.py",
+        src,
+        "--repeat",
+        "1",
+        "--min-seconds",
+        "0",
+        "--workdir",
+        work,
+    )
+    assert p.returncode == 0, p.stderr
+    return work, p.stdout
+
+
+def test_peers_benchmark_prints_every_installed_peer_beside_seqstore(
+    peers_run: tuple[Path, str],
+) -> None:
+    _, printed = peers_run
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:4]
+        for line in printed.splitlines()
+        if line.startswith("| ") and not line.startswith("| pipeline")
+    }
+    for row in (
+        "seqstore lmdb, built-in pipeline",
+        "seqstore hdf5, built-in pipeline",
+        "seqstore lmdb, user callable (cv2)",
+    ):
+        assert row in rows, row
+    assert float(rows["seqstore lmdb, built-in pipeline"][1]) == 1.0  # "vs seqstore"
+    for row, module in PEERS.items():
+        if importlib.util.find_spec(module) is None:
+            assert f"note: {row} is not installed: left out" in printed
+        else:
+            assert row in rows, row
+            assert float(rows[row][0]) > 0
+    assert "CPU: " in printed and "versions: seqstore" in printed
+    if any(importlib.util.find_spec(PEERS[row]) for row in list(PEERS)[:3]):
+        assert "seqstore lmdb, user callable (cv2) / fastest peer: " in printed
+
+
+def test_every_pipeline_of_the_peers_benchmark_yields_each_image_once_per_epoch(
+    peers_run: tuple[Path, str],
+) -> None:
+    """What the benchmark times is a real epoch: every record once, as 224 x 224 uint8 crops,
+    in another order each epoch."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import peers
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from seqstore.config import BenchConfig
+
+    work, _ = peers_run
+    store = seqstore.open(work / "store.lmdb")
+    labels = sorted(r.label for r in store.read_block(0, len(store)))
+    cfg = BenchConfig(src=work, workers=2, batch_size=16, out=work)
+    epochs = {"user callable": peers.user_callable_epoch(work / "store.lmdb", cfg)}
+    for row, make in (
+        ("MosaicML Streaming (MDS)", lambda: peers.mds_epoch(work / "streaming", cfg)),
+        ("WebDataset", lambda: peers.webdataset_epoch(work / "webdataset", cfg, 10)),
+        ("litdata", lambda: peers.litdata_epoch(work / "litdata", cfg)),
+        ("FFCV (own decoder, threads)", lambda: peers.ffcv_epoch(work / "ffcv", cfg)),
+    ):
+        if importlib.util.find_spec(PEERS[row]) is not None:
+            epochs[row] = make()
+    for name, epoch in epochs.items():
+        orders = []
+        for _ in range(2):
+            order = []
+            for images, batch_labels in epoch():
+                images = torch.as_tensor(images)
+                assert images.dtype == torch.uint8 and images.shape[1:] == (224, 224, 3), name
+                order += torch.as_tensor(batch_labels).reshape(-1).tolist()
+            assert sorted(order) == labels, name
+            orders.append(order)
+        assert orders[0] != orders[1], name
+    # mosaicml-streaming's vision datasets import torchvision, which the CPU torch has no
+    # build of: the benchmark keeps them out
+    assert "torchvision" not in sys.modules
+
+
+def test_peers_benchmark_without_the_peers_measures_seqstore_and_says_so(
+    tmp_path: Path,
+) -> None:
+    """As in CI without the peers extra: each missing peer is one note, seqstore's rows run."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    hidden = [*PEERS.values(), "PIL"]
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in hidden)
+    )
+    src = make_image_folder(tmp_path / "src", classes=2, per_class=8)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers.py"), str(src), "--repeat", "1"]
+        + ["--min-seconds", "0", "--workdir", str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{ENV['PYTHONPATH']}"},
+        timeout=300,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert "| seqstore lmdb, user callable (cv2)" in p.stdout
+    for row in PEERS:
+        assert f"note: {row} is not installed: left out" in p.stdout
+        assert f"| {row}" not in p.stdout
+    assert "note: torchvision-style (PIL, float): Pillow is not installed, left out" in p.stdout
+    assert "fastest peer" not in p.stdout
 
 
 def test_plan_benchmark_prints_its_table_and_the_resume() -> None:

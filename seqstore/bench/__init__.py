@@ -26,7 +26,7 @@ The rooms:
 
 from __future__ import annotations
 
-from .harness import drop_caches, measure, measure_checksum_cost
+from .harness import drop_caches, measure, measure_checksum_cost, measure_epochs
 from .quality import order_quality, shuffle_quality
 from .report import BenchResult, Row, format_table
 from .run import run_bench
@@ -39,6 +39,7 @@ __all__ = [
     "format_table",
     "measure",
     "measure_checksum_cost",
+    "measure_epochs",
     "order_quality",
     "prepare_stores",
     "run_bench",

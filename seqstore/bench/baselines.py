@@ -6,10 +6,18 @@
 - :func:`tensorpack_pipeline`: what the old sequential loaders ran on a tensorpack LMDB file.
 
 torchvision's transforms are re-implemented on PIL, since torchvision is not a dependency.
+Neither Pillow nor tensorpack is installed with seqstore itself: :func:`missing_packages`
+tells which baselines the bench leaves out, and :func:`tensorpack_dataflow` imports
+tensorpack without the lines it prints.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import logging
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +27,53 @@ import numpy as np
 from ..config import BenchConfig
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop
 
-__all__ = ["pil_transform", "tensorpack_pipeline", "torchvision_style"]
+__all__ = [
+    "missing_packages",
+    "pil_transform",
+    "tensorpack_dataflow",
+    "tensorpack_pipeline",
+    "torchvision_style",
+]
+
+# What each baseline needs beyond seqstore's own dependencies: (module, pip extra).
+_NEEDS = {
+    "torchvision-style": ("PIL", "pil"),
+    "tensorpack pipeline": ("tensorpack", "tensorpack"),
+}
+
+
+def missing_packages() -> dict[str, str]:
+    """The baselines whose package is not installed: row name -> the pip extra that installs
+    it (``pip install 'seqstore[EXTRA]'``). Nothing is imported to find out."""
+    return {
+        row: extra
+        for row, (module, extra) in _NEEDS.items()
+        if importlib.util.find_spec(module) is None
+    }
+
+
+def tensorpack_dataflow() -> Any:
+    """``tensorpack.dataflow``, imported without its noise.
+
+    tensorpack prints "Failed to import tensorflow." when it is imported without TensorFlow
+    (which its dataflows do not need), and its worker processes log a warning each when
+    python-prctl is missing. Neither says anything about the measurement, so the import's
+    output is dropped and tensorpack's logger keeps only errors.
+
+    Raises
+    ------
+    ImportError
+        tensorpack is not installed.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        import tensorpack.dataflow as td
+    logger = logging.getLogger("tensorpack")
+    logger.setLevel(logging.ERROR)
+    for handler in logger.handlers:
+        # made during the import above, with the redirected stream
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stdout)
+    return td
 
 
 def torchvision_style(
@@ -97,8 +151,7 @@ class _PILFolder:
 
 def tensorpack_pipeline(path: Path, cfg: BenchConfig, cache: int) -> Callable[[], Iterator[Any]]:
     """LMDBData -> LocallyShuffleData -> mapped PIL decode + augment -> BatchData."""
-    import tensorpack.dataflow as td
-
+    td = tensorpack_dataflow()
     mapper = _TensorpackMap(cfg.image_size, cfg.transform)
     ds = td.LMDBSerializer.load(str(path), shuffle=False)
     ds = td.LocallyShuffleData(ds, cache)

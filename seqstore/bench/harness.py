@@ -12,7 +12,7 @@ import multiprocessing as mp
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ from ..config import BenchConfig
 from ..errors import SeqstoreError
 from .pipelines import build, seqstore_epoch
 
-__all__ = ["PeakMemory", "drop_caches", "measure", "measure_checksum_cost"]
+__all__ = [
+    "PeakMemory",
+    "drop_caches",
+    "measure",
+    "measure_checksum_cost",
+    "measure_epochs",
+    "time_epochs",
+]
 
 
 def drop_caches() -> bool:
@@ -112,11 +119,24 @@ def time_pipeline(
     from .. import Loader  # noqa: F401
 
     if kind == "tensorpack":
-        import tensorpack.dataflow  # noqa: F401
+        from .baselines import tensorpack_dataflow
+
+        tensorpack_dataflow()
+    return time_epochs(lambda: build(kind, path, cfg, extra), cfg.min_seconds, cfg.cold)
+
+
+def time_epochs(
+    make_epoch: Callable[[], Callable[[], Iterator[Any]]], min_seconds: float, cold: bool
+) -> tuple[float, float, float]:
+    """(images/s of whole epochs, seconds from ``make_epoch()`` to the first batch, peak
+    memory MB of this process and its workers) of the pipeline ``make_epoch`` builds: a
+    callable that runs one epoch per call, yielding batches whose second item holds one
+    entry per image. A warm-up epoch, then whole epochs for at least ``min_seconds``;
+    ``cold``: the first epoch only, timed from the start (the page cache was just dropped)."""
     memory = PeakMemory(interval=0.1)
     start = time.perf_counter()
-    epoch = build(kind, path, cfg, extra)
-    if cfg.cold:
+    epoch = make_epoch()
+    if cold:
         # The parent dropped the page cache just before: the first epoch is the cold one.
         # (A warm-up would map the store into persistent workers, where no drop reaches.)
         first = None
@@ -134,13 +154,15 @@ def time_pipeline(
         if first is None:
             first = time.perf_counter() - start
             memory.start()
+    if first is None:
+        raise SeqstoreError("the pipeline's epoch yielded no batch")
     memory.stop()
     images = 0
     start = time.perf_counter()
-    while True:  # whole epochs, at least cfg.min_seconds of them
+    while True:  # whole epochs, at least min_seconds of them
         for batch in epoch():
             images += len(batch[1])
-        if time.perf_counter() - start >= cfg.min_seconds:
+        if time.perf_counter() - start >= min_seconds:
             break
     rate = images / (time.perf_counter() - start)
     memory.sample()
@@ -209,6 +231,48 @@ def measure_checksum_cost(
     one spawned process: (images/s of each pass verifying, of each pass not, batches
     timed per pass)."""
     return _in_child(time_checksum_cost, (path, cfg.model_dump_json(), passes), "checksum cost")
+
+
+def measure_epochs(
+    make_epoch: Callable[..., Callable[[], Iterator[Any]]],
+    args: tuple[Any, ...] = (),
+    *,
+    min_seconds: float = 2.0,
+    what: str = "pipeline",
+) -> tuple[float, float, float]:
+    """Measure a pipeline of one's own in a spawned process, as :func:`measure` does.
+
+    Parameters
+    ----------
+    make_epoch : callable
+        Called as ``make_epoch(*args)`` in the new process, it builds the pipeline and returns
+        a callable that runs one epoch per call, yielding batches whose second item holds one
+        entry per image. It and ``args`` are pickled: a function defined at a module's top
+        level (a script's included).
+    args : tuple
+        Its arguments.
+    min_seconds : float
+        Whole epochs are timed for at least this long, after a warm-up epoch.
+    what : str
+        What is measured, for the message should the process fail.
+
+    Returns
+    -------
+    tuple of float
+        Images/s, seconds from ``make_epoch`` to the first batch, peak memory in MB of the
+        process and its workers.
+    """
+    return _in_child(_time_epochs_in_child, (make_epoch, args, min_seconds), what)
+
+
+def _time_epochs_in_child(
+    make_epoch: Callable[..., Callable[[], Iterator[Any]]], args: tuple[Any, ...], seconds: float
+) -> tuple[float, float, float]:
+    # As in time_pipeline: the platform's start method, torch imported before the clock starts
+    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
+    import torch  # noqa: F401
+
+    return time_epochs(lambda: make_epoch(*args), seconds, cold=False)
 
 
 def _in_child(fn: Callable[..., Any], args: tuple[Any, ...], what: str) -> Any:

@@ -40,17 +40,19 @@ def seqstore_epoch(
     dtype: str = "uint8",
     verify: bool = True,
     storage_options: dict[str, Any] | None = None,
+    transform: Callable[[Any], Any] | None = None,
 ) -> Callable[[], Iterator[Any]]:
     """One Loader epoch per call. ``uint8`` batches in channels-last layout are what crosses
     to a GPU, which converts and normalises them on arrival; with ``float32`` the CPU does
-    that too, as a CPU-only training loop needs. ``verify``: check checksums on read."""
+    that too, as a CPU-only training loop needs. ``verify``: check checksums on read.
+    ``transform``: a callable of the user's own in place of the named ``cfg.transform``."""
     from .. import Loader
 
     loader = Loader(
         path,
         batch_size=cfg.batch_size,
         num_workers=cfg.workers,
-        transform=cfg.transform,
+        transform=cfg.transform if transform is None else transform,
         image_size=cfg.image_size,
         shuffle_buffer_mb=cfg.shuffle_buffer_mb,
         block_mb=cfg.block_mb,

@@ -12,7 +12,15 @@ import psutil
 
 from .._version import __version__
 
-__all__ = ["BenchResult", "Row", "chart", "describe_machine", "format_table", "to_json"]
+__all__ = [
+    "BenchResult",
+    "Row",
+    "chart",
+    "cpu_name",
+    "describe_machine",
+    "format_table",
+    "to_json",
+]
 
 
 @dataclass
@@ -33,6 +41,8 @@ class Row:
         Largest resident memory of the process and its workers together.
     read_records_per_s, read_mb_per_s : float or None
         Raw ``read_block`` rate of the store (seqstore rows).
+    store_mb : float or None
+        What the store takes on disk (seqstore rows of a store of their own).
     stages_ms : dict
         Milliseconds per image of each stage, measured in one process.
     shuffle : dict
@@ -48,6 +58,7 @@ class Row:
     peak_rss_mb: float | None = None
     read_records_per_s: float | None = None
     read_mb_per_s: float | None = None
+    store_mb: float | None = None
     stages_ms: dict[str, float] = field(default_factory=dict)
     shuffle: dict[str, float] = field(default_factory=dict)
     runs: list[float] = field(default_factory=list)
@@ -57,7 +68,10 @@ class Row:
 
 @dataclass
 class BenchResult:
-    """Everything ``seqstore bench`` measured, as written to ``bench.json``."""
+    """Everything ``seqstore bench`` measured, as written to ``bench.json``.
+
+    ``reencoded`` names the row of the store of re-encoded images, which the table compares
+    with the first format's row (None when there is none)."""
 
     config: dict[str, Any]
     machine: dict[str, Any]
@@ -66,6 +80,7 @@ class BenchResult:
     rows: list[Row]
     notes: list[str]
     checksum_cost: dict[str, Any] | None = None
+    reencoded: str | None = None
 
     def ratio(self, name: str, to: str) -> float | None:
         """images/s of row ``name`` divided by that of row ``to`` (None if either is absent)."""
@@ -73,6 +88,19 @@ class BenchResult:
         if name not in rows or to not in rows or not rows[to].images_per_s:
             return None
         return rows[name].images_per_s / rows[to].images_per_s
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC ..."), from ``/proc/cpuinfo`` on Linux; elsewhere what
+    :func:`platform.processor` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def describe_machine() -> dict[str, Any]:
@@ -89,6 +117,7 @@ def describe_machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "seqstore": __version__,
@@ -139,12 +168,13 @@ def chart(result: BenchResult, path: Path) -> Path | None:
 def format_table(result: BenchResult) -> str:
     """The results as a plain-text table."""
     lines = [
-        f"{result.records} records, {result.megabytes:.1f} MB; {result.machine['cpus']} CPUs; "
+        f"{result.records} records, {result.megabytes:.1f} MB; {result.machine['cpus']} CPUs"
+        f" ({result.machine.get('cpu', '?')}); "
         f"transform={result.config['transform']} workers={result.config['workers']} "
         f"batch={result.config['batch_size']}",
         "",
         f"{'pipeline':<22}{'img/s':>8}{'x ceiling':>10}{'1st batch s':>12}{'peak MB':>9}"
-        f"{'read rec/s':>11}{'read MB/s':>10}",
+        f"{'read rec/s':>11}{'read MB/s':>10}{'store MB':>10}",
     ]
     for r in result.rows:
         ratio = result.ratio(r.name, "ceiling")
@@ -152,7 +182,7 @@ def format_table(result: BenchResult) -> str:
             f"{r.name:<22}{r.images_per_s:>8.0f}{(ratio or 0):>10.2f}"
             f"{(r.first_batch_s or 0):>12.3f}{(r.peak_rss_mb or 0):>9.0f}"
             + (
-                f"{r.read_records_per_s:>11.0f}{r.read_mb_per_s:>10.0f}"
+                f"{r.read_records_per_s:>11.0f}{r.read_mb_per_s:>10.0f}{r.store_mb or 0:>10.1f}"
                 if r.read_records_per_s
                 else ""
             )
@@ -188,5 +218,15 @@ def format_table(result: BenchResult) -> str:
         ratio = result.ratio(a, b)
         if ratio is not None:
             lines.append(f"{a} / {b}: {ratio:.2f}x")
+    rows = {r.name: r for r in result.rows}
+    reencoded = rows.get(result.reencoded or "")
+    original = rows.get(result.config["formats"][0])
+    if reencoded is not None and original is not None and reencoded.store_mb:
+        lines.append(
+            f"{reencoded.name} / {original.name}: "
+            f"{result.ratio(reencoded.name, original.name) or 0:.2f}x the images/s from "
+            f"{reencoded.store_mb / (original.store_mb or 1):.2f}x the bytes "
+            f"({reencoded.store_mb:.1f} MB against {original.store_mb or 0:.1f} MB)"
+        )
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)

@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..backends import open_store
+from ..backends import Reader, open_store
 from ..config import BenchConfig, load_config
 from ..errors import NotAStoreError
+from .baselines import missing_packages
 from .harness import drop_caches, measure, measure_checksum_cost
 from .quality import shuffle_quality
 from .remote import S3_ROW, s3_row
 from .report import BenchResult, Row, chart, describe_machine, to_json
 from .stages import stage_times
-from .stores import prepare_stores
+from .stores import prepare_stores, reencoded_name
 
 __all__ = ["run_bench"]
 
@@ -39,7 +40,15 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         raise NotAStoreError(f"'{cfg.src}' does not exist")
     cfg.out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
-    stores, tensorpack_file = prepare_stores(cfg, notes)
+    left_out = missing_packages() if cfg.baselines else {}
+    if left_out:
+        notes.append(
+            "left out, their packages are not installed: "
+            + ", ".join(
+                f"{row} (pip install 'seqstore[{extra}]')" for row, extra in left_out.items()
+            )
+        )
+    stores, tensorpack_file = prepare_stores(cfg)
     first = open_store(next(iter(stores.values())))
     n, mb = len(first), first.manifest.total_bytes / 1e6
     first.close()
@@ -50,6 +59,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
     for fmt, path in stores.items():
         row = rows[fmt] = Row(fmt, "seqstore")
         reader = open_store(path)
+        row.store_mb = store_megabytes(reader)
         row.stages_ms = stage_times(reader, cfg)
         mean = reader.manifest.mean_record_bytes
         block = max(1, _records_for_mb(cfg.block_mb, mean))
@@ -74,7 +84,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         cache = max(1, _records_for_mb(cfg.shuffle_buffer_mb, mb * 1e6 / max(n, 1)))
         row = rows["tensorpack pipeline"] = Row("tensorpack pipeline", "baseline")
         plans.append((row, "tensorpack", tensorpack_file, {"cache": cache}))
-    if cfg.baselines:
+    if cfg.baselines and "torchvision-style" not in left_out:
         if "folder" in stores:
             row = rows["torchvision-style"] = Row("torchvision-style", "baseline")
             plans.append((row, "torchvision", stores["folder"], {}))
@@ -150,12 +160,21 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         rows=list(rows.values()),
         notes=notes,
         checksum_cost=checksum_cost,
+        reencoded=reencoded_name(cfg),
     )
     (cfg.out / "bench.png").unlink(missing_ok=True)  # an earlier run's
     if chart(result, cfg.out / "bench.png") is None:
         notes.append("matplotlib is not installed: no chart (pip install 'seqstore[plot]')")
     (cfg.out / "bench.json").write_text(json.dumps(to_json(result), indent=2) + "\n")
     return result
+
+
+def store_megabytes(reader: Reader) -> float:
+    """What a store takes on disk, in MB: its files, or an image folder's image files."""
+    files = reader.source_files
+    if files is None:
+        files = [f for f in reader.path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 def _records_for_mb(mb: float, mean_record_bytes: float) -> int:

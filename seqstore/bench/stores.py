@@ -1,8 +1,9 @@
 """The bench's stores room: each format's store of the same records, converted once.
 
 Converted stores live in ``out/stores`` beside a marker of what they were made from, so
-that the next run reuses them unless the source changed; the tensorpack-format LMDB file
-(for the tensorpack rows) is written there too.
+that the next run reuses them unless the source changed; the store of re-encoded images
+(``--max-side``, ``--quality``) and the tensorpack-format LMDB file (for the tensorpack rows)
+are written there too.
 """
 
 from __future__ import annotations
@@ -18,21 +19,32 @@ from ..config import BenchConfig
 from ..convert import convert
 from ..errors import SeqstoreError
 from ..manifest import is_store
+from .baselines import missing_packages, tensorpack_dataflow
 
-__all__ = ["prepare_stores"]
+__all__ = ["prepare_stores", "reencoded_name"]
 
 
-def prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path], Path | None]:
+def reencoded_name(cfg: BenchConfig) -> str | None:
+    """The row name of the store of re-encoded images, e.g. ``"lmdb 512px q90"``; None when
+    the bench measures none."""
+    if cfg.reencode_max_side is None:
+        return None
+    return f"{cfg.formats[0]} {cfg.reencode_max_side}px q{cfg.reencode_quality}"
+
+
+def prepare_stores(cfg: BenchConfig) -> tuple[dict[str, Path], Path | None]:
     """Each format of ``cfg.formats`` as a store of the same records, converted into
     ``cfg.out`` unless an earlier run's conversion still holds.
 
     Returns
     -------
     stores : dict
-        Format name -> store path (the source itself where it is already that format).
+        Row name -> store path: each format (the source itself where it is already that
+        format), then the first format with images re-encoded (:func:`reencoded_name`),
+        converted from the first format's store, so that it holds the same records in the
+        same order.
     tensorpack_file : Path or None
         The tensorpack-format LMDB file, when baselines are on and tensorpack is installed.
-        Otherwise None, with the reason appended to ``notes``.
     """
     src = cfg.src
     source = open_store(src)
@@ -61,27 +73,41 @@ def prepare_stores(cfg: BenchConfig, notes: list[str]) -> tuple[dict[str, Path],
             )
             marker.write_text(wanted)
         stores[fmt] = dst
-    tensorpack_file = None
-    if cfg.baselines:
-        try:
-            import tensorpack  # noqa: F401
-        except ImportError:
-            notes.append(
-                "tensorpack is not installed: its pipeline is left out"
-                " (pip install 'seqstore[tensorpack]')"
+    name = reencoded_name(cfg)
+    if name is not None:
+        first = open_store(stores[cfg.formats[0]])
+        side, quality = cfg.reencode_max_side, cfg.reencode_quality
+        dst = cfg.out / "stores" / f"{cfg.formats[0]}-{side}px-q{quality}"
+        marker = dst.with_suffix(".source")
+        wanted = _fingerprint(first)
+        if not _reusable(dst, marker, wanted):
+            print(f"converting {first.path} -> {dst} (--max-side {side} --quality {quality}) ...")
+            marker.unlink(missing_ok=True)
+            convert(
+                first.path,
+                dst,
+                format=cfg.formats[0],
+                overwrite=True,
+                max_side=side,
+                quality=quality,
+                shuffle=False,
             )
-        else:
-            tensorpack_file = cfg.out / "stores" / "ILSVRC-bench.lmdb"
-            base = stores.get("lmdb") or next(iter(stores.values()))
-            marker = tensorpack_file.with_suffix(".source")
-            base_reader = open_store(base)
-            wanted = _fingerprint(base_reader)
-            if not tensorpack_file.exists() or not _reusable(tensorpack_file, marker, wanted):
-                print(f"writing {tensorpack_file} with tensorpack's LMDBSerializer ...")
-                marker.unlink(missing_ok=True)
-                _write_tensorpack(base_reader, tensorpack_file)
-                marker.write_text(wanted)
-            base_reader.close()
+            marker.write_text(wanted)
+        first.close()
+        stores[name] = dst
+    tensorpack_file = None
+    if cfg.baselines and "tensorpack pipeline" not in missing_packages():
+        tensorpack_file = cfg.out / "stores" / "ILSVRC-bench.lmdb"
+        base = stores.get("lmdb") or next(iter(stores.values()))
+        marker = tensorpack_file.with_suffix(".source")
+        base_reader = open_store(base)
+        wanted = _fingerprint(base_reader)
+        if not tensorpack_file.exists() or not _reusable(tensorpack_file, marker, wanted):
+            print(f"writing {tensorpack_file} with tensorpack's LMDBSerializer ...")
+            marker.unlink(missing_ok=True)
+            _write_tensorpack(base_reader, tensorpack_file)
+            marker.write_text(wanted)
+        base_reader.close()
     # Closed, so that no mapping of a store in this process keeps its pages cached (--cold).
     source.close()
     return stores, tensorpack_file
@@ -107,9 +133,10 @@ def _reusable(dst: Path, marker: Path, wanted: str) -> bool:
 
 
 def _write_tensorpack(reader: Reader, path: Path) -> None:
-    import tensorpack.dataflow as td
+    td = tensorpack_dataflow()
+    dataflow: Any = td.DataFlow
 
-    class Records(td.DataFlow):
+    class Records(dataflow):
         def __len__(self) -> int:
             return len(reader)
 
