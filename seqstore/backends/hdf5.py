@@ -188,16 +188,24 @@ def _read_records(
 ) -> list[Record]:
     """Records ``start`` to ``stop - 1``: two slice reads (``read(dataset, lo, hi)``), of the
     image bytes and of the keys, cut by the offsets of ``index``."""
-    offsets = index["offsets"][start : stop + 1]
-    key_offsets = index["key_offsets"][start : stop + 1]
-    images = read("images", int(offsets[0]), int(offsets[-1]))
-    keys = bytes(read("keys", int(key_offsets[0]), int(key_offsets[-1])))
-    offsets = (offsets - offsets[0]).tolist()
-    key_offsets = (key_offsets - key_offsets[0]).tolist()
-    labels = index["labels"][start:stop].tolist()
-    widths = index["widths"][start:stop].tolist()
-    heights = index["heights"][start:stop].tolist()
-    crcs = index["checksums"][start:stop].tolist()
+    rows = {name: index[name][start : stop + 1 if "offsets" in name else stop] for name in _INDEX}
+    images = read("images", int(rows["offsets"][0]), int(rows["offsets"][-1]))
+    keys = bytes(read("keys", int(rows["key_offsets"][0]), int(rows["key_offsets"][-1])))
+    return cut_records(images, keys, rows)
+
+
+def cut_records(
+    images: bytes | memoryview, keys: bytes, rows: dict[str, np.ndarray]
+) -> list[Record]:
+    """The records of one block: its image bytes and key bytes, back to back, cut by the
+    block's rows of the index (``offsets`` and ``key_offsets`` with one entry more than the
+    records, and the per-record arrays)."""
+    offsets = (rows["offsets"] - rows["offsets"][0]).tolist()
+    key_offsets = (rows["key_offsets"] - rows["key_offsets"][0]).tolist()
+    labels = rows["labels"].tolist()
+    widths = rows["widths"].tolist()
+    heights = rows["heights"].tolist()
+    crcs = rows["checksums"].tolist()
     return [
         Record(
             keys[key_offsets[i] : key_offsets[i + 1]].decode("utf-8", "surrogateescape"),
@@ -207,7 +215,7 @@ def _read_records(
             heights[i],
             crcs[i],
         )
-        for i in range(stop - start)
+        for i in range(len(labels))
     ]
 
 

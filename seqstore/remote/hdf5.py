@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from ..backends.handles import ProcessLocal
-from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest
+from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, cut_records
 from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO
 from ..backends.reader import Reader
 from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
@@ -379,23 +379,7 @@ class RemoteHDF5Reader(Reader):
             skip = lo % images_ds.chunks[0]
             joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             images = memoryview(joined)[skip : skip + hi - lo]
-        offs = (offsets - offsets[0]).tolist()
-        koffs = (key_offsets - key_offsets[0]).tolist()
-        labels = rows["labels"].tolist()
-        widths = rows["widths"].tolist()
-        heights = rows["heights"].tolist()
-        crcs = rows["checksums"].tolist()
-        return [
-            Record(
-                keys[koffs[i] : koffs[i + 1]].decode("utf-8", "surrogateescape"),
-                labels[i],
-                bytes(images[offs[i] : offs[i + 1]]),
-                widths[i],
-                heights[i],
-                crcs[i],
-            )
-            for i in range(stop - start)
-        ]
+        return cut_records(images, keys, rows)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.location}')"
