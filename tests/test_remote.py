@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import tempfile
 import threading
 import time
@@ -29,7 +30,7 @@ from seqstore.errors import (
 )
 from seqstore.manifest import MANIFEST_NAME
 from seqstore.records import Record
-from seqstore.remote import Remote, ShardCache, open_remote
+from seqstore.remote import Remote, ShardCache, direct, open_remote
 from seqstore.remote.hdf5 import RemoteHDF5Reader
 from seqstore.remote.sharded import RemoteShardedReader
 from seqstore.remote.upload import staging_path, upload_store
@@ -409,7 +410,7 @@ def test_s3_benchmark_runs_as_the_readme_shows(s3_server: S3Server, tmp_path: Pa
         "local disk",
         "s3, no cache",
         "s3, cache_dir",
-        "s3, no cache, x2 store",
+        "s3, no cache, small store",
         "first epoch, s3 uncached / local disk:",
         "cached epochs, s3 / local disk:",
         "first batch from s3:",
@@ -549,3 +550,72 @@ def test_sharded_lmdb_at_a_url_reads_through_the_cache(
     assert isinstance(reader, RemoteShardedReader) and len(reader.shards) == 4
     assert reader.read_block(0, N) == seqstore.open(stores["lmdb"]).read_block(0, N)
     assert len(list((tmp_path / "cache").rglob("data.mdb"))) == 4  # a copy of each shard
+
+
+def test_blocks_are_read_straight_over_http_not_through_fsspec(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    reader = seqstore.open(url, storage_options=s3_server.storage_options())
+    fs = reader.remote.fs  # type: ignore[attr-defined]
+
+    def through_fsspec(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a block was read through fsspec")
+
+    for name in ("cat_file", "_cat_file", "cat_ranges", "_cat_ranges"):
+        monkeypatch.setattr(type(fs), name, through_fsspec)
+    local = seqstore.open(stores["hdf5"])
+    for start, stop in [(0, N), (17, 53), (N - 1, N)]:
+        assert reader.read_block(start, stop) == local.read_block(start, stop)
+
+
+def test_a_refused_presigned_url_is_signed_again(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    if s3_server.kind != "seaweedfs":
+        pytest.skip(f"{s3_server.kind} does not check signatures")
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    reader = seqstore.open(url, storage_options=s3_server.storage_options())
+    local = seqstore.open(stores["hdf5"])
+    assert reader.read_block(0, 5) == local.read_block(0, 5)
+    key = next(k for k in direct._signed if k[0] == reader.data_url)  # type: ignore[attr-defined]
+    # As a URL whose credentials were rotated would be: refused by the server.
+    bad = re.sub(r"((?:X-Amz-)?Signature=)[^&]+", r"\g<1>00", direct._signed[key][0])
+    assert bad != direct._signed[key][0]
+    direct._signed[key] = (bad, time.time() + direct.SIGN_S)
+    assert reader.read_block(10, N) == local.read_block(10, N)
+    assert direct._signed[key][0] != bad
+    assert reader.remote._direct is not None  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "env", "direct_path"),
+    [
+        (
+            "s3://b/x.h5",
+            {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://h"}},
+            {},
+            True,
+        ),
+        ("s3://b/x.h5", {"anon": True, "client_kwargs": {"verify": False}}, {}, True),
+        ("s3://b/x.h5", {"requester_pays": True}, {}, False),
+        ("s3://b/x.h5", {"client_kwargs": {"proxies": {"https": "http://p"}}}, {}, False),
+        ("s3://b/x.h5", {}, {"HTTPS_PROXY": "http://proxy:3128"}, False),
+        ("https://host/x.h5", {}, {}, True),
+        ("https://host/x.h5", {"headers": {"Authorization": "Bearer t"}}, {}, False),
+        ("gs://b/x.h5", {}, {}, False),
+    ],
+)
+def test_which_stores_are_read_straight_over_http(
+    url: str,
+    options: dict[str, Any],
+    env: dict[str, str],
+    direct_path: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert (Remote(url, options)._direct is not None) == direct_path

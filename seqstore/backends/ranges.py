@@ -64,6 +64,20 @@ def coalesce(extents: Sequence[Extent], gap: int = GAP) -> list[Extent]:
     return [(lo, hi - lo) for lo, hi in runs]
 
 
+def split_runs(
+    extents: Sequence[Extent], runs: Sequence[Extent], datas: Sequence[bytes | bytearray]
+) -> list[memoryview]:
+    """The bytes of each extent, in the order given, as views of the bytes ``datas`` of
+    the runs (:func:`coalesce`'s) that hold them: no copies."""
+    starts = [offset for offset, _ in runs]
+    views = [memoryview(data) for data in datas]
+    out = []
+    for offset, length in extents:
+        i = bisect.bisect_right(starts, offset) - 1  # the run that holds the extent
+        out.append(views[i][offset - starts[i] : offset - starts[i] + length])
+    return out
+
+
 class ByteRanges(Protocol):
     """A file read by byte range: what a reader needs of its data file, local or remote."""
 
@@ -140,13 +154,7 @@ class FileRanges:
     def read_extents(self, extents: Sequence[Extent], gap: int = GAP) -> list[memoryview]:
         """The bytes of each extent, in the order given, read as :func:`coalesce`'s runs."""
         runs = coalesce(extents, gap)
-        data = [memoryview(self.read(offset, length)) for offset, length in runs]
-        starts = [offset for offset, _ in runs]
-        out = []
-        for offset, length in extents:
-            i = bisect.bisect_right(starts, offset) - 1  # the run that holds the extent
-            out.append(data[i][offset - starts[i] : offset - starts[i] + length])
-        return out
+        return split_runs(extents, runs, [self.read(offset, length) for offset, length in runs])
 
     def prime(self, offset: int, length: int) -> None:
         """Read the range into the page cache (and discard it), in large reads, so that

@@ -146,7 +146,7 @@ def fetch_manifest(remote: Remote) -> tuple[bytes, Manifest]:
     url = remote.url
     manifest_url = remote.join(MANIFEST_NAME)
     try:
-        raw = remote.cat(manifest_url)
+        raw = bytes(remote.cat(manifest_url))
     except FileNotFoundError as exc:
         if "bucket" in str(exc).lower():
             raise remote.permanent("reading", manifest_url, exc) from None

@@ -16,7 +16,6 @@ permanent ones (no such bucket or object, access denied) and exhausted retries i
 
 from __future__ import annotations
 
-import bisect
 import errno
 import os
 import random
@@ -25,8 +24,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.ranges import GAP, coalesce
+from ..backends.ranges import GAP, coalesce, split_runs
 from ..errors import BackendNotFoundError, CorruptStoreError, RemoteError
+from .direct import DirectGets, UseFsspec, direct_gets
 
 __all__ = ["Remote", "RemoteFile", "RetryPolicy", "is_transient", "object_version"]
 
@@ -181,6 +181,22 @@ class Remote:
     def __post_init__(self) -> None:
         self.protocol, _, rest = self.url.partition("://")
         self.url = f"{self.protocol}://{rest.rstrip('/')}"
+        # Byte ranges straight over HTTP where the protocol and options allow: see
+        # seqstore.remote.direct; None: through fsspec.
+        self._direct = direct_gets(self)
+
+    def _try_direct(self, fn: Callable[[DirectGets], T]) -> T | None:
+        """``fn`` over the direct path, or None where the request goes through fsspec.
+        An answer that sends one request to fsspec sends all of them there, but for a
+        missing object (which fsspec then names)."""
+        if self._direct is None:
+            return None
+        try:
+            return fn(self._direct)
+        except UseFsspec as exc:
+            if exc.status != 404:
+                self._direct = None
+            return None
 
     @property
     def fs(self) -> Any:
@@ -250,7 +266,7 @@ class Remote:
         for attempt in range(self.retry.attempts):
             try:
                 return fn()
-            except FileNotFoundError:
+            except (FileNotFoundError, UseFsspec):
                 raise
             except Exception as exc:
                 if not is_transient(exc):
@@ -287,19 +303,25 @@ class Remote:
         return RemoteError(f"{what} '{url}' failed: {type(exc).__name__}: {text}")
 
     # -- requests ----------------------------------------------------------------------------
-    def cat(self, url: str, start: int | None = None, end: int | None = None) -> bytes:
+    def cat(self, url: str, start: int | None = None, end: int | None = None) -> bytes | bytearray:
         """The bytes ``[start, end)`` of the object ``url`` (all of it by default)."""
-        data: bytes = self.call("reading", url, lambda: self.fs.cat_file(url, start=start, end=end))
+        data: bytes | bytearray | None = None
+        if start is not None and end is not None:
+            data = self.call(
+                "reading", url, lambda: self._try_direct(lambda d: d.get(url, start, end))
+            )
+        if data is None:
+            data = self.call("reading", url, lambda: self.fs.cat_file(url, start=start, end=end))
         self.gets += 1
         return data
 
-    def cat_ranges(self, url: str, ranges: list[tuple[int, int]]) -> list[bytes]:
-        """Several ``(offset, length)`` ranges of ``url``, fetched concurrently."""
-        if len(ranges) == 1:
-            offset, length = ranges[0]
-            return [self.cat(url, offset, offset + length)]
+    def cat_ranges(self, url: str, ranges: list[tuple[int, int]]) -> list[bytes | bytearray]:
+        """Several ``(offset, length)`` ranges of ``url``: one after another over the
+        direct path's kept-alive connection, else concurrently through fsspec."""
+        if len(ranges) == 1 or self._direct is not None:
+            return [self.cat(url, offset, offset + length) for offset, length in ranges]
 
-        def fetch() -> list[bytes]:
+        def fetch() -> list[bytes | bytearray]:
             out = self.fs.cat_ranges(
                 [url] * len(ranges), [o for o, _ in ranges], [o + n for o, n in ranges]
             )
@@ -315,7 +337,11 @@ class Remote:
     def info(self, url: str) -> dict[str, Any]:
         """What the server says of the object ``url`` (``size``, and an ``ETag`` where
         it has one)."""
-        info: dict[str, Any] = self.call("looking up", url, lambda: self.fs.info(url))
+        info: dict[str, Any] | None = self.call(
+            "looking up", url, lambda: self._try_direct(lambda d: d.info(url))
+        )
+        if info is None:
+            info = self.call("looking up", url, lambda: self.fs.info(url))
         return info
 
     def exists(self, url: str) -> bool:
@@ -358,7 +384,7 @@ def object_version(info: dict[str, Any]) -> str:
 
 class RemoteFile:
     """One object of a :class:`Remote` as :class:`~seqstore.backends.ranges.ByteRanges`:
-    each run of extents is one ranged GET (several runs: concurrent GETs), with retries.
+    each run of extents is one ranged GET, with retries.
 
     Parameters
     ----------
@@ -381,7 +407,7 @@ class RemoteFile:
             "or cut short?); upload the store again with seqstore convert"
         )
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytes | bytearray:
         """``length`` bytes from ``offset``, in one GET."""
         if length <= 0:
             return b""
@@ -390,22 +416,15 @@ class RemoteFile:
             raise self._short(offset, len(data))
         return data
 
-    def read_extents(self, extents: Sequence[tuple[int, int]], gap: int = GAP) -> list[bytes]:
-        """The bytes of each extent, in the order given: :func:`coalesce`'s runs, fetched
-        concurrently, one GET each."""
+    def read_extents(self, extents: Sequence[tuple[int, int]], gap: int = GAP) -> list[memoryview]:
+        """The bytes of each extent, in the order given: :func:`coalesce`'s runs, one GET
+        each."""
         runs = coalesce(extents, gap)
-        if not runs:
-            return [b"" for _ in extents]
-        datas = self.remote.cat_ranges(self.name, runs)
+        datas = self.remote.cat_ranges(self.name, runs) if runs else []
         for (offset, length), data in zip(runs, datas, strict=True):
             if len(data) != length:
                 raise self._short(offset, len(data))
-        starts = [offset for offset, _ in runs]
-        out = []
-        for offset, length in extents:
-            i = bisect.bisect_right(starts, offset) - 1
-            out.append(datas[i][offset - starts[i] : offset - starts[i] + length])
-        return out
+        return split_runs(extents, runs, datas)
 
     def close(self) -> None:
         """Nothing to release: the filesystem belongs to the process."""

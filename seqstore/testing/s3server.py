@@ -91,6 +91,17 @@ class S3Server:
     _env: dict[str, str] = field(repr=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used so far (None where /proc cannot tell)."""
+        if self._process is None:
+            return None
+        try:
+            with open(f"/proc/{self._process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def env(self) -> dict[str, str]:
         """The environment variables that point AWS clients (and seqstore) at this server."""
