@@ -178,16 +178,17 @@ class Loader:
             if size is not None and pipeline.output_dtype == np.uint8:
                 sample = ((*size, 3), torch.uint8)
                 if cfg.dtype == "float32" and cfg.normalize and self.device.type == "cpu":
-                    # Normalised in the workers as they stack each batch: the main process,
-                    # whose time the training step needs on a CPU, only copies it out.
-                    affine = normalizing_affine(cfg.mean, cfg.std)
-                    sample = (sample[0], torch.float32)
+                    # Normalised in the workers as they stack each batch, in the layout
+                    # asked for: the main process, whose time the training step needs on a
+                    # CPU, hands the batch on as it is.
+                    affine = normalizing_affine(cfg.mean, cfg.std, planar=not cfg.channels_last)
+                    sample = (affine.shape(sample[0]), torch.float32)
         elif transform.user is not None and cfg.num_workers > 0:
             sample = transform.probe(self.reader)
         # Batches of same-shaped samples go through the ring, unless it would be huge.
         self._ring = None
         if cfg.num_workers > 0 and sample is not None:
-            slots = cfg.prefetch_factor + 1
+            slots = cfg.prefetch_factor + 2  # see Ring
             shape, dtype = sample
             nbytes = cfg.num_workers * slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
             if nbytes <= _MAX_RING_BYTES:
@@ -204,8 +205,9 @@ class Loader:
         self._pin_batches = pin and self._ring is None
         self._deliver = Delivery(
             self.device,
-            # The built-in pipelines make HWC arrays.
-            hwc=pipeline is not None,
+            # The built-in pipelines make HWC arrays; the workers' planar normalisation, NCHW
+            # batches as the loop gets them.
+            hwc=pipeline is not None and not (affine is not None and affine.planar),
             pin=pin and self.device.type == "cuda",
             channels_last=cfg.channels_last,
             dtype=cfg.dtype,
@@ -351,7 +353,11 @@ class Loader:
                 if slot is not None:
                     if self._ring is None:
                         raise RuntimeError("a worker sent a ring slot, but this loader has none")
-                    images, labels = self._deliver(self._ring.view(slot), labels, owned=False)
+                    if self.device.type == "cpu":  # the batch is the buffer, lent
+                        lent, slot = slot, None
+                        images, labels = self._deliver(self._ring.lease(lent), labels, owned=True)
+                    else:  # copied to the device, and the buffer handed back
+                        images, labels = self._deliver(self._ring.view(slot), labels, owned=False)
                 else:
                     images, labels = self._deliver(images, labels, owned=True)
             finally:
@@ -361,10 +367,11 @@ class Loader:
             if self._batches_done == len(self):
                 # Finished: the next iteration (and a state saved now) is the next epoch.
                 self._epoch, self._batches_done, self._remaining = epoch + 1, 0, None
-            if self.config.with_indices:
-                yield images, labels, indices
-            else:
-                yield images, labels
+            # Handed over with nothing left in this frame: a lent buffer goes back as soon
+            # as the loop drops the batch.
+            ready = [(images, labels, indices) if self.config.with_indices else (images, labels)]
+            del images, labels, indices
+            yield ready.pop()
 
     # -- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

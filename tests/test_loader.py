@@ -319,17 +319,52 @@ def test_batches_kept_by_the_loop_are_never_overwritten(store: Path, channels_la
         assert torch.equal(image, reference[i]), i
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_on_cpu_the_loop_gets_the_ring_buffer_itself_and_gives_it_back(
+    store: Path, dtype: str
+) -> None:
+    loader = _loader(store, num_workers=2, dtype=dtype, channels_last=True, prefetch_factor=1)
+    ring = loader._ring
+    assert ring is not None
+    lo = ring.buffers.data_ptr()
+    hi = lo + ring.buffers.numel() * ring.buffers.element_size()
+    for _epoch in range(2):
+        # A loop that drops each batch as the next comes: no copy, and no batch short of a
+        # ring buffer (a buffer not given back would send batches outside the ring).
+        inside = [lo <= x.data_ptr() < hi for x, _, _ in loader]
+        assert inside == [True] * len(loader)
+    assert not ring.busy.any()  # all given back once the loop has dropped the last batch
+
+
+def test_a_batch_kept_from_the_last_epoch_is_not_overwritten(store: Path) -> None:
+    loader = _loader(store, num_workers=2, dtype="uint8", channels_last=True, prefetch_factor=1)
+    for x, _, _ in loader:
+        pass
+    kept, copy = x, x.clone()
+    collect_epoch(loader)  # the workers start over and fill their buffers again
+    assert torch.equal(kept, copy)
+    del x, kept
+    assert loader._ring is not None and not loader._ring.busy.any()
+
+
 def _by_index(run: tuple[list[int], list[int], list[torch.Tensor]]) -> dict[int, torch.Tensor]:
     return dict(zip(run[0], torch.cat(run[2]), strict=True))
 
 
-def test_float32_on_cpu_is_normalised_in_the_workers(store: Path) -> None:
-    options = dict(seed=5, prefetch_factor=1, channels_last=True, num_workers=2)
+@pytest.mark.parametrize(("channels_last", "workers"), [(True, 2), (False, 2), (False, 0)])
+def test_float32_on_cpu_is_normalised_in_the_workers(
+    store: Path, channels_last: bool, workers: int
+) -> None:
+    options = dict(seed=5, prefetch_factor=1, channels_last=channels_last, num_workers=workers)
     loader = _loader(store, dtype="float32", **options)
-    assert loader._ring is not None and loader._ring.dtype == torch.float32
+    if workers:
+        # In the layout asked for: NCHW planes, or channels-last NHWC.
+        assert loader._ring is not None and loader._ring.dtype == torch.float32
+        assert loader._ring.shape == ((3, 32, 32) if not channels_last else (32, 32, 3))
     kept = collect_epoch(loader)
     assert len(kept[2]) > 2 * (1 + 2)  # more batches than ring buffers per worker
-    assert all(b.is_contiguous(memory_format=torch.channels_last) for b in kept[2])
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(b.is_contiguous(memory_format=layout) for b in kept[2])
     raw = _by_index(collect_epoch(_loader(store, dtype="uint8", **options)))
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
