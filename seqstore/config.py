@@ -191,9 +191,11 @@ class LoaderConfig(BaseModel):
         This process's rank and the number of ranks; default: from ``torch.distributed``
         when initialised, else the ``RANK`` / ``WORLD_SIZE`` environment, else 0 / 1.
     prefetch_factor : int
-        Batches each worker prepares ahead. With a fixed output size (the named transforms)
-        each worker writes into ``prefetch_factor + 1`` reused shared-memory batch buffers,
-        reserved when the loader is made.
+        Batches each worker prepares ahead. With a fixed output size (the named transforms,
+        or a callable whose outputs share one shape) each worker writes into
+        ``prefetch_factor + 2`` reused shared-memory batch buffers, reserved when the loader
+        is made. On the CPU the loop gets the buffer itself, which goes back to its worker
+        when the batch is dropped; a batch kept longer is never overwritten.
     with_indices : bool
         Also yield each batch's store positions (``images, labels, indices``).
     verify : bool
