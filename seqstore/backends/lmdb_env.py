@@ -6,13 +6,17 @@ shared by the readers of a path in a process, counted, and closed with the last 
 An entry is tied to the identity of the data file (device, inode, size, mtime): a store
 replaced at the same path is a new file, and never read through the old one's environment.
 A forked child inherits the parent's entries; it closes them before opening its own:
-without a lock table (lock=False) that only unmaps the child's copy.
+without a lock table (lock=False) that only unmaps the child's copy. The count is kept under
+a lock: readers acquire from their read-ahead threads while a dropped reader's finalizer
+may release in another thread, and an update lost between them would close an environment
+still in use.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,6 +49,17 @@ class _Env:
 
 
 _envs: dict[str, _Env] = {}
+_envs_lock = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    # A thread of the parent may have held the lock as it forked: the child's copy would
+    # stay held for ever.
+    global _envs_lock
+    _envs_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _data_file(path: Path, subdir: bool) -> Path:
@@ -94,6 +109,13 @@ def acquire_env(path: Path, *, subdir: bool, **options: Any) -> tuple[lmdb.Envir
     key = str(path.resolve())
     st = file.stat()
     file_id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _envs_lock:
+        return _acquire(key, file, file_id, subdir, options)
+
+
+def _acquire(
+    key: str, file: Path, file_id: tuple[int, ...], subdir: bool, options: dict[str, Any]
+) -> tuple[lmdb.Environment, Any]:
     pid = os.getpid()
     entry = _envs.get(key)
     if entry is not None and entry.pid == pid and entry.file_id == file_id:
@@ -111,12 +133,13 @@ def acquire_env(path: Path, *, subdir: bool, **options: Any) -> tuple[lmdb.Envir
 def release_env(token: Any) -> None:
     """Give back an environment from :func:`acquire_env`; the last user closes it."""
     key, file_id, pid = token
-    entry = _envs.get(key)
-    if entry is not None and entry.pid == pid == os.getpid() and entry.file_id == file_id:
-        entry.users -= 1
-        if entry.users <= 0:
-            entry.env.close()
-            del _envs[key]
+    with _envs_lock:
+        entry = _envs.get(key)
+        if entry is not None and entry.pid == pid == os.getpid() and entry.file_id == file_id:
+            entry.users -= 1
+            if entry.users <= 0:
+                entry.env.close()
+                del _envs[key]
 
 
 def env_is_current(env: lmdb.Environment, token: Any) -> bool:
