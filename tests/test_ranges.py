@@ -28,6 +28,9 @@ def test_read_extents_returns_each_extent_in_given_order(tmp_path: Path) -> None
     extents = [(9000, 500), (10, 20), (40, 100), (5000, 1)]
     pieces = ranges.read_extents(extents, gap=64)
     assert [bytes(p) for p in pieces] == [data[o : o + n] for o, n in extents]
+    # Empty extents, which no read covers, alone or among others.
+    assert [bytes(p) for p in ranges.read_extents([(3, 0)])] == [b""]
+    assert [bytes(p) for p in ranges.read_extents([(0, 0), (10, 5)])] == [b"", data[10:15]]
 
 
 def test_read_past_the_end_names_the_file(tmp_path: Path) -> None:

@@ -68,11 +68,15 @@ def split_runs(
     extents: Sequence[Extent], runs: Sequence[Extent], datas: Sequence[bytes | bytearray]
 ) -> list[memoryview]:
     """The bytes of each extent, in the order given, as views of the bytes ``datas`` of
-    the runs (:func:`coalesce`'s) that hold them: no copies."""
+    the runs (:func:`coalesce`'s) that hold them: no copies. An empty extent, which no run
+    holds, is an empty view."""
     starts = [offset for offset, _ in runs]
     views = [memoryview(data) for data in datas]
     out = []
     for offset, length in extents:
+        if length <= 0:
+            out.append(memoryview(b""))
+            continue
         i = bisect.bisect_right(starts, offset) - 1  # the run that holds the extent
         out.append(views[i][offset - starts[i] : offset - starts[i] + length])
     return out
