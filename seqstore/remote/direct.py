@@ -6,7 +6,7 @@ with urllib3 into a buffer of the right size spends about 0.3 ms per MB. So a re
 store's byte ranges are fetched here: from S3 through a URL that the filesystem presigns
 (with the usual credentials, once per object and process family, and again before it
 expires), from http(s) URLs as they are. Anything else goes through fsspec: other
-protocols, options this path cannot honour (proxies, a custom CA, requester-pays ...), and
+protocols, options this path cannot honour (proxies, requester-pays ...), and
 any answer it does not expect (no such object, access denied, TLS failure), so that the
 errors a user meets, and their one line, stay fsspec's.
 
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["DirectGets", "ServerError", "UseFsspec", "direct_gets"]
+__all__ = ["DirectGets", "ServerError", "UseFsspec", "direct_gets", "transient_status"]
 
 # How long a presigned URL is valid, and how long before that it is signed again.
 SIGN_S = 3600
@@ -34,6 +34,12 @@ _S3_CLIENT_OPTIONS = {"endpoint_url", "region_name", "verify"}
 # Proxies, which s3fs and fsspec's http follow and urllib3 does not.
 _ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def transient_status(status: int) -> bool:
+    """Whether a request answered with HTTP ``status`` may succeed if tried again: 5xx,
+    408 (request timeout) and 429 (too many requests)."""
+    return status >= 500 or status in (408, 429)
 
 
 class UseFsspec(Exception):
@@ -170,7 +176,7 @@ class DirectGets:
             status = response.status
             if status == 416:  # the range starts past the end: the caller names it
                 return bytearray()
-            if status >= 500 or status in (408, 429):
+            if transient_status(status):
                 raise ServerError(status, url)
             if status != 206:  # not found, refused, or the range ignored
                 raise UseFsspec(f"HTTP {status}", status)
@@ -198,7 +204,7 @@ class DirectGets:
             raise UseFsspec("info over fsspec")
         response = self._request(url, 0, 1)
         try:
-            if response.status >= 500 or response.status in (408, 429):
+            if transient_status(response.status):
                 raise ServerError(response.status, url)
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
             if response.status != 206 or match is None:

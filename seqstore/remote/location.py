@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from ..backends.ranges import GAP, coalesce, split_runs
 from ..errors import BackendNotFoundError, CorruptStoreError, RemoteError
-from .direct import DirectGets, UseFsspec, direct_gets
+from .direct import DirectGets, UseFsspec, direct_gets, transient_status
 
 __all__ = ["Remote", "RemoteFile", "RetryPolicy", "is_transient", "object_version"]
 
@@ -130,7 +130,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     status = _status(exc)
     if status is not None:
-        return status >= 500 or status in (408, 429)
+        return transient_status(status)
     if "SlowDown" in text or "reduce your request rate" in text:
         return True
     if isinstance(exc, (TimeoutError, ConnectionError)):
