@@ -260,13 +260,6 @@ def normalizing_affine(mean: Sequence[float], std: Sequence[float], planar: bool
     return Affine(tuple(map(float, scale)), tuple(map(float, shift)), planar)
 
 
-def _detach(images: torch.Tensor) -> torch.Tensor:
-    """A copy of a ring buffer's view in memory of its own, with the same strides. numpy's
-    copy, single-threaded, since torch's would wake its thread pool, which then spins
-    against the workers."""
-    return torch.from_numpy(images.numpy().copy(order="K"))
-
-
 def normalize(
     images: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, layout: torch.memory_format
 ) -> torch.Tensor:
@@ -317,13 +310,12 @@ class Delivery:
         self.inv_std = 1 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
 
     def __call__(self, images: Any, labels: torch.Tensor, owned: bool) -> tuple[Any, torch.Tensor]:
-        """The batch on the device. ``owned=False``: ``images`` is a view of a ring buffer
-        that is reused once this returns, so the result must not share its memory (on the
-        CPU the Loader passes lent buffers instead, which are the caller's)."""
+        """The batch on the device. ``owned=False`` (a device other than the CPU):
+        ``images`` is a view of a ring buffer that is reused once this returns, so it is
+        copied to the device. On the CPU the Loader passes lent buffers, which are the
+        caller's (see :meth:`Ring.lease`)."""
         device, layout = self.device, self.layout
         non_blocking = device.type == "cuda"
-        if not owned and device.type == "cpu" and isinstance(images, torch.Tensor):
-            images, owned = _detach(images), True
         labels = labels.to(device, non_blocking=non_blocking)
         if isinstance(images, list) and self.hwc:  # HWC images of their own sizes
             return [x.permute(2, 0, 1).to(device) for x in images], labels
