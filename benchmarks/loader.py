@@ -23,21 +23,9 @@ import seqstore
 from seqstore.bench import measure
 from seqstore.config import BenchConfig
 from seqstore.convert import convert
-from seqstore.records import Record
+from seqstore.testing import replicate_store
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
-
-
-def replicate(src: Path, dst: Path, times: int) -> Path:
-    """A store holding every record of ``src`` ``times`` times (for size scaling)."""
-    reader = seqstore.open(src)
-    records = reader.read_block(0, len(reader))
-    backend = seqstore.get_backend("lmdb")
-    with backend.open_writer(dst, classes=reader.classes, overwrite=True) as writer:
-        for copy in range(times):
-            for r in records:
-                writer.write(Record.make(f"{copy}/{r.key}", r.label, r.data, r.width, r.height))
-    return dst
 
 
 def median(
@@ -98,7 +86,7 @@ def main() -> None:
 
         big = work / "store-x10.lmdb"
         if not big.exists():
-            replicate(store, big, 10)
+            replicate_store(store, big, 10, format="lmdb")
         print("\ntime to first batch by store size (median of repetitions):")
         for path in (store, big):
             rate, ttfb, _ = median("seqstore", path, cfg, {}, args.repeat)

@@ -37,23 +37,22 @@ from typing import Any
 
 import seqstore
 from seqstore.convert import convert
-from seqstore.records import Record
 from seqstore.remote import Remote
 from seqstore.remote.upload import upload_store
-from seqstore.testing import make_image_folder
+from seqstore.testing import make_image_folder, replicate_store
 from seqstore.testing.s3server import start_s3_server
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
 EPOCHS = 3
 
 
-Run = tuple[float, float, list[float], float]
+Run = tuple[float, float, list[float], float, int]
 
 
 def run_epochs(path: str, options: dict[str, Any], epochs: int) -> Run:
     """In a fresh process: seconds from opening the store to its first 4 MB block read,
-    seconds from making the Loader to its first batch, the images/s of each epoch, and the
-    CPU milliseconds per image of the Loader's processes over the whole run."""
+    seconds from making the Loader to its first batch, the images/s of each epoch, the CPU
+    seconds of the Loader's processes over the whole run, and the images it delivered."""
     # A spawned process inherits the spawn start method; a training script gets the
     # platform's default (fork on Linux), and so does this one's Loader.
     mp.set_start_method(mp.get_all_start_methods()[0], force=True)
@@ -96,7 +95,7 @@ def run_epochs(path: str, options: dict[str, Any], epochs: int) -> Run:
     gc.collect()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() + children.ru_utime + children.ru_stime
-    return first_block, first, rates, 1e3 * cpu / total
+    return first_block, first, rates, cpu, total
 
 
 def _child(conn: Any, path: str, options: dict[str, Any], epochs: int) -> None:
@@ -113,17 +112,6 @@ def in_process(path: str, options: dict[str, Any], epochs: int = EPOCHS) -> Run:
     result: Run = receive.recv()
     proc.join()
     return result
-
-
-def scaled(src: Path, dst: Path, times: int) -> Path:
-    """An HDF5 store holding every record of ``src`` ``times`` times."""
-    reader = seqstore.open(src)
-    records = reader.read_block(0, len(reader))
-    with seqstore.get_backend("hdf5").open_writer(dst, classes=reader.classes) as writer:
-        for copy in range(times):
-            for r in records:
-                writer.write(Record.make(f"{copy}/{r.key}", r.label, r.data, r.width, r.height))
-    return dst
 
 
 def main() -> None:
@@ -148,7 +136,7 @@ def main() -> None:
         convert(src, store, format="hdf5", progress=False)
     big = work / f"train-x{args.scale}.h5"
     if not big.exists():
-        scaled(store, big, args.scale)
+        replicate_store(store, big, args.scale, format="hdf5")
     with start_s3_server() as server:
         server.make_bucket("bench")
         options = server.storage_options()
@@ -156,8 +144,6 @@ def main() -> None:
         for name, path in (("store", store), ("big", big)):
             urls[name] = f"s3://bench/{path.name}"
             upload_store(path, Remote(urls[name], options), overwrite=True)
-        # Records of the larger store (False) and the smaller one (True).
-        records = {False: len(seqstore.open(big)), True: len(seqstore.open(store))}
         runs: dict[str, list[Run]] = {}
         server_ms: dict[str, list[float]] = {}
         for rep in range(args.repeat):  # interleaved: every setting once per repetition
@@ -179,8 +165,7 @@ def main() -> None:
                 after = server.cpu_seconds()
                 runs.setdefault(name, []).append(run)
                 if before is not None and after is not None:
-                    images = epochs * records[path == urls["store"]]
-                    server_ms.setdefault(name, []).append(1e3 * (after - before) / images)
+                    server_ms.setdefault(name, []).append(1e3 * (after - before) / run[4])
             shutil.rmtree(cache, ignore_errors=True)
             print(f"repetition {rep + 1}/{args.repeat} done", flush=True)
     reader = seqstore.open(big)
@@ -198,7 +183,7 @@ def main() -> None:
         first = statistics.median(r[1] for r in results)
         epochs = [statistics.median(r[2][e] for r in results) for e in range(len(results[0][2]))]
         table[name] = (block, first, epochs)
-        cpu = statistics.median(r[3] for r in results)
+        cpu = statistics.median(1e3 * r[3] / r[4] for r in results)
         served = statistics.median(server_ms[name]) if name in server_ms else float("nan")
         print(
             f"{name:<28} {block:>13.3f} {first:>13.2f} "

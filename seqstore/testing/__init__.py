@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .data import make_image_folder, make_records
+from .data import make_image_folder, make_records, replicate_store
 from .epoch import collect_epoch
 
-__all__ = ["collect_epoch", "make_image_folder", "make_records"]
+__all__ = ["collect_epoch", "make_image_folder", "make_records", "replicate_store"]

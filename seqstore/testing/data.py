@@ -14,7 +14,7 @@ import numpy as np
 
 from ..records import Record
 
-__all__ = ["make_image", "make_image_folder", "make_records"]
+__all__ = ["make_image", "make_image_folder", "make_records", "replicate_store"]
 
 
 def make_image(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -80,3 +80,18 @@ def make_image_folder(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(record.data)
     return root
+
+
+def replicate_store(src: str | Path, dst: str | Path, times: int, *, format: str) -> Path:
+    """A ``format`` store at ``dst`` holding every record of the store ``src`` ``times``
+    times over, keys prefixed ``<copy>/``: a larger store of the same images, for
+    measuring how things scale with size."""
+    from ..backends import get_backend, open_store
+
+    reader = open_store(src)
+    records = reader.read_block(0, len(reader))
+    with get_backend(format).open_writer(dst, classes=reader.classes, overwrite=True) as writer:
+        for copy in range(times):
+            for r in records:
+                writer.write(Record.make(f"{copy}/{r.key}", r.label, r.data, r.width, r.height))
+    return Path(dst)
