@@ -149,6 +149,9 @@ def test_http_url(s3_server: S3Server, stores: dict[str, Path], bucket: str) -> 
     _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
     reader = seqstore.open(f"{s3_server.http_root}/{bucket}/train.h5")
     assert reader.read_block(10, 40) == seqstore.open(stores["hdf5"]).read_block(10, 40)
+    # Opening asked fsspec for the object's size (the direct path does not, over plain
+    # HTTP); the blocks still came straight over HTTP.
+    assert reader.remote._direct is not None  # type: ignore[attr-defined]
 
 
 def test_cache_holds_whole_files_and_evicts_the_least_recently_used(

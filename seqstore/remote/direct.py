@@ -43,12 +43,13 @@ def transient_status(status: int) -> bool:
 
 
 class UseFsspec(Exception):
-    """This request goes through fsspec instead (the reason is the message); ``status``
-    is the server's answer, where there was one."""
+    """This request goes through fsspec instead (the reason is the message). ``lasting``:
+    so do all later ones of this store (a refusal, a TLS failure, no way to presign); not
+    for a request this path does not make, or a missing object, which fsspec then names."""
 
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    def __init__(self, reason: str, *, lasting: bool = True) -> None:
         super().__init__(reason)
-        self.status = status
+        self.lasting = lasting
 
 
 class ServerError(Exception):
@@ -179,7 +180,7 @@ class DirectGets:
             if transient_status(status):
                 raise ServerError(status, url)
             if status != 206:  # not found, refused, or the range ignored
-                raise UseFsspec(f"HTTP {status}", status)
+                raise UseFsspec(f"HTTP {status}", lasting=status != 404)
             length = int(response.headers.get("Content-Length", -1))
             if not 0 <= length <= end - start:
                 raise UseFsspec(f"Content-Length {length} for {end - start} bytes")
@@ -201,14 +202,14 @@ class DirectGets:
         """The object's ``size`` and ``ETag``, from a GET of its first byte (S3 only: what
         fsspec's other filesystems report as the version differs)."""
         if self._signer is None:
-            raise UseFsspec("info over fsspec")
+            raise UseFsspec("info over fsspec", lasting=False)
         response = self._request(url, 0, 1)
         try:
             if transient_status(response.status):
                 raise ServerError(response.status, url)
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
             if response.status != 206 or match is None:
-                raise UseFsspec(f"HTTP {response.status}", response.status)
+                raise UseFsspec(f"HTTP {response.status}", lasting=response.status != 404)
             response.drain_conn()
             return {"size": int(match[3]), "ETag": response.headers.get("ETag", "")}
         finally:

@@ -186,15 +186,14 @@ class Remote:
         self._direct = direct_gets(self)
 
     def _try_direct(self, fn: Callable[[DirectGets], T]) -> T | None:
-        """``fn`` over the direct path, or None where the request goes through fsspec.
-        An answer that sends one request to fsspec sends all of them there, but for a
-        missing object (which fsspec then names)."""
+        """``fn`` over the direct path, or None where the request goes through fsspec (and,
+        for a lasting reason, all later ones)."""
         if self._direct is None:
             return None
         try:
             return fn(self._direct)
         except UseFsspec as exc:
-            if exc.status != 404:
+            if exc.lasting:
                 self._direct = None
             return None
 
@@ -266,7 +265,7 @@ class Remote:
         for attempt in range(self.retry.attempts):
             try:
                 return fn()
-            except (FileNotFoundError, UseFsspec):
+            except FileNotFoundError:
                 raise
             except Exception as exc:
                 if not is_transient(exc):
