@@ -25,32 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from seqstore.bench.report import cpu_name
 from seqstore.engine.order import TABLE_LIMIT
 from seqstore.engine.plan import EpochSpec, WorkerEpoch, remaining_after
 
 PER_BLOCK = 36  # 4 MB blocks of 110 KB records
 IMAGENET = 1_281_167
-
-
-def cpu_name() -> str:
-    """The CPU's model name, for the figures' caption."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spec(records: int, ranks: int, workers: int, capacity: int = 2330) -> EpochSpec:

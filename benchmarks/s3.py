@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import gc
 import multiprocessing as mp
-import platform
 import resource
 import shutil
 import statistics
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import seqstore
+from seqstore.bench import run_in_child, training_script_start
+from seqstore.bench.report import cpu_name
 from seqstore.convert import convert
 from seqstore.remote import Remote
 from seqstore.remote.upload import upload_store
@@ -53,11 +54,7 @@ def run_epochs(path: str, options: dict[str, Any], epochs: int) -> Run:
     """In a fresh process: seconds from opening the store to its first 4 MB block read,
     seconds from making the Loader to its first batch, the images/s of each epoch, the CPU
     seconds of the Loader's processes over the whole run, and the images it delivered."""
-    # A spawned process inherits the spawn start method; a training script gets the
-    # platform's default (fork on Linux), and so does this one's Loader.
-    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
-    import torch  # noqa: F401 - imported before the clock starts, as a training script has
-
+    training_script_start()
     from seqstore import Loader
 
     start = time.perf_counter()
@@ -81,7 +78,7 @@ def run_epochs(path: str, options: dict[str, Any], epochs: int) -> Run:
     first = 0.0
     rates = []
     total = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         images = 0
         t0 = time.perf_counter()
         for _x, y in loader:
@@ -90,28 +87,11 @@ def run_epochs(path: str, options: dict[str, Any], epochs: int) -> Run:
             images += len(y)
         rates.append(images / (time.perf_counter() - t0))
         total += images
-        del epoch
     del loader, _x, y  # its workers end, and their CPU time is counted in RUSAGE_CHILDREN
     gc.collect()
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = time.process_time() + children.ru_utime + children.ru_stime
     return first_block, first, rates, cpu, total
-
-
-def _child(conn: Any, path: str, options: dict[str, Any], epochs: int) -> None:
-    conn.send(run_epochs(path, options, epochs))
-
-
-def in_process(path: str, options: dict[str, Any], epochs: int = EPOCHS) -> Run:
-    """:func:`run_epochs` in a spawned process of its own."""
-    ctx = mp.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, path, options, epochs))
-    proc.start()
-    send.close()
-    result: Run = receive.recv()
-    proc.join()
-    return result
 
 
 def main() -> None:
@@ -126,7 +106,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first fills the cache, later ones use it")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="seqstore-s3-bench-"))
+    with tempfile.TemporaryDirectory(prefix="seqstore-s3-bench-") as tmp:
+        bench(args, Path(args.workdir or tmp))
+
+
+def bench(args: argparse.Namespace, work: Path) -> None:
+    """Every run and the tables, with the stores and caches kept under ``work``."""
     src = Path(args.src)
     if not src.exists():
         print(f"{src} is missing: using 1000 synthetic images instead")
@@ -161,7 +146,7 @@ def main() -> None:
             }
             for name, (path, opts, epochs) in settings.items():
                 before = server.cpu_seconds()
-                run = in_process(path, opts, epochs)
+                run: Run = run_in_child(run_epochs, (path, opts, epochs), name)
                 after = server.cpu_seconds()
                 runs.setdefault(name, []).append(run)
                 if before is not None and after is not None:
@@ -171,7 +156,7 @@ def main() -> None:
     reader = seqstore.open(big)
     print(
         f"\nepochs of {len(reader)} records, {reader.manifest.total_bytes / 1e6:.0f} MB; server: "
-        f"{server.kind}; {platform.processor() or platform.machine()}, "
+        f"{server.kind}; {cpu_name()}, "
         f"{mp.cpu_count()} cores; median of {args.repeat}"
     )
     head = f"{'':<28} {'first block s':>13} {'first batch s':>13} "

@@ -26,7 +26,14 @@ The rooms:
 
 from __future__ import annotations
 
-from .harness import drop_caches, measure, measure_checksum_cost, measure_epochs
+from .harness import (
+    drop_caches,
+    measure,
+    measure_checksum_cost,
+    measure_epochs,
+    run_in_child,
+    training_script_start,
+)
 from .quality import order_quality, shuffle_quality
 from .report import BenchResult, Row, format_table
 from .run import run_bench
@@ -43,5 +50,7 @@ __all__ = [
     "order_quality",
     "prepare_stores",
     "run_bench",
+    "run_in_child",
     "shuffle_quality",
+    "training_script_start",
 ]

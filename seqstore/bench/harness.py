@@ -28,8 +28,19 @@ __all__ = [
     "measure",
     "measure_checksum_cost",
     "measure_epochs",
+    "run_in_child",
     "time_epochs",
+    "training_script_start",
 ]
+
+
+def training_script_start() -> None:
+    """Make a spawned measuring process start as a training script does. It inherited the
+    spawn start method, where a script gets the platform's default (fork on Linux), and so
+    should the workers of what it measures; and a script has imported torch before it
+    builds its loader, so the import is not part of the time to the first batch."""
+    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
+    import torch  # noqa: F401
 
 
 def drop_caches() -> bool:
@@ -111,12 +122,8 @@ def time_pipeline(
     """In a fresh process: (images/s of a full epoch, seconds from building the pipeline to
     its first batch, peak memory MB of the process and its workers)."""
     cfg = BenchConfig.model_validate_json(cfg_json)
-    # A spawned process inherits the spawn start method; a training script gets the
-    # platform's default (fork on Linux), and so do the pipelines measured here.
-    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
-    import torch  # noqa: F401 - imports are not part of the time to the first batch
-
-    from .. import Loader  # noqa: F401
+    training_script_start()
+    from .. import Loader  # noqa: F401 - imports are not part of the time to the first batch
 
     if kind == "tensorpack":
         from .baselines import tensorpack_dataflow
@@ -179,7 +186,7 @@ def time_checksum_cost(
     the steady rate, not the start, and a large store is not read whole a dozen times."""
     cfg = BenchConfig.model_validate_json(cfg_json)
     limit = max(8, math.ceil(2000 / cfg.batch_size))
-    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
+    training_script_start()
     epochs = {verify: seqstore_epoch(path, cfg, verify=verify) for verify in (True, False)}
     rates: dict[bool, list[float]] = {True: [], False: []}
     timed = 0
@@ -221,7 +228,7 @@ def measure(
         Images/s over whole epochs after a warm-up epoch, seconds to the first batch, and
         the peak memory in MB of the process and its workers.
     """
-    return _in_child(time_pipeline, (kind, path, cfg.model_dump_json(), extra or {}), kind)
+    return run_in_child(time_pipeline, (kind, path, cfg.model_dump_json(), extra or {}), kind)
 
 
 def measure_checksum_cost(
@@ -230,7 +237,7 @@ def measure_checksum_cost(
     """The Loader of ``path`` with checksums verified and not, alternating pass by pass in
     one spawned process: (images/s of each pass verifying, of each pass not, batches
     timed per pass)."""
-    return _in_child(time_checksum_cost, (path, cfg.model_dump_json(), passes), "checksum cost")
+    return run_in_child(time_checksum_cost, (path, cfg.model_dump_json(), passes), "checksum cost")
 
 
 def measure_epochs(
@@ -262,20 +269,20 @@ def measure_epochs(
         Images/s, seconds from ``make_epoch`` to the first batch, peak memory in MB of the
         process and its workers.
     """
-    return _in_child(_time_epochs_in_child, (make_epoch, args, min_seconds), what)
+    return run_in_child(_time_epochs_in_child, (make_epoch, args, min_seconds), what)
 
 
 def _time_epochs_in_child(
     make_epoch: Callable[..., Callable[[], Iterator[Any]]], args: tuple[Any, ...], seconds: float
 ) -> tuple[float, float, float]:
-    # As in time_pipeline: the platform's start method, torch imported before the clock starts
-    mp.set_start_method(mp.get_all_start_methods()[0], force=True)
-    import torch  # noqa: F401
-
+    training_script_start()
     return time_epochs(lambda: make_epoch(*args), seconds, cold=False)
 
 
-def _in_child(fn: Callable[..., Any], args: tuple[Any, ...], what: str) -> Any:
+def run_in_child(fn: Callable[..., Any], args: tuple[Any, ...], what: str) -> Any:
+    """``fn(*args)`` in a spawned process of its own, and its result; a process that dies
+    or a call that raises is one :class:`~seqstore.errors.SeqstoreError` naming ``what``.
+    ``fn`` and ``args`` are pickled (a script's top-level function will do)."""
     # A plain (non-daemon) process: the pipelines start worker processes of their own.
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
