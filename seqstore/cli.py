@@ -98,7 +98,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
             (
                 "shards",
                 f"{len(m.shards)} {m.format} stores of {mean:.3g} MB on average, in "
-                f"{Path(args.path) / 'shard-NNNNN'}",
+                # Joined as text: the store may be a URL, which a Path would mangle.
+                f"{str(args.path).rstrip('/')}/shard-NNNNN",
             )
         )
     for key, value in lines:

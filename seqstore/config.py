@@ -343,8 +343,9 @@ class BenchConfig(BaseModel):
         Also run the torchvision-style and tensorpack pipelines.
     reencode_max_side : int or None
         Also measure the first format converted with ``--max-side`` this and ``--quality``
-        ``reencode_quality``, against the original bytes (0 or None: not). Images are then
-        stored no larger than this, re-encoded, as FFCV stores them.
+        ``reencode_quality``, against the original bytes (None: not; ``--reencode-max-side
+        0`` on the command line). Images are then stored no larger than this, re-encoded,
+        as FFCV stores them.
     reencode_quality : int
         JPEG quality of that store's re-encoded images.
     """

@@ -425,14 +425,15 @@ def _prepared(
     ``workers`` processes (default: the config's), or in this one with 0."""
     shuffled = bool(len(order) > 1 and np.any(np.diff(order) != 1))
     args = (cfg.max_side, cfg.quality, cfg.check, cfg.max_pixels)
-    if (cfg.workers if workers is None else workers) == 0:
+    processes = cfg.workers if workers is None else workers
+    if processes == 0:
         if _worker_state.get("reader") is not reader:
             _init_worker(reader, *args)
         yield from map(_prepare_chunk, _chunks(order, shuffled))
         return
     # One writer, many readers: imap keeps the results in submission order, so the store
     # is identical whatever the number of workers.
-    with mp.get_context().Pool(cfg.workers, _init_worker, (reader, *args)) as pool:
+    with mp.get_context().Pool(processes, _init_worker, (reader, *args)) as pool:
         yield from pool.imap(_prepare_chunk, _chunks(order, shuffled))
 
 
@@ -486,7 +487,9 @@ def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[_Good | _Bad]:
                     block = reader.read_raw_block(i, i + 1)
                 except BadImageError as exc:
                     # Built once per process: a path for every record of the source.
-                    files = _worker_state.setdefault("source_files", reader.source_files)
+                    files = _worker_state.get("source_files")
+                    if files is None:
+                        files = _worker_state["source_files"] = reader.source_files
                     key = str(files[i].relative_to(reader.path)) if files else str(i)
                     out.append(_Bad(key, str(exc), 0))
                     continue
