@@ -376,8 +376,9 @@ def _in_processes(
                     raise value
                 out.append(value)
                 finished(value.index)
-            progress(counter.value - shown)
-            shown = counter.value
+            done = counter.value  # read once: workers add to it meanwhile
+            progress(done - shown)
+            shown = done
     finally:
         for p in procs:
             if p.is_alive():

@@ -193,9 +193,9 @@ class Remaining:
     num_records: int
     ranges: np.ndarray
 
-    @property
+    @cached_property
     def count(self) -> int:
-        """Records still to deliver."""
+        """Records still to deliver (asked for with every batch: see Loader.__len__)."""
         return int((self.ranges[:, 1] - self.ranges[:, 0]).sum())
 
     @classmethod
