@@ -40,7 +40,7 @@ from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
 from .base import Backend
 from .handles import ProcessLocal
-from .ranges import FileRanges
+from .ranges import FileRanges, cut_joined
 from .reader import Reader
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
@@ -170,10 +170,7 @@ class HDF5Reader(Reader):
         pieces = self._ranges.read_extents(
             [(offset, size) for offset in offsets[first : last + 1].tolist()]
         )
-        skip = start - first * size
-        if len(pieces) == 1:
-            return pieces[0][skip : skip + stop - start]
-        return b"".join(pieces)[skip : skip + stop - start]
+        return cut_joined(pieces, start - first * size, stop - start)
 
     def labels(self) -> np.ndarray:
         # docstring inherited

@@ -82,6 +82,13 @@ def split_runs(
     return out
 
 
+def cut_joined(pieces: Sequence[bytes | memoryview], skip: int, length: int) -> memoryview:
+    """Bytes ``skip`` to ``skip + length - 1`` of ``pieces`` laid end to end (a block's
+    chunks, read as extents): a view of the one piece, or of the pieces joined once."""
+    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return memoryview(joined)[skip : skip + length]
+
+
 class ByteRanges(Protocol):
     """A file read by byte range: what a reader needs of its data file, local or remote."""
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backends.handles import ProcessLocal
 from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, cut_records
-from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO
+from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO, cut_joined
 from ..backends.reader import Reader
 from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
 from ..manifest import Manifest
@@ -376,9 +376,7 @@ class RemoteHDF5Reader(Reader):
         elif extents is None:  # not laid out in plain chunks: through h5py
             images = images_ds[lo:hi].tobytes()
         else:
-            skip = lo % images_ds.chunks[0]
-            joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-            images = memoryview(joined)[skip : skip + hi - lo]
+            images = cut_joined(pieces, lo % images_ds.chunks[0], hi - lo)
         return cut_records(images, keys, rows)
 
     def __repr__(self) -> str:
