@@ -170,7 +170,8 @@ class LMDBReader(SharedEnvReader):
         try:
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
-                self._prime(cursor, start, stop)
+                if not self.readahead:  # else the kernel reads around each fault instead
+                    self._prime(cursor, start, stop)
                 if not cursor.set_key(_index_key(start)):
                     raise CorruptStoreError(
                         f"record {start} is missing from LMDB store '{self.path}'; "
