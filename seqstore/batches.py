@@ -217,9 +217,8 @@ def collate(
     """
     samples = raw.samples
     images = _uint8_images(samples)
-    normalizing = affine is not None and images is not None
     if ring is not None and worker is not None and samples:
-        if normalizing and images is not None and affine is not None:
+        if images is not None and affine is not None:
             fits = ring.dtype == torch.float32 and affine.shape(images[0].shape) == ring.shape
         else:
             fits = _same(samples, ring.shape, ring.dtype)
@@ -321,18 +320,15 @@ class Delivery:
             return [x.permute(2, 0, 1).to(device) for x in images], labels
         if not isinstance(images, torch.Tensor):
             return images, labels
-        if not self.hwc or images.ndim != 4:  # a user callable's outputs
-            if device.type != "cpu":
-                if not owned and self.pin:
-                    images = torch.empty_like(images, pin_memory=True).copy_(images)
-                return images.to(device, non_blocking=non_blocking and self.pin), labels
-            return images, labels
-        images = images.permute(0, 3, 1, 2)  # NCHW with channels-last strides
+        hwc = self.hwc and images.ndim == 4  # else a user callable's outputs, as they are
+        if hwc:
+            images = images.permute(0, 3, 1, 2)  # NCHW with channels-last strides
         if device.type != "cpu":
             if not owned and self.pin:
                 images = torch.empty_like(images, pin_memory=True).copy_(images)
             images = images.to(device, non_blocking=non_blocking and self.pin)
-            owned = True  # a copy on the device
+        if not hwc:
+            return images, labels
         if images.dtype == torch.uint8 and self.dtype != "uint8":
             dtype = getattr(torch, self.dtype)
             if not self.normalize:
