@@ -46,6 +46,7 @@ __all__ = [
     "Subsequence",
     "WorkerPlan",
     "complement",
+    "cut",
     "intersect",
     "iter_indices",
     "iter_spans",
@@ -252,7 +253,7 @@ class Subsequence:
         blocks = np.stack([starts, np.minimum(starts + order.block, order.length)], axis=1)
         kept = intersect(blocks, self.ranges)
         skip = lo - int(self._read_before[first])
-        return _cut(kept, np.array([[skip, skip + hi - lo]]))
+        return cut(kept, np.array([[skip, skip + hi - lo]]))
 
 
 def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +294,7 @@ def complement(ranges: np.ndarray, n: int) -> np.ndarray:
     return edges[edges[:, 0] < edges[:, 1]]
 
 
-def _cut(spans: np.ndarray, pieces: np.ndarray) -> np.ndarray:
+def cut(spans: np.ndarray, pieces: np.ndarray) -> np.ndarray:
     """Positions ``[a, b)`` of the sequence that ``spans`` concatenate, for each row of
     ``pieces`` (sorted, disjoint), as spans."""
     lengths = spans[:, 1] - spans[:, 0]
@@ -432,5 +433,5 @@ def worker_plan(
         pieces = np.stack([lo, np.minimum(lo + batch_size, used)], axis=1)
     # Only the stretch of the rank's slice this worker reads, wrapping around to pad.
     cover = rank * m + int(pieces[0, 0]), rank * m + int(pieces[-1, 1])
-    spans = _cut(_wrapped(seq, *cover), pieces - pieces[0, 0])
+    spans = cut(_wrapped(seq, *cover), pieces - pieces[0, 0])
     return WorkerPlan(_merge(spans), count, mine, last)

@@ -32,6 +32,7 @@ from .order import (
     Subsequence,
     WorkerPlan,
     complement,
+    cut,
     intersect,
     iter_indices,
     num_batches,
@@ -395,7 +396,7 @@ def remaining_after(
                 continue
             buffer = work.shuffle_buffer()
             buffer.skip(emitted)
-            pulled.append(_head(spans, buffer.pulled))
+            pulled.append(cut(spans, np.array([[0, buffer.pulled]], np.int64)))
             held += buffer.buffer
     if spec.drop_last:
         whole = union(np.concatenate(read))
@@ -410,13 +411,3 @@ def remaining_after(
     back = at[pulled_by == holders]
     rest = intersect(whole, complement(union(rows), n))
     return Remaining(n, union(np.concatenate([rest, np.stack([back, back + 1], axis=1)])))
-
-
-def _head(spans: np.ndarray, count: int) -> np.ndarray:
-    """The spans of the first ``count`` records of ``spans``."""
-    before = np.concatenate([[0], np.cumsum(spans[:, 1] - spans[:, 0])])
-    rows = int(np.searchsorted(before, count, side="left"))
-    head = spans[:rows].copy()
-    if rows:
-        head[-1, 1] = head[-1, 0] + count - before[rows - 1]
-    return head
