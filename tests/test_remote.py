@@ -201,6 +201,30 @@ def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
     assert [p.name for p in cache.entries()] == [readers[1].cache_key, readers[0].cache_key]
 
 
+def test_two_threads_filling_one_cache_entry_download_it_once(tmp_path: Path) -> None:
+    # File locks do not exclude the threads of one process: a reader's read-ahead thread
+    # and its main thread may both ask for the same shard.
+    cache = ShardCache(tmp_path / "cache", None)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def download(directory: Path) -> None:
+        calls.append(1)
+        started.set()
+        time.sleep(0.3)  # the other thread asks meanwhile
+        (directory / "data").write_bytes(b"x" * 100)
+
+    results: list[Path | None] = []
+    first = threading.Thread(target=lambda: results.append(cache.fill("k", 100, download)))
+    first.start()
+    started.wait(5)
+    results.append(cache.fill("k", 100, download))
+    first.join()
+    assert calls == [1]
+    assert results == [cache.path("k")] * 2
+    assert (cache.path("k") / "data").read_bytes() == b"x" * 100
+
+
 def test_cache_shared_by_worker_processes(
     s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
 ) -> None:

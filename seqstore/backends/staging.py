@@ -28,6 +28,7 @@ __all__ = [
     "dead_staging",
     "live_staging",
     "new_staging_dir",
+    "pid_alive",
     "read_store_manifest",
     "recover",
     "swap_into_place",
@@ -56,7 +57,8 @@ def _pid(p: Path, infix: str) -> int:
         return -1
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (this one included)."""
     if pid <= 0:  # a name not made by this module; kill(0 or -1) would test whole groups
         return False
     if pid == os.getpid():
@@ -80,12 +82,12 @@ def new_staging_dir(dst: Path) -> Path:
 
 def live_staging(dst: Path) -> list[Path]:
     """Staging directories of ``dst`` whose writer is still running."""
-    return [p for p in _siblings(dst, _NEW) if _alive(_pid(p, _NEW))]
+    return [p for p in _siblings(dst, _NEW) if pid_alive(_pid(p, _NEW))]
 
 
 def dead_staging(dst: Path) -> list[Path]:
     """Staging directories of ``dst`` left by writers that died: resumable, or litter."""
-    return [p for p in _siblings(dst, _NEW) if not _alive(_pid(p, _NEW))]
+    return [p for p in _siblings(dst, _NEW) if not pid_alive(_pid(p, _NEW))]
 
 
 def recover(dst: Path) -> list[str]:
@@ -98,7 +100,7 @@ def recover(dst: Path) -> list[str]:
     """
     done: list[str] = []
     for old in _siblings(dst, _OLD):
-        if _alive(_pid(old, _OLD)):
+        if pid_alive(_pid(old, _OLD)):
             continue  # a live writer is between its renames right now
         new = dst.parent / f".{dst.name}{_NEW}{_token(old, _OLD)}"
         if dst.exists():

@@ -36,12 +36,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..backends.staging import pid_alive
+
 __all__ = ["ShardCache", "cache_key"]
 
 _counter = itertools.count()
-# Keys this process is downloading: POSIX locks do not exclude threads of one process.
-_filling: set[tuple[str, str]] = set()
-_filling_lock = threading.Lock()
+# A lock per entry for the threads of this process: the file lock of an entry does not
+# exclude them (POSIX locks belong to processes), and a second thread filling the same
+# entry would clear the first one's download as its own process's leftover.
+_fill_locks: dict[tuple[str, str], threading.Lock] = {}
+_fill_locks_lock = threading.Lock()
+
+
+def _fill_lock(directory: Path, key: str) -> threading.Lock:
+    with _fill_locks_lock:
+        return _fill_locks.setdefault((str(directory), key), threading.Lock())
+
+
+def _forget_fill_locks() -> None:
+    # In a forked child: a lock held by a parent's thread would stay held for ever.
+    global _fill_locks_lock
+    _fill_locks.clear()
+    _fill_locks_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_fill_locks)
 
 
 def cache_key(url: str, version: str) -> str:
@@ -82,18 +101,6 @@ def _size(path: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ShardCache:
@@ -161,24 +168,23 @@ class ShardCache:
         populate
             Writes the entry's files into the directory it is given (a download).
         block
-            Wait while another process makes the same entry. Without it, return None at
-            once in that case.
+            Wait while another process, or another thread of this one, makes the same
+            entry. Without it, return None at once in that case.
 
         Returns
         -------
         Path or None
             The entry; None when it does not fit in the limit, or (``block`` False) when
-            another process is making it.
+            another process or thread is making it.
         """
         found = self.get(key)
         if found is not None:
             return found
         if not self.fits(size):
             return None
-        with _filling_lock:
-            if (str(self.directory), key) in _filling and not block:
-                return None
-            _filling.add((str(self.directory), key))
+        lock = _fill_lock(self.directory, key)
+        if not lock.acquire(blocking=block):  # another thread of this process is making it
+            return None
         try:
             with _locked(self.directory / "locks" / f"{key}.lock", block=block) as held:
                 if not held:
@@ -203,8 +209,7 @@ class ShardCache:
             self.make_room(0, keep=key)  # another entry may have come in meanwhile
             return self.get(key)
         finally:
-            with _filling_lock:
-                _filling.discard((str(self.directory), key))
+            lock.release()
 
     def fill_in_background(self, key: str, size: int, populate: Callable[[Path], None]) -> bool:
         """Start making the entry ``key`` in a thread of this process, unless it is cached,
@@ -262,7 +267,7 @@ class ShardCache:
         for p in (self.directory / "tmp").glob(f"{key}.*"):
             parts = p.name[len(key) + 1 :].split(".")
             pid = int(parts[0]) if parts[0].isdigit() else -1
-            if parts[0] == "removed" or not _pid_alive(pid) or pid == os.getpid():
+            if parts[0] == "removed" or not pid_alive(pid) or pid == os.getpid():
                 shutil.rmtree(p, ignore_errors=True)
 
     def total_bytes(self) -> int:
