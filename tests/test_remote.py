@@ -334,6 +334,25 @@ def test_incomplete_and_replaced_stores_are_refused(
         seqstore.open(url, storage_options=opts)
 
 
+def test_a_reader_looks_its_data_file_up_once_and_again_when_it_reopens(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    looked_up: list[str] = []
+    info = Remote.info
+    monkeypatch.setattr(Remote, "info", lambda self, u: looked_up.append(u) or info(self, u))
+    reader = seqstore.open(url, storage_options=s3_server.storage_options())
+    reader.read_block(0, 5)
+    assert [u for u in looked_up if u.endswith("data.h5")] == [f"{url}/data.h5"]
+    # Replaced meanwhile, at the same size: a reopened reader asks again, and refuses it.
+    reader.close()
+    data = bytearray((stores["hdf5"] / "data.h5").read_bytes())
+    data[-1] ^= 0xFF
+    s3_server.filesystem().pipe_file(f"{bucket}/train.h5/data.h5", bytes(data))
+    with pytest.raises(CorruptStoreError, match="replaced after this reader opened it"):
+        reader.read_block(0, 5)
+
+
 def test_lmdb_needs_the_cache(
     s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
 ) -> None:

@@ -111,6 +111,8 @@ class RemoteHDF5Reader(Reader):
         self.data_url = remote.join(DATA_FILE)
         self.data_size = manifest.data_files.get(DATA_FILE, -1)
         self.version = self._check_data()
+        # The process that just checked the data file opens it without asking again, once.
+        self._checked_in: int | None = os.getpid()
         self.cache_key = cache_key(self.data_url, f"{manifest.store_id}:{self.version}")
         self._state: ProcessLocal[_Open] = ProcessLocal(_close)
 
@@ -154,7 +156,8 @@ class RemoteHDF5Reader(Reader):
         if local is not None:
             source, where = local, str(local.path)
         else:
-            if self._check_data() != self.version:
+            checked, self._checked_in = self._checked_in == os.getpid(), None
+            if not checked and self._check_data() != self.version:
                 raise CorruptStoreError(
                     f"store '{self.location}' was replaced after this reader opened it; "
                     "open it again"
