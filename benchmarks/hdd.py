@@ -27,6 +27,7 @@ with status 0 without measuring.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import random
@@ -173,7 +174,9 @@ def main() -> None:
             return
         one = copy_folder(src, work / "one", 1)
         many = copy_folder(src, work / "many", args.copies)
-        stores = {fmt: work / f"store.{fmt}" for fmt in ("lmdb", "hdf5")}
+        # The stores --only asks for; one at least, whose file the device row reads.
+        formats = [f for f in ("lmdb", "hdf5") if any(w in f"seqstore {f}" for w in args.only)]
+        stores = {fmt: work / f"store.{fmt}" for fmt in formats or ["lmdb"]}
         for fmt, store in stores.items():
             convert(many, store, format=fmt, check="header", progress=False)
         cfg = BenchConfig(src=many, workers=2, batch_size=64, transform="imagenet_train", out=work)
@@ -181,32 +184,33 @@ def main() -> None:
         cases = [
             case
             for case in (
-                ("seqstore lmdb", stores["lmdb"], True),
-                ("seqstore hdf5", stores["hdf5"], True),
+                *((f"seqstore {fmt}", stores[fmt], True) for fmt in formats),
                 ("seqstore folder, read in place", many, False),
             )
             if any(word in case[0] for word in args.only)
         ]
         rows: dict[str, dict[str, list[float]]] = {}
-        try:
-            with throttle:
-                for _ in range(args.repeat):
-                    for name, path, warm in cases:
-                        row = rows.setdefault(name, {"cold": [], "warm": [], "first": []})
-                        evict(path)
-                        rate, first, _ = measure("seqstore", path, cold_cfg)
-                        row["cold"].append(rate)
-                        row["first"].append(first)
-                        if warm:
-                            row["warm"].append(measure("seqstore", path, cfg)[0])
-                device = device_rate(stores["lmdb"] / "data.mdb")
-                baseline = first = math.nan
-                if "torchvision" in args.only:
-                    evict(one)
-                    baseline, first, _ = measure("torchvision", one, cold_cfg)
-        except OSError as exc:
-            print(f"skipped: cannot throttle the disk of '{work}': {exc}")
-            return
+        with contextlib.ExitStack() as throttled:
+            try:
+                throttled.enter_context(throttle)
+            except OSError as exc:
+                print(f"skipped: cannot throttle the disk of '{work}': {exc}")
+                return
+            for _ in range(args.repeat):
+                for name, path, warm in cases:
+                    row = rows.setdefault(name, {"cold": [], "warm": [], "first": []})
+                    evict(path)
+                    rate, first, _ = measure("seqstore", path, cold_cfg)
+                    row["cold"].append(rate)
+                    row["first"].append(first)
+                    if warm:
+                        row["warm"].append(measure("seqstore", path, cfg)[0])
+            fmt, store = next(iter(stores.items()))
+            device = device_rate(store / {"lmdb": "data.mdb", "hdf5": "data.h5"}[fmt])
+            baseline = first = math.nan
+            if "torchvision" in args.only:
+                evict(one)
+                baseline, first, _ = measure("torchvision", one, cold_cfg)
         files = [p for p in many.rglob("*") if p.is_file()]
         n = len(files)
         mean_mb = sum(p.stat().st_size for p in files) / n / 1e6
