@@ -46,7 +46,6 @@ from .store import (
     flip_record_byte,
     kill_convert_then_resume,
     kill_overwrite,
-    kill_sharded_convert_then_resume,
     odd_images,
     old_pickle_tensorpack,
     racing_writers,
@@ -101,7 +100,7 @@ CASES: list[FaultCase] = [
     *(
         _case(
             f"kill -9 during sharded convert -w 2, then --resume ({fmt})",
-            kill_sharded_convert_then_resume(fmt),
+            kill_convert_then_resume(fmt, sharded=True),
             "handled",
         )
         for fmt in ("lmdb", "hdf5")
