@@ -8,7 +8,8 @@ are written there too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,32 +59,32 @@ def prepare_stores(cfg: BenchConfig) -> tuple[dict[str, Path], Path | None]:
             stores[fmt] = src
             continue
         dst = cfg.out / "stores" / fmt
-        marker = dst.with_suffix(".source")
-        wanted = f"{_fingerprint(source)} limit={cfg.limit}"
-        if not _reusable(dst, marker, wanted):
-            print(f"converting {src} -> {dst} ({fmt}) ...")
-            marker.unlink(missing_ok=True)
-            convert(
+        _made_once(
+            dst,
+            f"{_fingerprint(source)} limit={cfg.limit}",
+            f"converting {src} -> {dst} ({fmt})",
+            partial(
+                convert,
                 src,
                 dst,
                 format=fmt,
                 overwrite=True,
                 limit=cfg.limit,
                 shuffle=cfg.limit is not None or None,
-            )
-            marker.write_text(wanted)
+            ),
+        )
         stores[fmt] = dst
     name = reencoded_name(cfg)
     if name is not None:
         first = open_store(stores[cfg.formats[0]])
         side, quality = cfg.reencode_max_side, cfg.reencode_quality
         dst = cfg.out / "stores" / f"{cfg.formats[0]}-{side}px-q{quality}"
-        marker = dst.with_suffix(".source")
-        wanted = _fingerprint(first)
-        if not _reusable(dst, marker, wanted):
-            print(f"converting {first.path} -> {dst} (--max-side {side} --quality {quality}) ...")
-            marker.unlink(missing_ok=True)
-            convert(
+        _made_once(
+            dst,
+            _fingerprint(first),
+            f"converting {first.path} -> {dst} (--max-side {side} --quality {quality})",
+            partial(
+                convert,
                 first.path,
                 dst,
                 format=cfg.formats[0],
@@ -91,22 +92,21 @@ def prepare_stores(cfg: BenchConfig) -> tuple[dict[str, Path], Path | None]:
                 max_side=side,
                 quality=quality,
                 shuffle=False,
-            )
-            marker.write_text(wanted)
+            ),
+        )
         first.close()
         stores[name] = dst
     tensorpack_file = None
     if cfg.baselines and "tensorpack pipeline" not in missing_packages():
         tensorpack_file = cfg.out / "stores" / "ILSVRC-bench.lmdb"
         base = stores.get("lmdb") or next(iter(stores.values()))
-        marker = tensorpack_file.with_suffix(".source")
         base_reader = open_store(base)
-        wanted = _fingerprint(base_reader)
-        if not tensorpack_file.exists() or not _reusable(tensorpack_file, marker, wanted):
-            print(f"writing {tensorpack_file} with tensorpack's LMDBSerializer ...")
-            marker.unlink(missing_ok=True)
-            _write_tensorpack(base_reader, tensorpack_file)
-            marker.write_text(wanted)
+        _made_once(
+            tensorpack_file,
+            _fingerprint(base_reader),
+            f"writing {tensorpack_file} with tensorpack's LMDBSerializer",
+            partial(_write_tensorpack, base_reader, tensorpack_file),
+        )
         base_reader.close()
     # Closed, so that no mapping of a store in this process keeps its pages cached (--cold).
     source.close()
@@ -121,13 +121,25 @@ def _fingerprint(reader: Reader) -> str:
     return f"{reader.path.resolve()} {m.format} {m.num_records} {m.total_bytes} {made}"
 
 
+def _made_once(dst: Path, wanted: str, what: str, make: Callable[[], Any]) -> None:
+    """``make()`` the store ``dst`` (saying ``what`` it does), unless an earlier run made it
+    from the source ``wanted`` names: the marker beside it says so, and it opens."""
+    marker = dst.with_suffix(".source")
+    if _reusable(dst, marker, wanted):
+        return
+    print(f"{what} ...")
+    marker.unlink(missing_ok=True)
+    make()
+    marker.write_text(wanted)
+
+
 def _reusable(dst: Path, marker: Path, wanted: str) -> bool:
     """Whether ``dst``, converted earlier, holds what converting now would give."""
     if not marker.is_file() or marker.read_text() != wanted:
         return False
     try:
         open_store(dst).close()
-    except SeqstoreError:  # a conversion that did not finish
+    except SeqstoreError:  # a conversion that did not finish, or no store there
         return False
     return True
 
