@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -28,7 +29,7 @@ from seqstore.errors import (
     RemoteError,
     StoreExistsError,
 )
-from seqstore.manifest import MANIFEST_NAME
+from seqstore.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from seqstore.records import Record
 from seqstore.remote import Remote, ShardCache, direct, open_remote
 from seqstore.remote.hdf5 import RemoteHDF5Reader
@@ -351,6 +352,26 @@ def test_a_reader_looks_its_data_file_up_once_and_again_when_it_reopens(
     s3_server.filesystem().pipe_file(f"{bucket}/train.h5/data.h5", bytes(data))
     with pytest.raises(CorruptStoreError, match="replaced after this reader opened it"):
         reader.read_block(0, 5)
+
+
+@pytest.mark.parametrize("where", ["local", "local sharded", "s3"])
+def test_a_store_of_another_layout_version_is_refused(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path, where: str
+) -> None:
+    store = tmp_path / "store"
+    if where == "local sharded":
+        convert(stores["images"], store, format="hdf5", shard_mb=0.05, progress=False)
+    else:
+        shutil.copytree(stores["hdf5"], store)
+    manifest = read_manifest(store)
+    write_manifest(store, manifest.model_copy(update={"format_version": 99}))
+    options: dict[str, Any] = {}
+    location = str(store)
+    if where == "s3":
+        location = _upload(s3_server, store, f"s3://{bucket}/new.h5")
+        options = {"storage_options": s3_server.storage_options()}
+    with pytest.raises(NotAStoreError, match="hdf5 layout version 99 .* reads version 2"):
+        seqstore.open(location, **options)
 
 
 def test_lmdb_needs_the_cache(

@@ -23,12 +23,31 @@ from ..errors import ConfigError, CorruptStoreError, NotAStoreError
 from ..manifest import Manifest
 from ..records import Record
 
-__all__ = ["Reader", "is_local"]
+__all__ = ["Reader", "check_layout", "is_local"]
 
 
 def is_local(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a local file or directory rather than a URL."""
     return "://" not in os.fspath(location)
+
+
+def check_layout(
+    manifest: Manifest, where: str | os.PathLike[str], versions: Sequence[int]
+) -> None:
+    """Refuse the store at ``where`` unless its manifest's layout version is one of
+    ``versions`` (those its reader knows).
+
+    Raises
+    ------
+    NotAStoreError
+        Another layout: written by a seqstore older or newer than this one.
+    """
+    if manifest.format_version not in versions:
+        raise NotAStoreError(
+            f"store '{where}' has {manifest.format} layout version {manifest.format_version} "
+            f"(written by seqstore {manifest.provenance.seqstore_version}); this seqstore "
+            f"reads version {', '.join(map(str, versions))}: convert the source again"
+        )
 
 
 class Reader(ABC):
@@ -197,12 +216,7 @@ class Reader(ABC):
         """Refuse a store whose layout is unknown or whose data files are not the size its
         manifest records: mapping a truncated file would crash the process (SIGBUS)."""
         m = self.manifest
-        if m.format_version not in self.layout_versions:
-            raise NotAStoreError(
-                f"store '{self.path}' has {m.format} layout version {m.format_version} (written "
-                f"by seqstore {m.provenance.seqstore_version}); this seqstore reads version "
-                f"{', '.join(map(str, self.layout_versions))}: convert the source again"
-            )
+        check_layout(m, self.path, self.layout_versions)
         for name, size in m.data_files.items():
             try:
                 actual = (self.path / name).stat().st_size

@@ -46,7 +46,7 @@ from ..manifest import (
 )
 from ..records import Record
 from .base import Backend
-from .reader import Reader, is_local
+from .reader import Reader, check_layout, is_local
 from .staging import read_store_manifest
 from .writer import Writer
 
@@ -128,13 +128,7 @@ class ShardedReader(Reader):
 
             backend = get_backend(backend or m.format)
         self.backend = backend
-        if m.format_version not in backend.reader_cls.layout_versions:
-            raise NotAStoreError(
-                f"store '{self._where}' has {m.format} layout version {m.format_version} (written "
-                f"by seqstore {m.provenance.seqstore_version}); this seqstore reads version "
-                f"{', '.join(map(str, backend.reader_cls.layout_versions))}: convert the "
-                "source again"
-            )
+        check_layout(m, self._where, backend.reader_cls.layout_versions)
         self._options = options
         self._bounds = np.array([0, *(s.stop for s in m.shards)], np.int64)
         self._readers: dict[int, Reader] = {}

@@ -36,8 +36,8 @@ import numpy as np
 from ..backends.handles import ProcessLocal
 from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, cut_records
 from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO, cut_joined
-from ..backends.reader import Reader
-from ..errors import CorruptStoreError, NotAStoreError, SeqstoreError
+from ..backends.reader import Reader, check_layout
+from ..errors import CorruptStoreError, SeqstoreError
 from ..manifest import Manifest
 from ..records import Record
 from .cache import ShardCache, cache_key
@@ -103,11 +103,7 @@ class RemoteHDF5Reader(Reader):
         self.remote = remote
         self.cache = cache
         self._manifest = manifest
-        if manifest.format_version not in self.layout_versions:
-            raise NotAStoreError(
-                f"store '{location}' has hdf5 layout version {manifest.format_version}; this "
-                f"seqstore reads version {self.layout_versions[0]}: convert the source again"
-            )
+        check_layout(manifest, location, self.layout_versions)
         self.data_url = remote.join(DATA_FILE)
         self.data_size = manifest.data_files.get(DATA_FILE, -1)
         self.version = self._check_data()
