@@ -399,6 +399,14 @@ def test_local_paths_take_no_storage_options(stores: dict[str, Path]) -> None:
         seqstore.open(stores["hdf5"], cache_dir="/tmp/x")
 
 
+def test_an_option_the_remote_reader_does_not_take_is_one_line(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    with pytest.raises(ConfigError, match=r"the hdf5 reader of '.*' takes no option 'labels'"):
+        seqstore.open(url, storage_options=s3_server.storage_options(), labels="x.txt")
+
+
 def test_convert_uploads_a_whole_store(
     s3_server: S3Server,
     stores: dict[str, Path],

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -23,12 +24,26 @@ from ..errors import ConfigError, CorruptStoreError, NotAStoreError
 from ..manifest import Manifest
 from ..records import Record
 
-__all__ = ["Reader", "check_layout", "is_local"]
+__all__ = ["Reader", "check_layout", "is_local", "options_taken"]
 
 
 def is_local(location: str | os.PathLike[str]) -> bool:
     """Whether ``location`` names a local file or directory rather than a URL."""
     return "://" not in os.fspath(location)
+
+
+@contextmanager
+def options_taken(reader: str, options: dict[str, Any], hint: str = "") -> Iterator[None]:
+    """Around making a reader with ``options``: an option its constructor does not take
+    becomes one :class:`~seqstore.errors.ConfigError` naming ``reader`` (and ``hint``)."""
+    try:
+        yield
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ConfigError(
+            f"{reader} takes no option {', '.join(repr(k) for k in options)}{hint}"
+        ) from None
 
 
 def check_layout(

@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
 from ..manifest import MANIFEST_NAME, is_store, read_manifest
 from .base import Backend, Reader
-from .reader import is_local
+from .reader import is_local, options_taken
 from .staging import read_store_manifest
 
 __all__ = [
@@ -262,13 +262,6 @@ def open_store(
 
 
 def _open(backend: type[Backend], path: Path, options: dict[str, Any]) -> Reader:
-    try:
+    hint = " (options like --labels are for image folders)"
+    with options_taken(f"the {backend.name} reader of '{path}'", options, hint):
         return backend.open_reader(path, **options)
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise ConfigError(
-            f"the {backend.name} reader of '{path}' takes no option "
-            f"{', '.join(repr(k) for k in options)} (options like --labels are for image "
-            "folders)"
-        ) from None

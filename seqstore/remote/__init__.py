@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..backends.reader import Reader
+from ..backends.reader import Reader, options_taken
 from ..backends.sharded import shard_name
 from ..errors import ConfigError, NotAStoreError, PartialStoreError
 from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
@@ -179,7 +179,7 @@ def format_reader(
         An option the format's reader does not take, or a format not read from URLs.
     """
     url = remote.url
-    try:
+    with options_taken(f"the {manifest.format} reader of '{url}'", options):
         if manifest.format == "hdf5":
             from .hdf5 import RemoteHDF5Reader
 
@@ -190,13 +190,6 @@ def format_reader(
             return RemoteLMDBReader(
                 url, remote=remote, manifest=manifest, manifest_bytes=raw, cache=cache, **options
             )
-    except TypeError as exc:
-        if "unexpected keyword argument" not in str(exc):
-            raise
-        raise ConfigError(
-            f"the {manifest.format} reader of '{url}' takes no option "
-            f"{', '.join(repr(k) for k in options)}"
-        ) from None
     raise ConfigError(
         f"'{url}' is a {manifest.format} store, which seqstore cannot read from a URL; "
         "convert it to hdf5 (seqstore convert SRC URL --format hdf5)"
