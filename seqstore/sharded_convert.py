@@ -282,14 +282,10 @@ def _write_shards(
         desc=f"convert -> {job.plan.config.format}, {len(mine)} shards{who}",
     ) as bar:
         if workers == 0:
-            _jobs[os.getpid()] = job
             out = []
-            try:
-                for i in mine:
-                    out.append(_write_shard(i, bar.update))
-                    finished(i)
-            finally:
-                del _jobs[os.getpid()]
+            for i in mine:
+                out.append(_write_shard(job, i, bar.update))
+                finished(i)
             return out
         return _in_processes(job, mine, workers, bar.update, finished)
 
@@ -300,13 +296,8 @@ def _call_with_directory(
     return lambda index: on_shard(job.directory / shard_name(index))
 
 
-# The job of this process (keyed by pid: a forked child never uses its parent's entry).
-_jobs: dict[int, ShardJob] = {}
-
-
-def _write_shard(index: int, progress: Callable[[int], object]) -> _ShardDone:
-    """Write shard ``index`` of this process's job with the format's ordinary writer."""
-    job = _jobs[os.getpid()]
+def _write_shard(job: ShardJob, index: int, progress: Callable[[int], object]) -> _ShardDone:
+    """Write shard ``index`` of ``job`` with the format's ordinary writer."""
     plan = job.plan
     cfg = plan.config
     writer = open_shard_writer(
@@ -390,7 +381,6 @@ def _in_processes(
 
 def _shard_process(job: ShardJob, tasks: Any, results: Any, counter: Any, parent: int) -> None:
     _die_with(parent)
-    _jobs[os.getpid()] = job
 
     def progress(records: int) -> None:
         with counter.get_lock():
@@ -398,7 +388,7 @@ def _shard_process(job: ShardJob, tasks: Any, results: Any, counter: Any, parent
 
     while (index := tasks.get()) is not None:
         try:
-            results.put(("done", _write_shard(index, progress)))
+            results.put(("done", _write_shard(job, index, progress)))
         except BaseException as exc:
             results.put(("error", _picklable(exc)))
             return
