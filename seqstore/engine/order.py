@@ -23,7 +23,9 @@ Only the last batch of a rank can be short (without ``drop_last``), and it is th
 batch of the worker that owns it.
 
 A worker's plan costs time and memory in proportion to its own share, never to the store:
-no structure over every block is built. Up to :data:`TABLE_LIMIT` blocks the permutation
+no structure over every block is built, but in an epoch resumed on another shape, whose
+:class:`Subsequence` counts the records kept in every block (an array per block, built by
+each worker). Up to :data:`TABLE_LIMIT` blocks the permutation
 is numpy's (a table of at most 32 MB); beyond, a keyed Feistel network over the block
 numbers, evaluated only at the positions a worker reads, and everything else is closed
 form. Spans are ``(k, 2)`` int64 arrays of ``[start, stop)`` storage ranges.
