@@ -144,8 +144,9 @@ class LoaderConfig(BaseModel):
         folder), or the Tiny-ImageNet / ILSVRC val layout ``path/val/images`` +
         ``path/val/val_annotations.txt`` mapped onto ``path/train``'s classes.
     reader_options : dict
-        Passed to the backend's reader (for example ``labels`` and ``classes`` of a flat val
-        folder).
+        Passed to the backend's reader: for example ``labels`` and ``classes`` of a flat val
+        folder, or ``direct_io`` of LMDB and HDF5 stores (read blocks that are not in the
+        page cache with ``O_DIRECT``; by default when the store is larger than memory).
     transform : str, Pipeline, callable or None
         ``"imagenet_train"`` (RandomResizedCrop + flip), ``"imagenet_val"`` (Resize +
         CenterCrop), ``"decode"`` (decoded images of their own sizes, delivered as a list of

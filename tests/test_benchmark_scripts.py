@@ -231,7 +231,12 @@ def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) ->
     if p.stdout.startswith("skipped: "):  # not root, or no cgroup block-I/O controller
         assert len(p.stdout.splitlines()) == 1
         return
-    row = next(line for line in p.stdout.splitlines() if line.startswith("| seqstore lmdb"))
-    cold, warm = (float(cell) for cell in row.split("|")[2:4])
-    assert cold > 0 and warm > 0
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| seqstore lmdb")]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "seqstore lmdb, O_DIRECT",
+        "seqstore lmdb, page cache",
+    ]
+    for row in rows:
+        cold, warm = (float(cell) for cell in row.split("|")[2:4])
+        assert cold > 0 and warm > 0
     assert not list(Path("/sys/fs/cgroup/blkio").glob("seqstore-hdd-*"))

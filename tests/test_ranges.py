@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 import seqstore
-from seqstore.backends.ranges import FileRanges, coalesce
+from seqstore.backends.ranges import SMALL, FileRanges, coalesce, direct_io_default
 from seqstore.convert import convert
 from seqstore.errors import CorruptStoreError
 from seqstore.testing import make_image_folder
@@ -95,3 +97,160 @@ def test_hdf5_block_is_one_pread_not_one_read_per_chunk(
     # The whole store spans more than one 1 MB chunk: still one read for the images, one for keys.
     assert sum(r.nbytes for r in records) > 1 << 20
     assert len(reads) == 2
+
+
+# -- direct reads ---------------------------------------------------------------------------
+
+needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="O_DIRECT and mincore are Linux's")
+
+
+def _evict(*files: Path) -> None:
+    """Drop ``files`` from the page cache, or skip where the file system keeps files in
+    memory (tmpfs), where nothing can be read uncached."""
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        if FileRanges(file).cached(0, file.stat().st_size):
+            pytest.skip(f"the file system of '{file}' keeps it in memory")
+
+
+def _takes_o_direct(file: Path) -> bool:
+    try:
+        os.close(os.open(file, os.O_RDONLY | os.O_DIRECT))
+    except OSError:
+        return False
+    return True
+
+
+class _Spy:
+    """Counts the calls of a FileRanges method and the ranges they read."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.calls: list[tuple[int, int]] = []
+        method = getattr(FileRanges, name)
+
+        def spy(ranges: FileRanges, offset: int, length: int) -> Any:
+            self.calls.append((offset, length))
+            return method(ranges, offset, length)
+
+        monkeypatch.setattr(FileRanges, name, spy)
+
+
+@needs_linux
+def test_direct_reads_uncached_bytes_around_the_page_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(3 << 20)
+    file = tmp_path / "f"
+    file.write_bytes(data)
+    _evict(file)
+    uncached = _Spy(monkeypatch, "read_uncached")
+    ranges = FileRanges(file, direct=True)
+    assert not ranges.cached(1000, 1 << 20)
+    # Unaligned on both ends, and the tail of the file.
+    tail = SMALL + 77
+    assert bytes(ranges.read_run(1000, 1 << 20)) == data[1000 : 1000 + (1 << 20)]
+    assert bytes(ranges.read_run(len(data) - tail, tail)) == data[-tail:]
+    assert uncached.calls == [(1000, 1 << 20), (len(data) - tail, tail)]
+    if _takes_o_direct(file):
+        assert not ranges.cached(1000, 1 << 20), "the direct read filled the page cache"
+    with pytest.raises(CorruptStoreError, match="ends at byte"):
+        ranges.read_uncached(len(data) - 77, 78)
+    # A small run is read through the cache, and so is what is cached.
+    assert bytes(ranges.read_run(2 << 20, SMALL)) == data[2 << 20 : (2 << 20) + SMALL]
+    assert ranges.cached(2 << 20, SMALL)
+    ranges.read(0, len(data))
+    assert ranges.cached(0, len(data))
+    assert bytes(ranges.read_run(5, 1 << 20)) == data[5 : 5 + (1 << 20)]
+    assert len(uncached.calls) == 3
+    # Without direct, never around the cache.
+    _evict(file)
+    assert bytes(FileRanges(file).read_run(1000, 10)) == data[1000:1010]
+    assert len(uncached.calls) == 3
+
+
+@pytest.fixture(scope="module")
+def mixed_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Stores of photos of 48 to 400 px with a few 8 px ones among them, whose values are
+    small enough for an LMDB leaf."""
+    tmp = tmp_path_factory.mktemp("direct")
+    src = make_image_folder(tmp / "images", classes=3, per_class=30, max_side=400)
+    for k, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
+        Image.new("RGB", (8, 8), (40 * k, 90, 200)).save(folder / "tiny.jpg", quality=90)
+    out = {}
+    for fmt in ("lmdb", "hdf5"):
+        out[fmt] = tmp / f"store.{fmt}"
+        convert(src, out[fmt], format=fmt, progress=False)
+    return out
+
+
+@needs_linux
+@pytest.mark.parametrize("fmt", ["lmdb", "hdf5"])
+def test_direct_io_reads_an_uncached_block_in_one_read_and_a_cached_one_from_the_cache(
+    mixed_stores: dict[str, Path], fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = mixed_stores[fmt]
+    data = store / {"lmdb": "data.mdb", "hdf5": "data.h5"}[fmt]
+    expected = seqstore.open(store, direct_io=False).read_block(0, len(seqstore.open(store)))
+    reader = seqstore.open(store, direct_io=True)
+    n = len(reader)
+    reader.labels()  # what a loader reads at open, before its blocks
+    _evict(data)
+    uncached, primed = _Spy(monkeypatch, "read_uncached"), _Spy(monkeypatch, "prime")
+    blocks = [(lo, min(lo + 25, n)) for lo in range(0, n, 25)]
+    records = [r for lo, hi in reversed(blocks) for r in reader.read_block(lo, hi)]
+    got = sorted(records, key=lambda r: r.key)
+    assert got == sorted(expected, key=lambda r: r.key)
+    assert all(r.verify() for r in records)
+    # LMDB's small values live in its leaves, and are read from there.
+    if fmt == "lmdb":
+        assert sum(r.nbytes < 1000 for r in records) == 3
+    # One read around the cache per block (HDF5's keys are a small run, read through it).
+    assert len(uncached.calls) == len(blocks)
+    assert primed.calls == []
+    if _takes_o_direct(data):
+        assert not any(FileRanges(data).cached(*call) for call in uncached.calls)
+    # Cached: no read around the cache.
+    with data.open("rb") as f:
+        f.read()
+    assert reader.read_block(0, n) == expected
+    assert len(uncached.calls) == len(blocks)
+
+
+def test_direct_io_default_is_for_stores_larger_than_memory() -> None:
+    assert not direct_io_default(1 << 30)
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert direct_io_default(memory + 1) == (sys.platform == "linux")
+
+
+def test_sharded_store_decides_direct_io_by_its_whole_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = make_image_folder(tmp_path / "images", classes=2, per_class=20, max_side=200)
+    store = tmp_path / "store.lmdb"
+    convert(src, store, format="lmdb", shard_mb=0.1, progress=False)
+    asked: list[int] = []
+
+    def default(size: int) -> bool:
+        asked.append(size)
+        return True
+
+    monkeypatch.setattr("seqstore.backends.sharded.direct_io_default", default)
+    reader = seqstore.open(store)
+    assert len(reader.manifest.shards or []) > 1
+    records = reader.read_block(0, len(reader))
+    assert all(r.verify() for r in records)
+    assert set(asked) == {reader.manifest.total_bytes}
+    shards = _shard_readers(reader)
+    assert shards and all(s._ranges.direct for s in shards)
+    # Told, it is not overridden.
+    assert not any(s._ranges.direct for s in _shard_readers(seqstore.open(store, direct_io=False)))
+
+
+def _shard_readers(reader: Any) -> list[Any]:
+    reader.read_block(0, len(reader))
+    return list(reader._readers.values())

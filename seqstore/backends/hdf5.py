@@ -40,7 +40,7 @@ from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
 from .base import Backend
 from .handles import ProcessLocal
-from .ranges import FileRanges, cut_joined
+from .ranges import FileRanges, cut_joined, direct_io_default
 from .reader import Reader
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
@@ -73,17 +73,24 @@ class HDF5Reader(Reader):
     ----------
     location
         The store directory.
+    direct_io
+        Read a block that is not in the page cache with ``O_DIRECT``, in one request per
+        4 MB (see :mod:`seqstore.backends.ranges`). Default: when the store is larger than
+        this machine's memory.
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
+    def __init__(self, location: str | os.PathLike[str], *, direct_io: bool | None = None) -> None:
         super().__init__(location)
         self._manifest = read_store_manifest(self.path)
         self._check_files()
         self._file: ProcessLocal[h5py.File] = ProcessLocal(_close_file)
         self._index: ProcessLocal[dict[str, np.ndarray]] = ProcessLocal()
-        self._ranges = FileRanges(self.path / DATA_FILE)
+        data = self.path / DATA_FILE
+        if direct_io is None:
+            direct_io = direct_io_default(data.stat().st_size)
+        self._ranges = FileRanges(data, direct=direct_io)
         self._chunks: ProcessLocal[dict[str, tuple[int, np.ndarray] | None]] = ProcessLocal()
 
     @property

@@ -37,7 +37,7 @@ from ..records import Record, encode_key
 from .base import Backend
 from .handles import ProcessLocal
 from .lmdb_env import DATA_FILE, SharedEnvReader
-from .ranges import GAP, FileRanges
+from .ranges import GAP, FileRanges, direct_io_default
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
 
@@ -64,16 +64,19 @@ def _encode(record: Record) -> bytes:
 # halves), flags and key size, then the key, then the value, or for a value too big for the
 # leaf (F_BIGDATA) the number of its first overflow page.
 _PAGE_FLAGS = struct.Struct("<QHH")  # page number, padding, flags
+_PAGE_BOUNDS = struct.Struct("<HH")  # at byte 12: the end of the node offsets, of free space
 _NODE = struct.Struct("<HHHH")  # size low, size high, flags, key size
-_P_LEAF, _F_BIGDATA, _PAGE_HEADER = 0x02, 0x01, 16
+_P_BRANCH, _P_LEAF, _F_BIGDATA, _PAGE_HEADER = 0x01, 0x02, 0x01, 16
+_META_ROOT = struct.Struct("<QQQ")  # at byte 128 of a meta page: main root, last page, txn id
 
 
-def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int] | None:
-    """Where record ``index``'s value lies in the data file, ``(start, end)``, read from its
-    leaf node without touching the value's own pages; None if the node is not as expected.
+def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int, bool] | None:
+    """Where record ``index``'s value lies in the data file, ``(start, end, whole)``, read
+    from its leaf node without touching the value's own pages; None if the node is not as
+    expected.
 
-    A value on overflow pages lies from its first page on; one kept in the leaf is counted
-    as its whole leaf page.
+    A value on overflow pages lies from its first page on (``whole``: the extent is exactly
+    the value); one kept in the leaf is counted as its whole leaf page.
     """
     key = _index_key(index)
     if not cursor.set_key(key):
@@ -86,10 +89,80 @@ def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int]
     if not page_flags & _P_LEAF or key_size != len(key) or node[_NODE.size : -8] != key:
         return None
     if not flags & _F_BIGDATA:
-        return pgno * psize, (pgno + 1) * psize
+        return pgno * psize, (pgno + 1) * psize, False
     overflow = struct.unpack_from("<Q", node, _NODE.size + len(key))[0]
     start = overflow * psize + _PAGE_HEADER
-    return start, start + (low | high << 16)
+    return start, start + (low | high << 16), True
+
+
+class _Tree:
+    """The main B-tree of an LMDB file mapped at ``address``, read page by page from the map
+    (LMDB's structures, see above): only branch and leaf pages are touched, never a value's
+    own pages, which py-lmdb's cursor does for the first page of each value it visits.
+
+    Every page number is checked against the file's ``size`` before its page is read.
+    """
+
+    def __init__(self, address: int, psize: int, size: int) -> None:
+        self.address, self.psize, self.pages = address, psize, size // psize
+        metas = [
+            _META_ROOT.unpack(ctypes.string_at(address + page * psize + 128, _META_ROOT.size))
+            for page in (0, 1)
+        ]
+        self.root = max(metas, key=lambda meta: meta[2])[0]
+
+    def _nodes(self, pgno: int) -> tuple[int, bytes, list[int]] | None:
+        if not 1 < pgno < self.pages:
+            return None
+        page = ctypes.string_at(self.address + pgno * self.psize, self.psize)
+        flags = _PAGE_FLAGS.unpack_from(page)[2]
+        lower = _PAGE_BOUNDS.unpack_from(page, 12)[0]
+        count = (lower - _PAGE_HEADER) // 2
+        return flags, page, list(struct.unpack_from(f"<{count}H", page, _PAGE_HEADER))
+
+    def leaf(self, key: bytes) -> list[tuple[bytes, tuple[int, int] | bytes]] | None:
+        """The records of the leaf page where ``key`` belongs, in key order: each key with
+        the file extent of its value on overflow pages, or the value itself if it lives in
+        the leaf. None if a page is not as expected."""
+        pgno = self.root
+        for _ in range(64):  # deeper than any real tree: a loop in damaged pages
+            found = self._nodes(pgno)
+            if found is None:
+                return None
+            flags, page, offsets = found
+            if flags & _P_LEAF:
+                return self._leaf(page, offsets)
+            if not flags & _P_BRANCH or not offsets:
+                return None
+            # The last child whose separator is <= key; the first child has none.
+            child = 0
+            for i in range(1, len(offsets)):
+                size = _NODE.unpack_from(page, offsets[i])[3]
+                start = offsets[i] + _NODE.size
+                if page[start : start + size] > key:
+                    break
+                child = i
+            low, high, top, _ = _NODE.unpack_from(page, offsets[child])
+            pgno = low | high << 16 | top << 32
+        return None
+
+    def _leaf(
+        self, page: bytes, offsets: list[int]
+    ) -> list[tuple[bytes, tuple[int, int] | bytes]] | None:
+        out: list[tuple[bytes, tuple[int, int] | bytes]] = []
+        for offset in offsets:
+            low, high, flags, key_size = _NODE.unpack_from(page, offset)
+            start = offset + _NODE.size
+            key, size = page[start : start + key_size], low | high << 16
+            if flags & _F_BIGDATA:
+                overflow = struct.unpack_from("<Q", page, start + key_size)[0]
+                begin = overflow * self.psize + _PAGE_HEADER
+                if overflow >= self.pages or begin + size > self.pages * self.psize:
+                    return None
+                out.append((key, (begin, begin + size)))
+            else:
+                out.append((key, page[start + key_size : start + key_size + size]))
+        return out
 
 
 def _decode(value: memoryview | bytes) -> Record:
@@ -112,16 +185,29 @@ class LMDBReader(SharedEnvReader):
         is only ever a page of the B-tree, for which reading megabytes around it (the
         kernel's default) is waste; on by default elsewhere, where blocks are read
         through the map alone.
+    direct_io
+        Read a block that is not in the page cache with ``O_DIRECT``, in one request per
+        4 MB, and cut its records from that read (see :mod:`seqstore.backends.ranges`).
+        Default: when the store is larger than this machine's memory.
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
 
-    def __init__(self, location: str | os.PathLike[str], *, readahead: bool | None = None) -> None:
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        readahead: bool | None = None,
+        direct_io: bool | None = None,
+    ) -> None:
         super().__init__(location)
         self.readahead = sys.platform != "linux" if readahead is None else readahead
         self._manifest = read_store_manifest(self.path)
         self._check_files()
-        self._ranges = FileRanges(self.path / DATA_FILE)
+        data = self.path / DATA_FILE
+        if direct_io is None:
+            direct_io = direct_io_default(data.stat().st_size)
+        self._ranges = FileRanges(data, direct=direct_io)
         self._page_size: ProcessLocal[int] = ProcessLocal()
 
     @property
@@ -152,10 +238,60 @@ class LMDBReader(SharedEnvReader):
         if first is None or last is None:
             return
         lo, hi = first[0], last[1]
-        # A sanity bound: never more than a few times what the records are expected to take.
-        expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
-        if 0 < hi - lo <= expected:
+        if self._plausible(start, stop, hi - lo):
             self._ranges.prime(lo, hi - lo)
+
+    def _plausible(self, start: int, stop: int, extent: int) -> bool:
+        """Whether records ``start`` to ``stop - 1`` may really span ``extent`` bytes: never
+        more than a few times what they are expected to take."""
+        expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
+        return 0 < extent <= expected
+
+    def _read_direct(self, cursor: lmdb.Cursor, start: int, stop: int) -> list[Record] | None:
+        """Records ``start`` to ``stop - 1`` cut from one ``O_DIRECT`` read of the extent of
+        their overflow pages; None when that extent is already in the page cache, or is not
+        plausible, or the leaves are not as expected, for the memory map to read them.
+
+        The leaf pages that locate the values are read through the map (:class:`_Tree`),
+        a page at a time; there is one per hundred-odd records, and they stay cached. A
+        value small enough to live in its leaf is read from there.
+        """
+        address = self._map_address(cursor)
+        if address is None:
+            return None
+        tree = _Tree(address, self._psize, self._ranges.size)
+        values: list[tuple[int, int] | bytes] = []
+        while len(values) < stop - start:
+            want = _index_key(start + len(values))
+            leaf = tree.leaf(want)
+            keys = [key for key, _ in leaf or ()]
+            if want not in keys:
+                return None
+            for key, value in leaf[keys.index(want) :]:  # type: ignore[index]
+                if len(values) == stop - start or key != _index_key(start + len(values)):
+                    break
+                values.append(value)
+        big = [value for value in values if isinstance(value, tuple)]
+        if not big:
+            return None
+        # Values lie in key order, but LMDB may have put one in pages freed earlier.
+        lo, hi = min(begin for begin, _ in big), max(end for _, end in big)
+        if not self._plausible(start, stop, hi - lo) or self._ranges.cached(lo, hi - lo):
+            return None
+        data = self._ranges.read_uncached(lo, hi - lo)
+        return [
+            _decode(data[value[0] - lo : value[1] - lo] if isinstance(value, tuple) else value)
+            for value in values
+        ]
+
+    def _map_address(self, cursor: lmdb.Cursor) -> int | None:
+        """Where the environment's map of the file starts: found from a key in it, the
+        index's (whose value, read at open, is cached), less its page's offset."""
+        if not cursor.set_key(_LABELS_KEY):
+            return None
+        address = int(np.frombuffer(cursor.key(), np.uint8).ctypes.data)
+        page = address - address % self._psize
+        return page - _PAGE_FLAGS.unpack(ctypes.string_at(page, _PAGE_FLAGS.size))[0] * self._psize
 
     @property
     def _psize(self) -> int:
@@ -170,6 +306,10 @@ class LMDBReader(SharedEnvReader):
         try:
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
+                if self._ranges.direct:
+                    direct = self._read_direct(cursor, start, stop)
+                    if direct is not None:
+                        return direct
                 if not self.readahead:  # else the kernel reads around each fault instead
                     self._prime(cursor, start, stop)
                 if not cursor.set_key(_index_key(start)):

@@ -7,6 +7,14 @@ chunk; each is an I/O of its own once the page cache is cold. The readers find t
 extents a block occupies in its file and read them here: extents that lie close together
 are joined into one run, and each run is one ``pread``.
 
+A store larger than memory cannot stay in the page cache from one epoch to the next, and on
+such a device even a large buffered read is several requests: the page cache's pages are
+scattered in memory, and a request holds a limited number of pieces (on a virtio disk, 254
+pages: at most 1 MB). :class:`FileRanges` with ``direct=True`` reads what is not cached with
+``O_DIRECT`` into a buffer of huge pages instead: one request per 4 MB, and no page cache
+filled with data that would be evicted before it is read again. What is cached is read from
+the cache either way.
+
 :class:`ByteRanges` is that interface: :class:`FileRanges` is its local file, and
 :class:`seqstore.remote.RemoteFile` an object in object storage (each run one ranged GET).
 :class:`RangeFileIO` makes any of them a read-only file object, for libraries that want
@@ -16,17 +24,31 @@ one (h5py's ``fileobj`` driver).
 from __future__ import annotations
 
 import bisect
+import ctypes
 import io
+import mmap
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from ..errors import CorruptStoreError
 from .handles import ProcessLocal
 
-__all__ = ["GAP", "ByteRanges", "FileRanges", "RangeFileIO", "coalesce"]
+__all__ = [
+    "GAP",
+    "SMALL",
+    "ByteRanges",
+    "FileRanges",
+    "RangeFileIO",
+    "aligned_buffer",
+    "coalesce",
+    "direct_io_default",
+]
 
 #: Extents less than this far apart are read as one run: on a disk, reading the gap costs
 #: less than the seek a second read would.
@@ -35,7 +57,43 @@ GAP = 1 << 20
 # the buffer stays small however large the extent.
 _SCRATCH = 8 << 20
 
+# O_DIRECT reads start and end on this boundary (the largest logical block size in use),
+# into memory aligned to it.
+_ALIGN = 4096
+# A huge page: direct reads go into buffers aligned to it, so that the kernel can back them
+# with huge pages (physically contiguous: a 4 MB read is one device request, not several).
+_HUGE = 2 << 20
+
+#: Runs of at most this many bytes are read through the page cache even by a ``direct``
+#: :class:`FileRanges`.
+SMALL = 256 << 10
+
 Extent = tuple[int, int]  # (offset, length)
+
+
+def direct_io_default(data_bytes: int) -> bool:
+    """Whether a store of ``data_bytes`` is read with ``O_DIRECT`` when its reader is not
+    told: on Linux, when the data is larger than this machine's memory, so that the page
+    cache could not keep it from one epoch to the next anyway."""
+    if sys.platform != "linux":
+        return False
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return data_bytes > memory
+
+
+def aligned_buffer(length: int) -> memoryview:
+    """A writable, zero-filled buffer of ``length`` bytes at a huge-page-aligned address,
+    backed by huge pages where the kernel allows (transparent huge pages on ``madvise``
+    or ``always``): the memory an ``O_DIRECT`` read goes into. It is freed with the last
+    view of it."""
+    region = mmap.mmap(-1, length + _HUGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    skip = -ctypes.addressof(ctypes.c_char.from_buffer(region)) % _HUGE
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE, skip, length + _HUGE - skip)
+        except OSError:  # no transparent huge pages: 4 KB pages, more requests per read
+            pass
+    return memoryview(region)[skip : skip + length]
 
 
 def coalesce(extents: Sequence[Extent], gap: int = GAP) -> list[Extent]:
@@ -65,7 +123,9 @@ def coalesce(extents: Sequence[Extent], gap: int = GAP) -> list[Extent]:
 
 
 def split_runs(
-    extents: Sequence[Extent], runs: Sequence[Extent], datas: Sequence[bytes | bytearray]
+    extents: Sequence[Extent],
+    runs: Sequence[Extent],
+    datas: Sequence[bytes | bytearray | memoryview],
 ) -> list[memoryview]:
     """The bytes of each extent, in the order given, as views of the bytes ``datas`` of
     the runs (:func:`coalesce`'s) that hold them: no copies. An empty extent, which no run
@@ -118,6 +178,18 @@ def _close_fd(fd: int) -> None:
     os.close(fd)
 
 
+def _close_optional_fd(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)
+
+
+def _close_map(value: tuple[mmap.mmap, int, int]) -> None:
+    value[0].close()
+
+
+_mincore = ctypes.CDLL(None, use_errno=True).mincore if sys.platform == "linux" else None
+
+
 class FileRanges:
     """Byte ranges of one local file, read with ``pread`` on a descriptor opened once per
     process (lazily, so the object can be handed to worker processes).
@@ -126,17 +198,91 @@ class FileRanges:
     ----------
     path
         The file.
+    direct
+        Read runs that are not all in the page cache with ``O_DIRECT`` (see the module's
+        notes); where the file system refuses ``O_DIRECT``, read through the cache.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, direct: bool = False) -> None:
         self.path = path
+        self.direct = direct
         self._fd: ProcessLocal[int] = ProcessLocal(_close_fd)
+        self._direct_fd: ProcessLocal[int | None] = ProcessLocal(_close_optional_fd)
+        self._map: ProcessLocal[tuple[mmap.mmap, int, int]] = ProcessLocal(_close_map)
         self._scratch: ProcessLocal[bytearray] = ProcessLocal()
 
     @property
     def fd(self) -> int:
         """This process's descriptor of the file."""
         return self._fd.get(lambda: os.open(self.path, os.O_RDONLY))
+
+    def _open_direct(self) -> int | None:
+        if not hasattr(os, "O_DIRECT"):
+            return None
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:  # EINVAL: a file system without O_DIRECT (tmpfs before Linux 6.6)
+            return None
+
+    def _open_map(self) -> tuple[mmap.mmap, int, int]:
+        size = os.fstat(self.fd).st_size
+        region = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        return region, int(np.frombuffer(region, np.uint8).ctypes.data), size
+
+    @property
+    def size(self) -> int:
+        """The file's size, as this process first saw it."""
+        return self._map.get(self._open_map)[2]
+
+    def cached(self, offset: int, length: int) -> bool:
+        """Whether bytes ``offset`` to ``offset + length - 1`` are all in the page cache
+        (``mincore`` on a map of the file, which reads nothing). True where that cannot be
+        told (not Linux), so that such a range is read through the cache."""
+        if _mincore is None or length <= 0:
+            return True
+        _, address, size = self._map.get(self._open_map)
+        lo = offset - offset % mmap.PAGESIZE
+        hi = min(offset + length, size)
+        if hi <= lo:
+            return True
+        pages = -(-(hi - lo) // mmap.PAGESIZE)
+        vector = bytearray(pages)  # one byte per page, bit 0: in memory
+        into = (ctypes.c_ubyte * pages).from_buffer(vector)
+        if _mincore(ctypes.c_void_p(address + lo), ctypes.c_size_t(hi - lo), into) != 0:
+            return False  # cannot tell: read as if not
+        del into
+        return bool((np.frombuffer(vector, np.uint8) & 1).all())
+
+    def read_uncached(self, offset: int, length: int) -> memoryview:
+        """``length`` bytes from ``offset``, read with ``O_DIRECT`` in one request per
+        4 MB where the file system allows, through the page cache otherwise.
+
+        Raises
+        ------
+        CorruptStoreError
+            The file ends first.
+        """
+        fd = self._direct_fd.get(self._open_direct)
+        if fd is None:
+            return memoryview(self.read(offset, length))
+        lo = offset - offset % _ALIGN
+        hi = -(-(offset + length) // _ALIGN) * _ALIGN
+        buffer = aligned_buffer(hi - lo)
+        done = 0
+        while done < hi - lo:
+            got = os.preadv(fd, [buffer[done:]], lo + done)
+            done += got
+            if got < _ALIGN or done % _ALIGN:  # the end of the file
+                break
+        if lo + done < offset + length:
+            self._ended(lo + done)
+        return buffer[offset - lo : offset - lo + length]
+
+    def _ended(self, at: int) -> None:
+        raise CorruptStoreError(
+            f"'{self.path}' ends at byte {at}, inside a block being read "
+            "(truncated?); re-create the store with seqstore convert"
+        )
 
     def read_into(self, offset: int, buffer: memoryview) -> None:
         """Fill ``buffer`` with the file's bytes from ``offset`` on.
@@ -150,10 +296,7 @@ class FileRanges:
         while done < len(buffer):
             got = os.preadv(self.fd, [buffer[done:]], offset + done)
             if got == 0:
-                raise CorruptStoreError(
-                    f"'{self.path}' ends at byte {offset + done}, inside a block being read "
-                    "(truncated?); re-create the store with seqstore convert"
-                )
+                self._ended(offset + done)
             done += got
 
     def read(self, offset: int, length: int) -> bytearray:
@@ -162,10 +305,20 @@ class FileRanges:
         self.read_into(offset, memoryview(out))
         return out
 
+    def read_run(self, offset: int, length: int) -> bytearray | memoryview:
+        """``length`` bytes from ``offset`` in one read: :meth:`read_uncached` if this
+        object reads ``direct``, they are not all cached and they are more than
+        :data:`SMALL` bytes, else :meth:`read`. A small run (the keys of an HDF5 block, say)
+        is index-like: worth keeping in the cache, and a small part of it."""
+        if self.direct and length > SMALL and not self.cached(offset, length):
+            return self.read_uncached(offset, length)
+        return self.read(offset, length)
+
     def read_extents(self, extents: Sequence[Extent], gap: int = GAP) -> list[memoryview]:
-        """The bytes of each extent, in the order given, read as :func:`coalesce`'s runs."""
+        """The bytes of each extent, in the order given, read as :func:`coalesce`'s runs
+        (each with :meth:`read_run`)."""
         runs = coalesce(extents, gap)
-        return split_runs(extents, runs, [self.read(offset, length) for offset, length in runs])
+        return split_runs(extents, runs, [self.read_run(offset, length) for offset, length in runs])
 
     def prime(self, offset: int, length: int) -> None:
         """Read the range into the page cache (and discard it), in large reads, so that
@@ -178,8 +331,10 @@ class FileRanges:
             offset += step
 
     def close(self) -> None:
-        """Close this process's descriptor."""
+        """Close this process's descriptors and map."""
+        self._map.close()
         self._fd.close()
+        self._direct_fd.close()
         self._scratch.close()
 
 

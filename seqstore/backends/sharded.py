@@ -26,6 +26,7 @@ a sharded store is whole or absent, and a killed conversion leaves finished shar
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 from collections import OrderedDict
@@ -46,6 +47,7 @@ from ..manifest import (
 )
 from ..records import Record
 from .base import Backend
+from .ranges import direct_io_default
 from .reader import Reader, check_layout, is_local
 from .staging import read_store_manifest
 from .writer import Writer
@@ -106,7 +108,9 @@ class ShardedReader(Reader):
     backend
         The backend of the shards (default: the manifest's format).
     **options
-        Passed to each shard's reader (for example ``readahead`` of LMDB).
+        Passed to each shard's reader (for example ``readahead`` of LMDB). A reader that
+        takes ``direct_io`` and is not given it gets the default for the whole store's size
+        (see :func:`~seqstore.backends.ranges.direct_io_default`), not its shard's.
     """
 
     def __init__(
@@ -212,7 +216,11 @@ class ShardedReader(Reader):
         NotAStoreError, PartialStoreError
             No finished store is there.
         """
-        return self.backend.reader_cls(where, **self._options)
+        options = self._options
+        takes = inspect.signature(self.backend.reader_cls).parameters
+        if "direct_io" in takes and "direct_io" not in options:
+            options = {**options, "direct_io": direct_io_default(self.manifest.total_bytes)}
+        return self.backend.reader_cls(where, **options)
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited

@@ -220,7 +220,8 @@ def measure(
     cfg : BenchConfig
         Batch size, workers, transform, ``min_seconds`` and ``cold``.
     extra : dict, optional
-        ``dtype`` and ``verify`` for ``"seqstore"``; ``cache`` for ``"tensorpack"``.
+        ``dtype``, ``verify`` and ``reader_options`` for ``"seqstore"``; ``cache`` for
+        ``"tensorpack"``.
 
     Returns
     -------

@@ -41,11 +41,13 @@ def seqstore_epoch(
     verify: bool = True,
     storage_options: dict[str, Any] | None = None,
     transform: Callable[[Any], Any] | None = None,
+    reader_options: dict[str, Any] | None = None,
 ) -> Callable[[], Iterator[Any]]:
     """One Loader epoch per call. ``uint8`` batches in channels-last layout are what crosses
     to a GPU, which converts and normalises them on arrival; with ``float32`` the CPU does
     that too, as a CPU-only training loop needs. ``verify``: check checksums on read.
-    ``transform``: a callable of the user's own in place of the named ``cfg.transform``."""
+    ``transform``: a callable of the user's own in place of the named ``cfg.transform``.
+    ``reader_options``: the Loader's (``direct_io`` ...)."""
     from .. import Loader
 
     loader = Loader(
@@ -60,6 +62,7 @@ def seqstore_epoch(
         channels_last=dtype == "uint8",
         verify=verify,
         storage_options=storage_options or {},
+        reader_options=reader_options or {},
     )
     return lambda: iter(loader)
 
@@ -150,6 +153,7 @@ def build(
             extra.get("dtype", "uint8"),
             extra.get("verify", True),
             extra.get("storage_options"),
+            reader_options=extra.get("reader_options"),
         )
     if kind == "torchvision":
         reader = open_store(path)
