@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import struct
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -254,3 +258,59 @@ def test_sharded_store_decides_direct_io_by_its_whole_size(
 def _shard_readers(reader: Any) -> list[Any]:
     reader.read_block(0, len(reader))
     return list(reader._readers.values())
+
+
+@needs_linux
+def test_direct_io_on_lmdb_leaves_pointing_past_the_file_fails_cleanly(
+    mixed_stores: dict[str, Path], tmp_path: Path
+) -> None:
+    """Leaf pages whose values' overflow page numbers are garbage: the direct path must not
+    read outside the map (a crash); the read fails with one seqstore error."""
+    store = tmp_path / "store.lmdb"
+    shutil.copytree(mixed_stores["lmdb"], store)
+    data = bytearray((store / "data.mdb").read_bytes())
+    psize = struct.unpack_from("<I", data, 40)[0]
+    damaged = 0
+    for page in range(2, len(data) // psize):
+        base = page * psize
+        if struct.unpack_from("<H", data, base + 10)[0] != 0x02:  # not a leaf
+            continue
+        lower = struct.unpack_from("<H", data, base + 12)[0]
+        for i in range((lower - 16) // 2):
+            node = base + struct.unpack_from("<H", data, base + 16 + 2 * i)[0]
+            flags, key_size = struct.unpack_from("<HH", data, node + 4)
+            if flags & 0x01 and key_size == 8:  # a record's value on overflow pages
+                data[node + 16 : node + 24] = (1 << 40).to_bytes(8, "little")
+                damaged += 1
+    assert damaged
+    (store / "data.mdb").write_bytes(bytes(data))
+    _evict(store / "data.mdb")
+    script = f"""
+import seqstore
+from seqstore.errors import CorruptStoreError
+reader = seqstore.open({str(store)!r}, direct_io=True)
+try:
+    reader.read_block(0, len(reader))
+except CorruptStoreError as exc:
+    print("error:", exc)
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.startswith("error: ") and "re-create it with seqstore convert" in p.stdout
+
+
+def test_lmdb_leaf_parser_refuses_offsets_outside_the_page() -> None:
+    from seqstore.backends.lmdb import _Tree
+
+    psize = 4096
+    pages = bytearray(psize * 4)
+    for meta in (0, 1):  # both meta pages: root page 2, transaction meta + 1
+        struct.pack_into("<QQQ", pages, meta * psize + 128, 2, 3, meta + 1)
+    struct.pack_into("<QHHHH", pages, 2 * psize, 2, 0, 0x02, 16 + 2 * 3, psize)  # a leaf
+    struct.pack_into("<3H", pages, 2 * psize + 16, 4000, 4090, 65535)  # nodes outside it
+    buffer = (ctypes.c_char * len(pages)).from_buffer(pages)
+    tree = _Tree(ctypes.addressof(buffer), psize, len(pages))
+    assert tree.leaf((0).to_bytes(8, "big")) is None
+    struct.pack_into("<3H", pages, 2 * psize + 16, 100, 200, 300)  # three empty-keyed nodes
+    assert tree.leaf((0).to_bytes(8, "big")) == [(b"", b"")] * 3
+    del buffer

@@ -117,8 +117,12 @@ class _Tree:
         page = ctypes.string_at(self.address + pgno * self.psize, self.psize)
         flags = _PAGE_FLAGS.unpack_from(page)[2]
         lower = _PAGE_BOUNDS.unpack_from(page, 12)[0]
-        count = (lower - _PAGE_HEADER) // 2
-        return flags, page, list(struct.unpack_from(f"<{count}H", page, _PAGE_HEADER))
+        if not _PAGE_HEADER <= lower <= self.psize:
+            return None
+        offsets = list(struct.unpack_from(f"<{(lower - _PAGE_HEADER) // 2}H", page, _PAGE_HEADER))
+        if any(not lower <= offset <= self.psize - _NODE.size for offset in offsets):
+            return None
+        return flags, page, offsets
 
     def leaf(self, key: bytes) -> list[tuple[bytes, tuple[int, int] | bytes]] | None:
         """The records of the leaf page where ``key`` belongs, in key order: each key with
@@ -154,6 +158,8 @@ class _Tree:
             low, high, flags, key_size = _NODE.unpack_from(page, offset)
             start = offset + _NODE.size
             key, size = page[start : start + key_size], low | high << 16
+            if start + key_size + (8 if flags & _F_BIGDATA else size) > self.psize:
+                return None
             if flags & _F_BIGDATA:
                 overflow = struct.unpack_from("<Q", page, start + key_size)[0]
                 begin = overflow * self.psize + _PAGE_HEADER
@@ -264,10 +270,10 @@ class LMDBReader(SharedEnvReader):
         while len(values) < stop - start:
             want = _index_key(start + len(values))
             leaf = tree.leaf(want)
-            keys = [key for key, _ in leaf or ()]
-            if want not in keys:
+            keys = [key for key, _ in leaf] if leaf is not None else []
+            if leaf is None or want not in keys:
                 return None
-            for key, value in leaf[keys.index(want) :]:  # type: ignore[index]
+            for key, value in leaf[keys.index(want) :]:
                 if len(values) == stop - start or key != _index_key(start + len(values)):
                     break
                 values.append(value)
