@@ -694,3 +694,44 @@ def test_which_stores_are_read_straight_over_http(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert (Remote(url, options)._direct is not None) == direct_path
+
+
+def test_overwrite_removes_the_files_of_the_store_it_replaces(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str
+) -> None:
+    url = f"s3://{bucket}/train"
+    options = s3_server.storage_options()
+    remote = Remote(url, options)
+    other = remote.join("notes.txt")  # not the store's: never touched
+    remote.fs.pipe(other, b"mine")
+
+    def files() -> set[str]:
+        prefix = remote.fs._strip_protocol(url) + "/"
+        return {path.removeprefix(prefix) for path in remote.fs.find(url, refresh=True)}
+
+    convert(
+        stores["images"], url, format="lmdb", shard_mb=0.02, storage_options=options, progress=False
+    )
+    before = files()
+    shards = {name.split("/")[0] for name in before if name.startswith("shard-")}
+    assert len(shards) > 2
+    convert(
+        stores["images"],
+        url,
+        format="hdf5",
+        shard_mb=1.0,
+        overwrite=True,
+        storage_options=options,
+        progress=False,
+    )
+    after = files()
+    manifest = seqstore.open(url, storage_options=options).manifest
+    kept = {
+        f"{s.name}/{name}"
+        for s in manifest.shards or ()
+        for name in (*s.data_files, "seqstore.json")
+    }
+    assert after == kept | {"seqstore.json", "notes.txt"}
+    assert not any(name.endswith("data.mdb") for name in after)
+    reader = seqstore.open(url, storage_options=options)
+    assert reader.read_block(0, N) == seqstore.open(stores["hdf5"]).read_block(0, N)

@@ -5,7 +5,9 @@ one does. What stands in for it is the order of the uploads: the data files firs
 manifest last. A store's manifest is what makes it a store (readers refuse a URL without
 one, and name an unfinished upload as such), so at any instant the URL holds the whole old
 store, nothing readable, or the whole new store. Replacing a store (``overwrite``) deletes
-its manifest first, so that no reader pairs the old manifest with new data.
+its manifest first, so that no reader pairs the old manifest with new data, and once the new
+manifest is up, the files the old one listed that the new store does not have (the shards
+beyond its own, say): what a local overwrite removes with the old directory.
 
 A sharded store's shards are uploaded one by one as a conversion finishes them
 (:class:`StoreUpload`), each shard's data file before the shard's manifest, and the store's
@@ -19,8 +21,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import StoreExistsError
-from ..manifest import MANIFEST_NAME
+from ..errors import SeqstoreError, StoreExistsError
+from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
 from .location import Remote
 
 __all__ = ["StoreUpload", "check_destination", "staging_path", "upload_store"]
@@ -71,6 +73,8 @@ class StoreUpload:
         self.manifest_url = remote.join(MANIFEST_NAME)
         self._began = False
         self._done: set[str] = set()  # the shards uploaded, by name
+        self._put: set[str] = set()  # every file uploaded, by its name under the store
+        self._old: set[str] = set()  # the files of the store replaced, by name
 
     def _begin(self) -> None:
         if self._began:
@@ -81,8 +85,18 @@ class StoreUpload:
                     f"'{self.remote.url}' was created by someone else while this store was "
                     "written; pass --overwrite (overwrite=True) to replace it"
                 )
+            try:
+                old = parse_manifest(bytes(self.remote.cat(self.manifest_url)), self.manifest_url)
+            except SeqstoreError:  # not a manifest this seqstore reads: leave its files be
+                pass
+            else:
+                self._old = _files_of(old)
             self.remote.rm(self.manifest_url)
         self._began = True
+
+    def _put_file(self, local: Path, name: str) -> None:
+        self.remote.put_file(local, self.remote.join(name))
+        self._put.add(name)
 
     def _put_tree(self, directory: Path, prefix: str) -> None:
         """The files under ``directory`` as ``prefix/...``: in each directory its data files
@@ -92,8 +106,7 @@ class StoreUpload:
             key=lambda p: (p.parent.as_posix(), p.name == MANIFEST_NAME, p.name),
         )
         for path in files:
-            name = f"{prefix}/{path.relative_to(directory).as_posix()}".lstrip("/")
-            self.remote.put_file(path, self.remote.join(name))
+            self._put_file(path, f"{prefix}/{path.relative_to(directory).as_posix()}".lstrip("/"))
 
     def put_shard(self, directory: Path) -> None:
         """Upload the finished shard ``directory`` (a ``shard-NNNNN`` of a sharded store)."""
@@ -111,9 +124,22 @@ class StoreUpload:
             if entry.is_dir():
                 self._put_tree(entry, entry.name)
             else:
-                self.remote.put_file(entry, self.remote.join(entry.name))
+                self._put_file(entry, entry.name)
         self.remote.put_file(local / MANIFEST_NAME, self.manifest_url)
+        for name in sorted(self._old - self._put - {MANIFEST_NAME}):
+            url = self.remote.join(name)
+            if self.remote.exists(url):
+                self.remote.rm(url)
         self.remote.invalidate()
+
+
+def _files_of(manifest: Manifest) -> set[str]:
+    """The files a store's manifest lists, by name under the store: its data files, and
+    each shard's data files and manifest."""
+    names = set(manifest.data_files)
+    for shard in manifest.shards or ():
+        names |= {f"{shard.name}/{name}" for name in (*shard.data_files, MANIFEST_NAME)}
+    return names
 
 
 def upload_store(local: Path, remote: Remote, *, overwrite: bool) -> None:
