@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import seqstore
+import seqstore.backends.lmdb as lmdb_backend
 from seqstore.backends.ranges import SMALL, FileRanges, coalesce, direct_io_default
 from seqstore.convert import convert
 from seqstore.errors import CorruptStoreError
@@ -56,28 +57,36 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def test_lmdb_block_is_read_with_one_large_read_first(
+@pytest.mark.skipif(sys.platform != "linux", reason="elsewhere blocks are read through the map")
+def test_lmdb_block_is_one_pread_of_its_values_not_a_walk_of_the_map(
     stores: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    primed: list[tuple[int, int]] = []
-    prime = FileRanges.prime
+    reads: list[tuple[int, int]] = []
+    read = FileRanges.read
 
-    def spy(self: FileRanges, offset: int, length: int) -> None:
-        primed.append((offset, length))
-        prime(self, offset, length)
+    def spy(self: FileRanges, offset: int, length: int) -> Any:
+        reads.append((offset, length))
+        return read(self, offset, length)
 
-    monkeypatch.setattr(FileRanges, "prime", spy)
+    monkeypatch.setattr(FileRanges, "read", spy)
+    walked = []
+    monkeypatch.setattr(
+        "seqstore.backends.lmdb._decode",
+        lambda value, decode=lmdb_backend._decode: walked.append(type(value)) or decode(value),
+    )
     reader = seqstore.open(stores["lmdb"])
     records = reader.read_block(10, 50)
     assert [r.key for r in records] == [r.key for r in reader.read_block(10, 50)]
     assert all(r.verify() for r in records)
-    # One extent per block, covering the records' bytes and not much more.
-    assert len(primed) == 2
-    offset, length = primed[0]
+    # One read per block, covering the records' bytes and not much more; every value cut
+    # from it (a view), none copied out of the map by a cursor.
+    assert len(reads) == 2
+    offset, length = reads[0]
     size = sum(r.nbytes for r in records)
     assert size <= length <= 2 * size
     data = (stores["lmdb"] / "data.mdb").read_bytes()[offset : offset + length]
     assert records[0].data in data and records[-1].data in data
+    assert set(walked) == {memoryview} and len(walked) == 80
 
 
 def test_hdf5_block_is_one_pread_not_one_read_per_chunk(
@@ -90,11 +99,11 @@ def test_hdf5_block_is_one_pread_not_one_read_per_chunk(
         reads.append((offset, length))
         return read(self, offset, length)
 
-    monkeypatch.setattr(FileRanges, "read", spy)
     reader = seqstore.open(stores["hdf5"])
     n = len(reader)
-    records = reader.read_block(0, n)
     expected = seqstore.open(stores["lmdb"]).read_block(0, n)
+    monkeypatch.setattr(FileRanges, "read", spy)
+    records = reader.read_block(0, n)
     assert [(r.key, r.data, r.label) for r in records] == [
         (r.key, r.data, r.label) for r in expected
     ]
@@ -179,10 +188,10 @@ def test_direct_reads_uncached_bytes_around_the_page_cache(
 
 @pytest.fixture(scope="module")
 def mixed_stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Stores of photos of 48 to 400 px with a few 8 px ones among them, whose values are
+    """Stores of photos of 200 to 500 px with a few 8 px ones among them, whose values are
     small enough for an LMDB leaf."""
     tmp = tmp_path_factory.mktemp("direct")
-    src = make_image_folder(tmp / "images", classes=3, per_class=30, max_side=400)
+    src = make_image_folder(tmp / "images", classes=3, per_class=30, min_side=200, max_side=500)
     for k, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
         Image.new("RGB", (8, 8), (40 * k, 90, 200)).save(folder / "tiny.jpg", quality=90)
     out = {}
@@ -205,7 +214,10 @@ def test_direct_io_reads_an_uncached_block_in_one_read_and_a_cached_one_from_the
     reader.labels()  # what a loader reads at open, before its blocks
     _evict(data)
     uncached, primed = _Spy(monkeypatch, "read_uncached"), _Spy(monkeypatch, "prime")
-    blocks = [(lo, min(lo + 25, n)) for lo in range(0, n, 25)]
+    cuts = [n * k // 3 for k in range(4)]
+    blocks = list(zip(cuts[:-1], cuts[1:], strict=True))
+    # Each block more than SMALL bytes, which are read through the cache.
+    assert all(sum(r.nbytes for r in expected[lo:hi]) > SMALL for lo, hi in blocks)
     records = [r for lo, hi in reversed(blocks) for r in reader.read_block(lo, hi)]
     got = sorted(records, key=lambda r: r.key)
     assert got == sorted(expected, key=lambda r: r.key)

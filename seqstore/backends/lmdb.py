@@ -253,14 +253,16 @@ class LMDBReader(SharedEnvReader):
         expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
         return 0 < extent <= expected
 
-    def _read_direct(self, cursor: lmdb.Cursor, start: int, stop: int) -> list[Record] | None:
-        """Records ``start`` to ``stop - 1`` cut from one ``O_DIRECT`` read of the extent of
-        their overflow pages; None when that extent is already in the page cache, or is not
-        plausible, or the leaves are not as expected, for the memory map to read them.
+    def _read_located(self, cursor: lmdb.Cursor, start: int, stop: int) -> list[Record] | None:
+        """Records ``start`` to ``stop - 1`` read without walking the memory map: their
+        values' file extents, from the leaf pages (:class:`_Tree`), read as
+        :meth:`FileRanges.read_extents` does (runs of neighbouring values, each one
+        ``pread``, or one ``O_DIRECT`` read if the reader reads ``direct`` and the run is
+        not cached). None when the leaves are not as expected, for the map to read them.
 
-        The leaf pages that locate the values are read through the map (:class:`_Tree`),
-        a page at a time; there is one per hundred-odd records, and they stay cached. A
-        value small enough to live in its leaf is read from there.
+        The leaf pages are read through the map, a page at a time; there is one per
+        hundred-odd records, and they stay cached. A value small enough to live in its
+        leaf is read from there.
         """
         address = self._map_address(cursor)
         if address is None:
@@ -277,18 +279,9 @@ class LMDBReader(SharedEnvReader):
                 if len(values) == stop - start or key != _index_key(start + len(values)):
                     break
                 values.append(value)
-        big = [value for value in values if isinstance(value, tuple)]
-        if not big:
-            return None
-        # Values lie in key order, but LMDB may have put one in pages freed earlier.
-        lo, hi = min(begin for begin, _ in big), max(end for _, end in big)
-        if not self._plausible(start, stop, hi - lo) or self._ranges.cached(lo, hi - lo):
-            return None
-        data = self._ranges.read_uncached(lo, hi - lo)
-        return [
-            _decode(data[value[0] - lo : value[1] - lo] if isinstance(value, tuple) else value)
-            for value in values
-        ]
+        extents = [(v[0], v[1] - v[0]) for v in values if isinstance(v, tuple)]
+        pieces = iter(self._ranges.read_extents(extents))
+        return [_decode(next(pieces) if isinstance(v, tuple) else v) for v in values]
 
     def _map_address(self, cursor: lmdb.Cursor) -> int | None:
         """Where the environment's map of the file starts: found from a key in it, the
@@ -312,11 +305,10 @@ class LMDBReader(SharedEnvReader):
         try:
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
-                if self._ranges.direct:
-                    direct = self._read_direct(cursor, start, stop)
-                    if direct is not None:
-                        return direct
                 if not self.readahead:  # else the kernel reads around each fault instead
+                    located = self._read_located(cursor, start, stop)
+                    if located is not None:
+                        return located
                     self._prime(cursor, start, stop)
                 if not cursor.set_key(_index_key(start)):
                     raise CorruptStoreError(
