@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import struct
@@ -311,18 +310,37 @@ except CorruptStoreError as exc:
     assert p.stdout.startswith("error: ") and "re-create it with seqstore convert" in p.stdout
 
 
-def test_lmdb_leaf_parser_refuses_offsets_outside_the_page() -> None:
+def test_lmdb_page_parser_refuses_what_points_outside_the_file_or_its_page() -> None:
     from seqstore.backends.lmdb import _Tree
 
     psize = 4096
     pages = bytearray(psize * 4)
-    for meta in (0, 1):  # both meta pages: root page 2, transaction meta + 1
-        struct.pack_into("<QQQ", pages, meta * psize + 128, 2, 3, meta + 1)
+
+    def meta(root: int, last: int) -> None:  # both meta pages; the second is the newer
+        for page in (0, 1):
+            struct.pack_into("<QQQ", pages, page * psize + 128, root, last, page + 1)
+
+    meta(2, 3)
     struct.pack_into("<QHHHH", pages, 2 * psize, 2, 0, 0x02, 16 + 2 * 3, psize)  # a leaf
     struct.pack_into("<3H", pages, 2 * psize + 16, 4000, 4090, 65535)  # nodes outside it
-    buffer = (ctypes.c_char * len(pages)).from_buffer(pages)
-    tree = _Tree(ctypes.addressof(buffer), psize, len(pages))
-    assert tree.leaf((0).to_bytes(8, "big")) is None
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) is None
     struct.pack_into("<3H", pages, 2 * psize + 16, 100, 200, 300)  # three empty-keyed nodes
-    assert tree.leaf((0).to_bytes(8, "big")) == [(b"", b"")] * 3
-    del buffer
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) == [(b"", b"")] * 3
+    # A leaf whose value is on overflow pages past the file.
+    struct.pack_into("<HHHH8sQ", pages, 2 * psize + 100, 8, 0, 0x01, 8, b"\0" * 8, 1 << 40)
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) is None
+    # A root past the file, or past the last page the meta page names.
+    meta(1 << 40, 3)
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) is None
+    meta(3, 2)
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) is None
+    # A branch whose child is a page that is not the one it says it is.
+    meta(3, 3)
+    struct.pack_into("<QHHHH", pages, 3 * psize, 3, 0, 0x01, 16 + 2, psize)
+    struct.pack_into("<H", pages, 3 * psize + 16, 200)
+    struct.pack_into("<HHHH", pages, 3 * psize + 200, 2, 0, 0, 0)  # child: page 2
+    struct.pack_into("<QHHHH", pages, 2 * psize, 2, 0, 0x02, 16 + 2 * 3, psize)
+    struct.pack_into("<3H", pages, 2 * psize + 16, 300, 300, 300)
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) == [(b"", b"")] * 3
+    struct.pack_into("<Q", pages, 2 * psize, 9)  # page 2 says it is page 9
+    assert _Tree(memoryview(bytes(pages)), psize).leaf(b"\0" * 8) is None

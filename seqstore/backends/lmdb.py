@@ -70,13 +70,12 @@ _P_BRANCH, _P_LEAF, _F_BIGDATA, _PAGE_HEADER = 0x01, 0x02, 0x01, 16
 _META_ROOT = struct.Struct("<QQQ")  # at byte 128 of a meta page: main root, last page, txn id
 
 
-def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int, bool] | None:
-    """Where record ``index``'s value lies in the data file, ``(start, end, whole)``, read
-    from its leaf node without touching the value's own pages; None if the node is not as
-    expected.
+def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int] | None:
+    """Where record ``index``'s value lies in the data file, ``(start, end)``, read from its
+    leaf node without touching the value's own pages; None if the node is not as expected.
 
-    A value on overflow pages lies from its first page on (``whole``: the extent is exactly
-    the value); one kept in the leaf is counted as its whole leaf page.
+    A value on overflow pages lies from its first page on; one kept in the leaf is counted
+    as its whole leaf page.
     """
     key = _index_key(index)
     if not cursor.set_key(key):
@@ -89,35 +88,34 @@ def _node_extent(cursor: lmdb.Cursor, index: int, psize: int) -> tuple[int, int,
     if not page_flags & _P_LEAF or key_size != len(key) or node[_NODE.size : -8] != key:
         return None
     if not flags & _F_BIGDATA:
-        return pgno * psize, (pgno + 1) * psize, False
+        return pgno * psize, (pgno + 1) * psize
     overflow = struct.unpack_from("<Q", node, _NODE.size + len(key))[0]
     start = overflow * psize + _PAGE_HEADER
-    return start, start + (low | high << 16), True
+    return start, start + (low | high << 16)
 
 
 class _Tree:
-    """The main B-tree of an LMDB file mapped at ``address``, read page by page from the map
-    (LMDB's structures, see above): only branch and leaf pages are touched, never a value's
-    own pages, which py-lmdb's cursor does for the first page of each value it visits.
+    """The main B-tree of an LMDB file, read page by page from ``data`` (a read-only map of
+    the file: slicing it is bounds-checked): only branch and leaf pages are read, never a
+    value's own pages, which py-lmdb's cursor touches for the first page of each value it
+    visits.
 
-    Every page number is checked against the file's ``size`` before its page is read.
+    Every page number is checked against the meta page's last page, and the file's size.
     """
 
-    def __init__(self, address: int, psize: int, size: int) -> None:
-        self.address, self.psize, self.pages = address, psize, size // psize
-        metas = [
-            _META_ROOT.unpack(ctypes.string_at(address + page * psize + 128, _META_ROOT.size))
-            for page in (0, 1)
-        ]
-        self.root = max(metas, key=lambda meta: meta[2])[0]
+    def __init__(self, data: memoryview, psize: int) -> None:
+        self.data, self.psize = data, psize
+        metas = [_META_ROOT.unpack_from(data, page * psize + 128) for page in (0, 1)]
+        self.root, last, _ = max(metas, key=lambda meta: meta[2])
+        self.pages = min(len(data) // psize, last + 1)
 
     def _nodes(self, pgno: int) -> tuple[int, bytes, list[int]] | None:
         if not 1 < pgno < self.pages:
             return None
-        page = ctypes.string_at(self.address + pgno * self.psize, self.psize)
-        flags = _PAGE_FLAGS.unpack_from(page)[2]
+        page = bytes(self.data[pgno * self.psize : (pgno + 1) * self.psize])
+        number, _, flags = _PAGE_FLAGS.unpack_from(page)
         lower = _PAGE_BOUNDS.unpack_from(page, 12)[0]
-        if not _PAGE_HEADER <= lower <= self.psize:
+        if number != pgno or not _PAGE_HEADER <= lower <= self.psize:
             return None
         offsets = list(struct.unpack_from(f"<{(lower - _PAGE_HEADER) // 2}H", page, _PAGE_HEADER))
         if any(not lower <= offset <= self.psize - _NODE.size for offset in offsets):
@@ -187,10 +185,10 @@ class LMDBReader(SharedEnvReader):
         The store directory.
     readahead
         Let the OS read around every page fault of the memory map. Off by default on Linux,
-        where a block is read with one large read first (see :meth:`_prime`) and a fault
-        is only ever a page of the B-tree, for which reading megabytes around it (the
-        kernel's default) is waste; on by default elsewhere, where blocks are read
-        through the map alone.
+        where a block's values are read from their file extents (see
+        :meth:`_read_located`) and a fault is only ever a page of the B-tree, for which
+        reading megabytes around it (the kernel's default) is waste; on by default
+        elsewhere, where blocks are read through the map alone.
     direct_io
         Read a block that is not in the page cache with ``O_DIRECT``, in one request per
         4 MB, and cut its records from that read (see :mod:`seqstore.backends.ranges`).
@@ -253,21 +251,19 @@ class LMDBReader(SharedEnvReader):
         expected = (stop - start) * (self.manifest.mean_record_bytes + 4096) * 4 + GAP
         return 0 < extent <= expected
 
-    def _read_located(self, cursor: lmdb.Cursor, start: int, stop: int) -> list[Record] | None:
+    def _read_located(self, start: int, stop: int) -> list[Record] | None:
         """Records ``start`` to ``stop - 1`` read without walking the memory map: their
         values' file extents, from the leaf pages (:class:`_Tree`), read as
         :meth:`FileRanges.read_extents` does (runs of neighbouring values, each one
         ``pread``, or one ``O_DIRECT`` read if the reader reads ``direct`` and the run is
-        not cached). None when the leaves are not as expected, for the map to read them.
+        not cached). None when the leaves are not as expected, or their extents implausible,
+        for the memory map to read the records.
 
-        The leaf pages are read through the map, a page at a time; there is one per
-        hundred-odd records, and they stay cached. A value small enough to live in its
+        The leaf pages are read through a map of the file, a page at a time; there is one
+        per hundred-odd records, and they stay cached. A value small enough to live in its
         leaf is read from there.
         """
-        address = self._map_address(cursor)
-        if address is None:
-            return None
-        tree = _Tree(address, self._psize, self._ranges.size)
+        tree = _Tree(self._ranges.map, self._psize)
         values: list[tuple[int, int] | bytes] = []
         while len(values) < stop - start:
             want = _index_key(start + len(values))
@@ -280,17 +276,10 @@ class LMDBReader(SharedEnvReader):
                     break
                 values.append(value)
         extents = [(v[0], v[1] - v[0]) for v in values if isinstance(v, tuple)]
+        if not self._plausible(start, stop, sum(length for _, length in extents)):
+            return None
         pieces = iter(self._ranges.read_extents(extents))
         return [_decode(next(pieces) if isinstance(v, tuple) else v) for v in values]
-
-    def _map_address(self, cursor: lmdb.Cursor) -> int | None:
-        """Where the environment's map of the file starts: found from a key in it, the
-        index's (whose value, read at open, is cached), less its page's offset."""
-        if not cursor.set_key(_LABELS_KEY):
-            return None
-        address = int(np.frombuffer(cursor.key(), np.uint8).ctypes.data)
-        page = address - address % self._psize
-        return page - _PAGE_FLAGS.unpack(ctypes.string_at(page, _PAGE_FLAGS.size))[0] * self._psize
 
     @property
     def _psize(self) -> int:
@@ -306,7 +295,7 @@ class LMDBReader(SharedEnvReader):
             with self.env.begin(buffers=True) as txn:
                 cursor = txn.cursor()
                 if not self.readahead:  # else the kernel reads around each fault instead
-                    located = self._read_located(cursor, start, stop)
+                    located = self._read_located(start, stop)
                     if located is not None:
                         return located
                     self._prime(cursor, start, stop)
@@ -319,7 +308,7 @@ class LMDBReader(SharedEnvReader):
                     out.append(_decode(value))
                     if len(out) == stop - start:
                         break
-        except lmdb.Error as exc:
+        except (lmdb.Error, struct.error) as exc:
             raise self._damaged(exc) from None
         if len(out) != stop - start:
             raise CorruptStoreError(

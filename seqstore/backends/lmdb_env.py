@@ -195,7 +195,7 @@ class SharedEnvReader(Reader):
         # docstring inherited
         self._lease.close()
 
-    def _damaged(self, exc: lmdb.Error) -> CorruptStoreError:
+    def _damaged(self, exc: Exception) -> CorruptStoreError:
         return CorruptStoreError(
             f"LMDB store '{self.path}' is damaged ({exc}); re-create it with seqstore convert"
         )

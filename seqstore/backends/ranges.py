@@ -178,8 +178,8 @@ def _close_fd(fd: int) -> None:
     os.close(fd)
 
 
-def _close_optional_fd(fd: int | None) -> None:
-    if fd is not None:
+def _close_optional_fd(fd: int) -> None:
+    if fd >= 0:
         os.close(fd)
 
 
@@ -187,7 +187,30 @@ def _close_map(value: tuple[mmap.mmap, int, int]) -> None:
     value[0].close()
 
 
-_mincore = ctypes.CDLL(None, use_errno=True).mincore if sys.platform == "linux" else None
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+class _CacheStat(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")
+    ]
+
+
+# cachestat(2) (Linux 6.5): the number of a file range's pages in the page cache, for any
+# file one can read. Its number in the generic system call table, and x86-64's.
+_CACHESTAT = 451 if os.uname().machine in ("x86_64", "aarch64") else None
+
+
+def _cached_pages(fd: int, offset: int, length: int) -> int | None:
+    """How many pages of ``fd``'s range are in the page cache; None without cachestat."""
+    if _libc is None or _CACHESTAT is None:
+        return None
+    span = (ctypes.c_uint64 * 2)(offset, length)
+    stat = _CacheStat()
+    if _libc.syscall(ctypes.c_long(_CACHESTAT), fd, span, ctypes.byref(stat), 0) != 0:
+        return None
+    return int(stat.cache)
 
 
 class FileRanges:
@@ -207,7 +230,7 @@ class FileRanges:
         self.path = path
         self.direct = direct
         self._fd: ProcessLocal[int] = ProcessLocal(_close_fd)
-        self._direct_fd: ProcessLocal[int | None] = ProcessLocal(_close_optional_fd)
+        self._direct_fd: ProcessLocal[int] = ProcessLocal(_close_optional_fd)
         self._map: ProcessLocal[tuple[mmap.mmap, int, int]] = ProcessLocal(_close_map)
         self._scratch: ProcessLocal[bytearray] = ProcessLocal()
 
@@ -216,13 +239,14 @@ class FileRanges:
         """This process's descriptor of the file."""
         return self._fd.get(lambda: os.open(self.path, os.O_RDONLY))
 
-    def _open_direct(self) -> int | None:
+    def _open_direct(self) -> int:
+        """A descriptor opened with ``O_DIRECT``, or -1 where that is refused."""
         if not hasattr(os, "O_DIRECT"):
-            return None
+            return -1
         try:
             return os.open(self.path, os.O_RDONLY | os.O_DIRECT)
         except OSError:  # EINVAL: a file system without O_DIRECT (tmpfs before Linux 6.6)
-            return None
+            return -1
 
     def _open_map(self) -> tuple[mmap.mmap, int, int]:
         size = os.fstat(self.fd).st_size
@@ -234,11 +258,19 @@ class FileRanges:
         """The file's size, as this process first saw it."""
         return self._map.get(self._open_map)[2]
 
+    @property
+    def map(self) -> memoryview:
+        """This process's read-only map of the file, as long as the file was when it was
+        made: slicing it never reads past the file."""
+        return memoryview(self._map.get(self._open_map)[0])
+
     def cached(self, offset: int, length: int) -> bool:
-        """Whether bytes ``offset`` to ``offset + length - 1`` are all in the page cache
-        (``mincore`` on a map of the file, which reads nothing). True where that cannot be
-        told (not Linux), so that such a range is read through the cache."""
-        if _mincore is None or length <= 0:
+        """Whether bytes ``offset`` to ``offset + length - 1`` are all in the page cache,
+        told without reading them: by ``cachestat`` (Linux 6.5), else by ``mincore`` on a
+        map of the file. ``mincore`` answers "all cached" for a file one neither owns nor
+        may write, so such a file is taken as not cached there. Not Linux: True, so that
+        the range is read through the cache."""
+        if _libc is None or length <= 0:
             return True
         _, address, size = self._map.get(self._open_map)
         lo = offset - offset % mmap.PAGESIZE
@@ -246,9 +278,14 @@ class FileRanges:
         if hi <= lo:
             return True
         pages = -(-(hi - lo) // mmap.PAGESIZE)
+        counted = _cached_pages(self.fd, lo, hi - lo)
+        if counted is not None:
+            return counted >= pages
+        if os.fstat(self.fd).st_uid != os.geteuid() and not os.access(self.path, os.W_OK):
+            return False
         vector = bytearray(pages)  # one byte per page, bit 0: in memory
         into = (ctypes.c_ubyte * pages).from_buffer(vector)
-        if _mincore(ctypes.c_void_p(address + lo), ctypes.c_size_t(hi - lo), into) != 0:
+        if _libc.mincore(ctypes.c_void_p(address + lo), ctypes.c_size_t(hi - lo), into) != 0:
             return False  # cannot tell: read as if not
         del into
         return bool((np.frombuffer(vector, np.uint8) & 1).all())
@@ -263,7 +300,7 @@ class FileRanges:
             The file ends first.
         """
         fd = self._direct_fd.get(self._open_direct)
-        if fd is None:
+        if fd < 0:
             return memoryview(self.read(offset, length))
         lo = offset - offset % _ALIGN
         hi = -(-(offset + length) // _ALIGN) * _ALIGN

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from ..errors import SeqstoreError, StoreExistsError
@@ -87,8 +88,12 @@ class StoreUpload:
                 )
             try:
                 old = parse_manifest(bytes(self.remote.cat(self.manifest_url)), self.manifest_url)
-            except SeqstoreError:  # not a manifest this seqstore reads: leave its files be
-                pass
+            except SeqstoreError as exc:  # not a manifest this seqstore reads
+                warnings.warn(
+                    f"the files of the store replaced at '{self.remote.url}' are left in "
+                    f"place: its manifest cannot be read ({exc})",
+                    stacklevel=2,
+                )
             else:
                 self._old = _files_of(old)
             self.remote.rm(self.manifest_url)
@@ -135,11 +140,12 @@ class StoreUpload:
 
 def _files_of(manifest: Manifest) -> set[str]:
     """The files a store's manifest lists, by name under the store: its data files, and
-    each shard's data files and manifest."""
+    each shard's data files and manifest; a name that would lead out of the store (``..``,
+    a leading ``/``) is left out."""
     names = set(manifest.data_files)
     for shard in manifest.shards or ():
         names |= {f"{shard.name}/{name}" for name in (*shard.data_files, MANIFEST_NAME)}
-    return names
+    return {name for name in names if all(part not in ("", ".", "..") for part in name.split("/"))}
 
 
 def upload_store(local: Path, remote: Remote, *, overwrite: bool) -> None:
