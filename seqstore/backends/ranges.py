@@ -251,6 +251,10 @@ class FileRanges:
     def _open_map(self) -> tuple[mmap.mmap, int, int]:
         size = os.fstat(self.fd).st_size
         region = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):
+            # What is read through the map is a page here and there (LMDB's B-tree): the
+            # kernel's read-around of each fault (megabytes) would be waste.
+            region.madvise(mmap.MADV_RANDOM)
         return region, int(np.frombuffer(region, np.uint8).ctypes.data), size
 
     @property
