@@ -225,18 +225,19 @@ def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) ->
     p = _run(
         ROOT / "benchmarks" / "hdd.py",
         src,
-        *("--copies", "1", "--repeat", "1", "--only", "lmdb", "--workdir", tmp_path),
+        *("--copies", "1", "--repeat", "1", "--only", "lmdb", "hdf5", "torchvision"),
+        *("--workdir", tmp_path),
     )
     assert p.returncode == 0, p.stderr
     if p.stdout.startswith("skipped: "):  # not root, or no cgroup block-I/O controller
         assert len(p.stdout.splitlines()) == 1
         return
-    rows = [line for line in p.stdout.splitlines() if line.startswith("| seqstore lmdb")]
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| seqstore ")]
     assert [row.split("|")[1].strip() for row in rows] == [
-        "seqstore lmdb, O_DIRECT",
-        "seqstore lmdb, page cache",
+        f"seqstore {fmt}, {how}" for fmt in ("lmdb", "hdf5") for how in ("O_DIRECT", "page cache")
     ]
     for row in rows:
         cold, warm = (float(cell) for cell in row.split("|")[2:4])
         assert cold > 0 and warm > 0
+        assert float(row.split("|")[6].strip().rstrip("x")) > 0  # x the torchvision-style row
     assert not list(Path("/sys/fs/cgroup/blkio").glob("seqstore-hdd-*"))
