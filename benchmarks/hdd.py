@@ -123,17 +123,22 @@ class Throttle:
             self.group.rmdir()
 
 
+def files_under(*paths: Path) -> Iterator[Path]:
+    """Each of ``paths`` that is a file, and every file under those that are folders."""
+    for path in paths:
+        yield from [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file())
+
+
 def evict(*paths: Path) -> None:
     """Drop the page cache of every file under ``paths``, and nothing else: a cold epoch
     reads its data from the device, while the libraries a training job has loaded long
     before stay in memory (dropping the whole cache would time their pages too)."""
-    for path in paths:
-        for file in [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()):
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    for file in files_under(*paths):
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def device_rate(file: Path, block: int = 4 << 20, direct: bool = False) -> float:
@@ -157,11 +162,10 @@ def device_rate(file: Path, block: int = 4 << 20, direct: bool = False) -> float
 
 def load(*paths: Path) -> None:
     """Read every file under ``paths`` into the page cache, for a warm epoch."""
-    for path in paths:
-        for file in [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()):
-            with file.open("rb") as f:
-                while f.read(8 << 20):
-                    pass
+    for file in files_under(*paths):
+        with file.open("rb") as f:
+            while f.read(8 << 20):
+                pass
 
 
 def copy_folder(src: Path, dst: Path, copies: int) -> Path:

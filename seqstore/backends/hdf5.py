@@ -40,7 +40,7 @@ from ..manifest import Manifest, index_digest
 from ..records import Record, encode_key
 from .base import Backend
 from .handles import ProcessLocal
-from .ranges import FileRanges, cut_joined, direct_io_default
+from .ranges import FileRanges, cut_joined
 from .reader import Reader
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
@@ -87,10 +87,7 @@ class HDF5Reader(Reader):
         self._check_files()
         self._file: ProcessLocal[h5py.File] = ProcessLocal(_close_file)
         self._index: ProcessLocal[dict[str, np.ndarray]] = ProcessLocal()
-        data = self.path / DATA_FILE
-        if direct_io is None:
-            direct_io = direct_io_default(data.stat().st_size)
-        self._ranges = FileRanges(data, direct=direct_io)
+        self._ranges = FileRanges(self.path / DATA_FILE, direct=direct_io)
         self._chunks: ProcessLocal[dict[str, tuple[int, np.ndarray] | None]] = ProcessLocal()
 
     @property

@@ -37,7 +37,7 @@ from ..records import Record, encode_key
 from .base import Backend
 from .handles import ProcessLocal
 from .lmdb_env import DATA_FILE, SharedEnvReader
-from .ranges import GAP, FileRanges, direct_io_default
+from .ranges import GAP, FileRanges
 from .staging import read_store_manifest
 from .writer import Writer, ensure_space
 
@@ -208,10 +208,7 @@ class LMDBReader(SharedEnvReader):
         self.readahead = sys.platform != "linux" if readahead is None else readahead
         self._manifest = read_store_manifest(self.path)
         self._check_files()
-        data = self.path / DATA_FILE
-        if direct_io is None:
-            direct_io = direct_io_default(data.stat().st_size)
-        self._ranges = FileRanges(data, direct=direct_io)
+        self._ranges = FileRanges(self.path / DATA_FILE, direct=direct_io)
         self._page_size: ProcessLocal[int] = ProcessLocal()
 
     @property

@@ -183,10 +183,6 @@ def _close_optional_fd(fd: int) -> None:
         os.close(fd)
 
 
-def _close_map(value: tuple[mmap.mmap, int, int]) -> None:
-    value[0].close()
-
-
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
@@ -224,14 +220,15 @@ class FileRanges:
     direct
         Read runs that are not all in the page cache with ``O_DIRECT`` (see the module's
         notes); where the file system refuses ``O_DIRECT``, read through the cache.
+        None: :func:`direct_io_default` of the file's size.
     """
 
-    def __init__(self, path: Path, *, direct: bool = False) -> None:
+    def __init__(self, path: Path, *, direct: bool | None = False) -> None:
         self.path = path
-        self.direct = direct
+        self.direct = direct_io_default(path.stat().st_size) if direct is None else direct
         self._fd: ProcessLocal[int] = ProcessLocal(_close_fd)
         self._direct_fd: ProcessLocal[int] = ProcessLocal(_close_optional_fd)
-        self._map: ProcessLocal[tuple[mmap.mmap, int, int]] = ProcessLocal(_close_map)
+        self._map: ProcessLocal[mmap.mmap] = ProcessLocal(mmap.mmap.close)
         self._scratch: ProcessLocal[bytearray] = ProcessLocal()
 
     @property
@@ -248,25 +245,19 @@ class FileRanges:
         except OSError:  # EINVAL: a file system without O_DIRECT (tmpfs before Linux 6.6)
             return -1
 
-    def _open_map(self) -> tuple[mmap.mmap, int, int]:
-        size = os.fstat(self.fd).st_size
-        region = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ)
+    def _open_map(self) -> mmap.mmap:
+        region = mmap.mmap(self.fd, os.fstat(self.fd).st_size, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_RANDOM"):
             # What is read through the map is a page here and there (LMDB's B-tree): the
             # kernel's read-around of each fault (megabytes) would be waste.
             region.madvise(mmap.MADV_RANDOM)
-        return region, int(np.frombuffer(region, np.uint8).ctypes.data), size
-
-    @property
-    def size(self) -> int:
-        """The file's size, as this process first saw it."""
-        return self._map.get(self._open_map)[2]
+        return region
 
     @property
     def map(self) -> memoryview:
         """This process's read-only map of the file, as long as the file was when it was
         made: slicing it never reads past the file."""
-        return memoryview(self._map.get(self._open_map)[0])
+        return memoryview(self._map.get(self._open_map))
 
     def cached(self, offset: int, length: int) -> bool:
         """Whether bytes ``offset`` to ``offset + length - 1`` are all in the page cache,
@@ -276,9 +267,9 @@ class FileRanges:
         the range is read through the cache."""
         if _libc is None or length <= 0:
             return True
-        _, address, size = self._map.get(self._open_map)
+        region = self._map.get(self._open_map)
         lo = offset - offset % mmap.PAGESIZE
-        hi = min(offset + length, size)
+        hi = min(offset + length, len(region))
         if hi <= lo:
             return True
         pages = -(-(hi - lo) // mmap.PAGESIZE)
@@ -287,6 +278,7 @@ class FileRanges:
             return counted >= pages
         if os.fstat(self.fd).st_uid != os.geteuid() and not os.access(self.path, os.W_OK):
             return False
+        address = int(np.frombuffer(region, np.uint8).ctypes.data)
         vector = bytearray(pages)  # one byte per page, bit 0: in memory
         into = (ctypes.c_ubyte * pages).from_buffer(vector)
         if _libc.mincore(ctypes.c_void_p(address + lo), ctypes.c_size_t(hi - lo), into) != 0:
