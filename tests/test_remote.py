@@ -32,6 +32,7 @@ from seqstore.errors import (
 from seqstore.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from seqstore.records import Record
 from seqstore.remote import Remote, ShardCache, direct, open_remote
+from seqstore.remote import cache as cache_module
 from seqstore.remote.hdf5 import RemoteHDF5Reader
 from seqstore.remote.sharded import RemoteShardedReader
 from seqstore.remote.upload import staging_path, upload_store
@@ -226,6 +227,64 @@ def test_two_threads_filling_one_cache_entry_download_it_once(tmp_path: Path) ->
     assert (cache.path("k") / "data").read_bytes() == b"x" * 100
 
 
+def test_failed_background_download_warns_and_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = ShardCache(tmp_path, None)
+    failures = [ConnectionError("server went away")]
+
+    def download(directory: Path) -> None:
+        if failures:
+            raise failures.pop()
+        (directory / "data").write_bytes(b"x" * 10)
+
+    def until_done() -> None:
+        for thread in threading.enumerate():
+            if thread.name.startswith("seqstore-cache-"):
+                thread.join(10)
+
+    with pytest.warns(RuntimeWarning, match=r"could not copy 's3://b/d.h5'.*server went away"):
+        assert cache.fill_in_background("k", 10, download, what="s3://b/d.h5")
+        until_done()
+    assert not cache.entries() and not list((tmp_path / "tmp").iterdir())
+    assert not cache.fill_in_background("k", 10, download, what="s3://b/d.h5")  # not yet
+    monkeypatch.setattr(cache_module, "RETRY_S", 0.0)
+    assert cache.fill_in_background("k", 10, download, what="s3://b/d.h5")
+    until_done()
+    assert [p.name for p in cache.entries()] == ["k"]
+    assert not cache.fill_in_background("k", 10, download, what="s3://b/d.h5")  # cached
+
+
+def test_reader_tries_a_failed_copy_again(
+    s3_server: S3Server,
+    stores: dict[str, Path],
+    bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/flaky.h5")
+    monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
+    download = RemoteHDF5Reader._download
+    failures = [ConnectionError("connection reset")]
+
+    def flaky(self: RemoteHDF5Reader, directory: Path) -> None:
+        if failures:
+            raise failures.pop()
+        download(self, directory)
+
+    monkeypatch.setattr(RemoteHDF5Reader, "_download", flaky)
+    local = seqstore.open(stores["hdf5"])
+    reader = seqstore.open(url, storage_options=s3_server.storage_options(), cache_dir=tmp_path)
+    deadline = time.monotonic() + 30
+    with pytest.warns(RuntimeWarning, match="connection reset"):
+        while reader.reading_from.startswith("s3://"):  # until the second try has copied it
+            assert time.monotonic() < deadline, "the failed copy was not tried again"
+            assert reader.read_block(0, 10) == local.read_block(0, 10)
+            time.sleep(0.1)
+    assert not failures
+    assert reader.read_block(0, N) == local.read_block(0, N)
+
+
 def test_cache_shared_by_worker_processes(
     s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
 ) -> None:
@@ -233,10 +292,17 @@ def test_cache_shared_by_worker_processes(
     opts = _opts(num_workers=2, with_indices=True, seed=1)
     expected = collect_epoch(Loader(stores["hdf5"], **opts))[0]
     loader = Loader(url, storage_options=s3_server.storage_options(), cache_dir=tmp_path, **opts)
-    for epoch in range(3):  # the first epoch fills the cache, the later ones read it
+    cache = ShardCache(tmp_path, None)
+    deadline = time.monotonic() + 30
+    epochs = 0
+    # The first epoch starts the download in the background; the epochs meanwhile read
+    # remotely, and the later ones from the copy.
+    while epochs < 3 or not cache.entries():
+        assert time.monotonic() < deadline, "the cache was not filled"
         loader.set_epoch(0)
-        assert collect_epoch(loader)[0] == expected, epoch
-    entries = list((tmp_path / "entries").iterdir())
+        assert collect_epoch(loader)[0] == expected, epochs
+        epochs += 1
+    entries = cache.entries()
     assert len(entries) == 1  # two workers, one download
     data = (entries[0] / "data.h5").read_bytes()
     assert data == (stores["hdf5"] / "data.h5").read_bytes()

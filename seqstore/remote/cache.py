@@ -32,6 +32,8 @@ import itertools
 import os
 import shutil
 import threading
+import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +43,7 @@ from ..backends.staging import pid_alive
 __all__ = ["ShardCache", "cache_key"]
 
 _counter = itertools.count()
+RETRY_S = 60.0  # how long after a failed background download this process tries it again
 # A lock per entry for the threads of this process: the file lock of an entry does not
 # exclude them (POSIX locks belong to processes), and a second thread filling the same
 # entry would clear the first one's download as its own process's leftover.
@@ -119,6 +122,7 @@ class ShardCache:
         self.limit_bytes = limit_bytes
         for sub in ("entries", "tmp", "locks"):
             (self.directory / sub).mkdir(parents=True, exist_ok=True)
+        self._tried: dict[str, float] = {}  # key -> this process's last try in the background
 
     def __repr__(self) -> str:
         return f"ShardCache('{self.directory}', limit_bytes={self.limit_bytes})"
@@ -211,24 +215,38 @@ class ShardCache:
         finally:
             lock.release()
 
-    def fill_in_background(self, key: str, size: int, populate: Callable[[Path], None]) -> bool:
+    def fill_in_background(
+        self, key: str, size: int, populate: Callable[[Path], None], what: str
+    ) -> bool:
         """Start making the entry ``key`` in a thread of this process, unless it is cached,
-        too large, or being made by another process or thread.
+        too large, being made by another process or thread, or this process tried it less
+        than ``RETRY_S`` seconds ago.
+
+        A failed download is a warning naming ``what`` (the object it copies), not an error:
+        the caller goes on reading remotely and calls again later, which retries it.
 
         Returns
         -------
         bool
-            Whether a download started. Its failure is not raised: the entry stays absent
-            and the caller goes on reading remotely.
+            Whether a try started.
         """
         if self.get(key) is not None or not self.fits(size):
             return False
+        last = self._tried.get(key)
+        if last is not None and time.monotonic() - last < RETRY_S:
+            return False
+        self._tried[key] = time.monotonic()
 
         def run() -> None:
             try:
                 self.fill(key, size, populate, block=False)
-            except Exception:  # the reads go on remotely; the next process tries again
-                pass
+            except Exception as exc:
+                warnings.warn(
+                    f"could not copy '{what}' into the cache {self.directory} ({exc}); "
+                    f"reading it remotely, trying again in {RETRY_S:.0f} s",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
 
         thread = threading.Thread(target=run, name=f"seqstore-cache-{key[:12]}", daemon=True)
         thread.start()

@@ -160,7 +160,7 @@ class RemoteHDF5Reader(Reader):
                 )
             source, where = RemoteFile(self.remote, self.data_url, self.data_size), self.data_url
             if self.cache is not None:
-                self.cache.fill_in_background(self.cache_key, self.data_size, self._download)
+                self._fill_cache()
         io = RangeFileIO(source, self.data_size, where)
         try:
             file = h5py.File(io, "r")
@@ -196,12 +196,20 @@ class RemoteHDF5Reader(Reader):
             return
         state.checked_cache = state.touched = now
         local = self._cached_copy()
-        if local is not None:
+        if local is None:
+            self._fill_cache()  # again, if this process's last try failed long enough ago
+        else:
             # The same bytes: h5py's open file and the index chunks stay valid.
             state.source.close()
             state.source = state.io.source = local
             state.where = str(local.path)
             state.io.drop_pages()
+
+    def _fill_cache(self) -> None:
+        assert self.cache is not None
+        self.cache.fill_in_background(
+            self.cache_key, self.data_size, self._download, what=self.data_url
+        )
 
     def _download(self, directory: Path) -> None:
         target = directory / DATA_FILE
