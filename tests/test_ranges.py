@@ -111,6 +111,29 @@ def test_hdf5_block_is_one_pread_not_one_read_per_chunk(
     assert len(reads) == 2
 
 
+def test_hdf5_block_reads_its_own_bytes_not_whole_chunks(
+    stores: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = seqstore.open(stores["hdf5"])
+    n = len(reader)
+    expected = seqstore.open(stores["lmdb"]).read_block(n // 3, 2 * n // 3)
+    reads: list[tuple[int, int]] = []
+    read = FileRanges.read
+
+    def spy(self: FileRanges, offset: int, length: int) -> Any:
+        reads.append((offset, length))
+        return read(self, offset, length)
+
+    monkeypatch.setattr(FileRanges, "read", spy)
+    records = reader.read_block(n // 3, 2 * n // 3)
+    assert records == expected
+    # A block in the middle of the store begins and ends inside 1 MB chunks: the images
+    # read are the block's bytes, not the chunks around them.
+    images, keys = reads
+    assert images[1] == sum(len(r.data) for r in records)
+    assert keys[1] == sum(len(r.key.encode()) for r in records)
+
+
 # -- direct reads ---------------------------------------------------------------------------
 
 needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="O_DIRECT and mincore are Linux's")

@@ -109,9 +109,20 @@ def test_a_block_is_one_ranged_get(s3_server: S3Server, bucket: str, tmp_path: P
     assert reader.read_block(150, 200) == records[150:200]  # the keys are fetched with it
     remote = reader.remote  # type: ignore[attr-defined]
     gets = remote.gets
-    # 4 MB over 5 chunks, with the index's chunks between the first two: one ranged GET.
+    asked: list[int] = []
+    cat = remote.cat
+
+    def spy(url: str, start: int | None = None, end: int | None = None) -> Any:
+        asked.append((end or 0) - (start or 0))
+        return cat(url, start, end)
+
+    remote.cat = spy
+    # 4 MB over 5 chunks, with the index's chunks between the first two: one ranged GET,
+    # of the block's bytes and what lies between its chunks, not of its chunks whole (the
+    # block starts 800 KB into its first one).
     assert reader.read_block(20, 120) == records[20:120]
     assert remote.gets == gets + 1
+    assert len(asked) == 1 and asked[0] < 100 * 40_000 + 300_000
 
 
 @pytest.mark.parametrize("workers", [0, 2])

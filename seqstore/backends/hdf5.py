@@ -171,10 +171,8 @@ class HDF5Reader(Reader):
             return _read_slice(self.file[name], start, stop)
         size, offsets = table
         first, last = start // size, (stop - 1) // size
-        pieces = self._ranges.read_extents(
-            [(offset, size) for offset in offsets[first : last + 1].tolist()]
-        )
-        return cut_joined(pieces, start - first * size, stop - start)
+        extents = within_chunks(offsets[first : last + 1].tolist(), first, size, start, stop)
+        return cut_joined(self._ranges.read_extents(extents), 0, stop - start)
 
     def labels(self) -> np.ndarray:
         # docstring inherited
@@ -225,6 +223,20 @@ def _read_slice(dataset: h5py.Dataset, start: int, stop: int) -> bytes:
     if stop > start:
         dataset.read_direct(out, np.s_[start:stop])
     return out.tobytes()
+
+
+def within_chunks(
+    chunk_offsets: list[int], first: int, size: int, start: int, stop: int
+) -> list[tuple[int, int]]:
+    """The file extents of bytes ``start`` to ``stop - 1`` of a one-dimensional uint8
+    dataset in chunks of ``size``, whose chunks ``first``, ``first + 1`` ... lie at the file
+    offsets ``chunk_offsets``: only each chunk's bytes in the range, since a block rarely
+    begins or ends on a chunk boundary and whole chunks would read up to two chunks more."""
+    extents = []
+    for i, offset in enumerate(chunk_offsets, first):
+        lo, hi = max(start, i * size), min(stop, (i + 1) * size)
+        extents.append((offset + lo - i * size, hi - lo))
+    return extents
 
 
 def chunk_table(dataset: h5py.Dataset) -> tuple[int, np.ndarray] | None:

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from ..backends.handles import ProcessLocal
-from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, cut_records
+from ..backends.hdf5 import _INDEX, DATA_FILE, _index_digest, cut_records, within_chunks
 from ..backends.ranges import ByteRanges, FileRanges, RangeFileIO, cut_joined
 from ..backends.reader import Reader, check_layout
 from ..errors import CorruptStoreError, SeqstoreError
@@ -383,7 +383,7 @@ class RemoteHDF5Reader(Reader):
         elif extents is None:  # not laid out in plain chunks: through h5py
             images = images_ds[lo:hi].tobytes()
         else:
-            images = cut_joined(pieces, lo % images_ds.chunks[0], hi - lo)
+            images = cut_joined(pieces, 0, hi - lo)
         return cut_records(images, keys, rows)
 
     def __repr__(self) -> str:
@@ -391,8 +391,8 @@ class RemoteHDF5Reader(Reader):
 
 
 def _chunk_extents(dataset: h5py.Dataset, start: int, stop: int) -> list[tuple[int, int]] | None:
-    """The ``(offset, length)`` in the file of each chunk that elements ``start`` to
-    ``stop - 1`` of a one-dimensional uint8 dataset touch, in order; None when a chunk
+    """The ``(offset, length)`` in the file of elements ``start`` to ``stop - 1`` of a
+    one-dimensional uint8 dataset, a piece per chunk, in order; None when a chunk
     cannot be read as plain bytes (filtered, or not allocated): read through h5py then.
 
     Looked up chunk by chunk, unlike the local reader's whole chunk table: over a URL
@@ -401,10 +401,10 @@ def _chunk_extents(dataset: h5py.Dataset, start: int, stop: int) -> list[tuple[i
     if dataset.chunks is None or dataset.compression is not None or stop <= start:
         return None
     size = dataset.chunks[0]
-    out = []
+    offsets = []
     for first in range(start - start % size, stop, size):
         info = dataset.id.get_chunk_info_by_coord((first,))
         if info.byte_offset is None or info.filter_mask or info.size != size:
             return None
-        out.append((int(info.byte_offset), size))
-    return out
+        offsets.append(int(info.byte_offset))
+    return within_chunks(offsets, start // size, size, start, stop)
