@@ -60,14 +60,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_lmdb_block_is_one_pread_of_its_values_not_a_walk_of_the_map(
     stores: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[tuple[int, int]] = []
-    read = FileRanges.read
-
-    def spy(self: FileRanges, offset: int, length: int) -> Any:
-        reads.append((offset, length))
-        return read(self, offset, length)
-
-    monkeypatch.setattr(FileRanges, "read", spy)
+    reads = _Spy(monkeypatch, "read").calls
     walked = []
     monkeypatch.setattr(
         "seqstore.backends.lmdb._decode",
@@ -91,17 +84,10 @@ def test_lmdb_block_is_one_pread_of_its_values_not_a_walk_of_the_map(
 def test_hdf5_block_is_one_pread_not_one_read_per_chunk(
     stores: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reads: list[tuple[int, int]] = []
-    read = FileRanges.read
-
-    def spy(self: FileRanges, offset: int, length: int) -> Any:
-        reads.append((offset, length))
-        return read(self, offset, length)
-
     reader = seqstore.open(stores["hdf5"])
     n = len(reader)
     expected = seqstore.open(stores["lmdb"]).read_block(0, n)
-    monkeypatch.setattr(FileRanges, "read", spy)
+    reads = _Spy(monkeypatch, "read").calls
     records = reader.read_block(0, n)
     assert [(r.key, r.data, r.label) for r in records] == [
         (r.key, r.data, r.label) for r in expected
@@ -117,14 +103,7 @@ def test_hdf5_block_reads_its_own_bytes_not_whole_chunks(
     reader = seqstore.open(stores["hdf5"])
     n = len(reader)
     expected = seqstore.open(stores["lmdb"]).read_block(n // 3, 2 * n // 3)
-    reads: list[tuple[int, int]] = []
-    read = FileRanges.read
-
-    def spy(self: FileRanges, offset: int, length: int) -> Any:
-        reads.append((offset, length))
-        return read(self, offset, length)
-
-    monkeypatch.setattr(FileRanges, "read", spy)
+    reads = _Spy(monkeypatch, "read").calls
     records = reader.read_block(n // 3, 2 * n // 3)
     assert records == expected
     # A block in the middle of the store begins and ends inside 1 MB chunks: the images
