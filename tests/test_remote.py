@@ -307,12 +307,16 @@ def test_cache_shared_by_worker_processes(
     deadline = time.monotonic() + 30
     epochs = 0
     # The first epoch starts the download in the background; the epochs meanwhile read
-    # remotely, and the later ones from the copy.
+    # remotely.
     while epochs < 3 or not cache.entries():
         assert time.monotonic() < deadline, "the cache was not filled"
         loader.set_epoch(0)
         assert collect_epoch(loader)[0] == expected, epochs
         epochs += 1
+    # The workers look for the copy every half second: the next epoch reads it.
+    time.sleep(0.6)
+    loader.set_epoch(0)
+    assert collect_epoch(loader)[0] == expected
     entries = cache.entries()
     assert len(entries) == 1  # two workers, one download
     data = (entries[0] / "data.h5").read_bytes()
