@@ -18,7 +18,7 @@ and hands the buffer back at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,20 +28,36 @@ import torch
 
 from .engine.stream import RawBatch
 
-__all__ = ["Affine", "Delivery", "Ring", "Slot", "collate", "normalize", "normalizing_affine"]
+__all__ = [
+    "Affine",
+    "Delivery",
+    "Ring",
+    "Samples",
+    "Slot",
+    "collate",
+    "join",
+    "normalize",
+    "normalizing_affine",
+]
 
 
 @dataclass(frozen=True)
 class Slot:
-    """A batch a worker left in its ring: which worker, which buffer, how many samples."""
+    """Samples a worker left in the ring: rows ``[offset, offset + size)`` of buffer
+    ``slot``."""
 
-    worker: int
     slot: int
+    offset: int
     size: int
 
 
+class Samples(list[Any]):
+    """A part's samples as they are, one per record (bytes, or arrays of their own
+    sizes): joined to the other parts of their batch by concatenation."""
+
+
 # The states of a ring buffer.
-_FREE, _FILLED, _LENT = 0, 1, 2
+_FREE, _LENT = 0, 2
 
 
 class _Lent(np.ndarray):
@@ -49,7 +65,7 @@ class _Lent(np.ndarray):
     views it is gone, numpy collects this array, which hands the buffer back."""
 
     _busy: np.ndarray | None = None
-    _at: tuple[int, int] = (0, 0)
+    _at: int = 0
 
     def __del__(self) -> None:
         if self._busy is not None:  # not in the views numpy derives from it
@@ -57,23 +73,27 @@ class _Lent(np.ndarray):
 
 
 class Ring:
-    """Shared-memory batch buffers, ``slots`` per worker, reused from batch to batch, for
-    samples of one shape and dtype.
+    """Shared-memory batch buffers, reused from batch to batch, for samples of one shape and
+    dtype.
 
-    A worker takes a free buffer (:meth:`acquire`), fills it and sends a :class:`Slot`; the
-    main process lends the batch to the training loop (:meth:`lease`), or copies it out and
-    frees the buffer (:meth:`release`). The DataLoader hands a worker its next task as soon
-    as the main process takes a batch from it, so a worker has at most ``prefetch_factor``
-    batches in flight plus the one being delivered, and a training loop holds one batch
-    while it waits for the next: ``prefetch_factor + 2`` buffers keep a worker from ever
-    running out. A loop that keeps more batches makes a worker find no free buffer; the
-    batch then goes in shared memory of its own, as without a ring. That is about the
-    shared memory that batches in flight take anyway, reserved once when the loader is made.
+    Batch ``b`` goes into buffer ``b % slots``: a worker that makes the batch, or its part
+    of it (rows :func:`~seqstore.engine.order.part_bounds`), writes there if the buffer is
+    free (:meth:`acquire`) and sends a :class:`Slot`; the main process lends the batch to
+    the training loop (:meth:`lease`), or copies it out and frees the buffer
+    (:meth:`release`). The DataLoader hands a worker its next task as soon as the main
+    process takes an item from it, ``prefetch_factor`` tasks per worker ahead: so when a
+    worker starts batch ``b``, every batch before ``b - prefetch_factor`` (split batches;
+    ``b - prefetch_factor * workers`` for whole ones) has reached the training loop, which
+    holds one batch while it waits for the next. ``prefetch_factor + 2`` buffers (split;
+    ``prefetch_factor * workers + 2`` for whole batches) are therefore free when needed.
+    A loop that keeps more batches makes a worker find its buffer lent; its samples then go
+    in shared memory of their own, as without a ring. That is about the shared memory that
+    batches in flight take anyway, reserved once when the loader is made.
 
     Parameters
     ----------
-    workers, slots
-        Worker processes, and buffers for each.
+    slots
+        Buffers.
     batch_size
         Samples per buffer.
     shape
@@ -84,7 +104,6 @@ class Ring:
 
     def __init__(
         self,
-        workers: int,
         slots: int,
         batch_size: int,
         shape: tuple[int, ...],
@@ -92,7 +111,7 @@ class Ring:
     ):
         self.shape = shape
         self.dtype = dtype
-        size = (workers, slots, batch_size, *shape)
+        size = (slots, batch_size, *shape)
         try:
             # A new shared segment, as torch.multiprocessing makes them: no copy into it,
             # which share_memory_() of a fresh tensor would make (twice as slow).
@@ -101,39 +120,33 @@ class Ring:
             self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(size)
         except AttributeError:  # a torch without it
             self.buffers = torch.empty(size, dtype=dtype).share_memory_()
-        self.busy = torch.zeros((workers, slots), dtype=torch.uint8).share_memory_()
+        self.busy = torch.zeros(slots, dtype=torch.uint8).share_memory_()
 
-    def reset(self, worker: int) -> None:
-        """Free ``worker``'s filled buffers at the start of an epoch: the batches of an
-        epoch broken off that the main process dropped. Batches lent stay lent."""
-        busy = self.busy[worker].numpy()
-        busy[busy == _FILLED] = _FREE
+    @property
+    def slots(self) -> int:
+        """Buffers in the ring."""
+        return len(self.busy)
 
-    def acquire(self, worker: int) -> int | None:
-        """A free buffer of ``worker``, marked filled; None if the training loop holds
-        them all."""
-        busy = self.busy[worker].numpy()
-        free = np.flatnonzero(busy == _FREE)
-        if not free.size:
-            return None
-        busy[free[0]] = _FILLED
-        return int(free[0])
+    def acquire(self, batch: int) -> int | None:
+        """The buffer of rank-local batch ``batch``, if the training loop does not hold it."""
+        slot = batch % self.slots
+        return slot if int(self.busy[slot]) == _FREE else None
 
     def view(self, slot: Slot) -> torch.Tensor:
-        """The batch in ``slot``, NHWC, a view of the shared buffer."""
-        return self.buffers[slot.worker, slot.slot, : slot.size]
+        """The samples in ``slot``, NHWC, a view of the shared buffer."""
+        return self.buffers[slot.slot, slot.offset : slot.offset + slot.size]
 
     def release(self, slot: Slot) -> None:
-        """Hand ``slot``'s buffer back to its worker."""
-        self.busy[slot.worker, slot.slot] = _FREE
+        """Hand ``slot``'s buffer back to the workers."""
+        self.busy[slot.slot] = _FREE
 
     def lease(self, slot: Slot) -> torch.Tensor:
-        """The batch in ``slot``, NHWC, lent: the buffer goes back to its worker once the
+        """The batch in ``slot``, NHWC, lent: the buffer goes back to the workers once the
         tensor and every view of it are gone."""
         lent = self.view(slot).numpy().view(_Lent)
         lent._busy = self.busy.numpy()
-        lent._at = (slot.worker, slot.slot)
-        lent._busy[lent._at] = _LENT
+        lent._at = slot.slot
+        lent._busy[slot.slot] = _LENT
         return torch.from_numpy(lent)
 
 
@@ -187,8 +200,8 @@ def _stack_normalized(samples: list[np.ndarray], out: np.ndarray, affine: Affine
         else:
             # A tuple is OpenCV's per-channel scalar, which its stubs do not list.
             pad = (0.0,) * (4 - len(scale))
-            cv2.multiply(sample, scale + pad, dst=out[i], dtype=cv2.CV_32F)  # type: ignore[call-overload]
-            cv2.add(out[i], shift + pad, dst=out[i])  # type: ignore[call-overload]
+            cv2.multiply(sample, scale + pad, dst=out[i], dtype=cv2.CV_32F)  # type: ignore[call-overload, unused-ignore]
+            cv2.add(out[i], shift + pad, dst=out[i])  # type: ignore[call-overload, unused-ignore]
 
 
 def _uint8_images(samples: list[Any]) -> list[np.ndarray] | None:
@@ -222,9 +235,9 @@ def collate(
             fits = ring.dtype == torch.float32 and affine.shape(images[0].shape) == ring.shape
         else:
             fits = _same(samples, ring.shape, ring.dtype)
-        free = ring.acquire(worker) if fits else None
+        free = ring.acquire(raw.batch) if fits else None
         if free is not None:
-            slot = Slot(worker, free, len(samples))
+            slot = Slot(free, raw.offset, len(samples))
             if images is not None and affine is not None:
                 _stack_normalized(images, ring.view(slot).numpy(), affine)
             else:
@@ -233,10 +246,10 @@ def collate(
     if images is None:
         first = samples[0] if samples else None
         if isinstance(first, (bytes, str)) or first is None:
-            return samples, raw.labels, raw.indices
+            return Samples(samples), raw.labels, raw.indices
         if isinstance(first, np.ndarray) and any(s.shape != first.shape for s in samples):
             # Images of their own sizes (transform="decode"): nothing to stack.
-            return [torch.from_numpy(s) for s in samples], raw.labels, raw.indices
+            return Samples(torch.from_numpy(s) for s in samples), raw.labels, raw.indices
         return torch.utils.data.default_collate(samples), raw.labels, raw.indices
     # NHWC in one buffer, in shared memory up front when in a worker so that the batch
     # crosses to the main process without another copy.
@@ -249,6 +262,39 @@ def collate(
     else:
         np.stack(images, out=out.numpy())
     return out, raw.labels, raw.indices
+
+
+def _cat(parts: list[Any]) -> Any:
+    """Collated parts of one batch, joined as collating the whole batch would have made it."""
+    first = parts[0]
+    if isinstance(first, Samples):
+        return [sample for part in parts for sample in part]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        return {key: _cat([part[key] for part in parts]) for key in first}
+    if isinstance(first, (list, tuple)):  # default_collate of sequences: one entry per field
+        return type(first)(_cat(list(field)) for field in zip(*parts, strict=True))
+    raise TypeError(f"cannot join batch parts of type {type(first).__name__}")
+
+
+def join(parts: list[Any], ring: Ring | None) -> Any:
+    """One batch from its parts (:func:`collate`'s images of each, in worker order): a
+    :class:`Slot` of the whole batch when every part lies in place in one ring buffer, else
+    the parts joined into new memory (ring buffers they used are released)."""
+    if len(parts) == 1:
+        return list(parts[0]) if isinstance(parts[0], Samples) else parts[0]
+    slots = [p for p in parts if isinstance(p, Slot)]
+    if ring is not None and len(slots) == len(parts):
+        ends = np.cumsum([p.size for p in slots])
+        if len({p.slot for p in slots}) == 1 and [p.offset for p in slots] == [0, *ends[:-1]]:
+            return Slot(slots[0].slot, 0, int(ends[-1]))
+    if ring is None:
+        return _cat(parts)
+    joined = _cat([ring.view(p) if isinstance(p, Slot) else p for p in parts])
+    for slot in slots:
+        ring.release(slot)
+    return joined
 
 
 def normalizing_affine(mean: Sequence[float], std: Sequence[float], planar: bool) -> Affine:

@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .backends import Reader, open_store
-from .batches import Delivery, Ring, Slot, normalizing_affine
+from .batches import Delivery, Ring, Slot, join, normalizing_affine
 from .config import LoaderConfig, load_config
 from .engine.order import TABLE_LIMIT, rank_sample_count
-from .engine.plan import EpochSpec, Remaining, remaining_after
+from .engine.plan import SCHEME, EpochSpec, Remaining, remaining_after
 from .errors import ConfigError, ResumeError, WorkerDiedError
 from .splits import resolve_split
 from .workers import (
@@ -46,7 +46,10 @@ __all__ = ["Loader", "resolve_split"]
 # 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
 # 4: a state resumes on another shape (ranks, workers, batch size); "remaining" holds the
 #    records an epoch resumed so runs over.
-_STATE_VERSION = 4
+# 5: the shuffle scheme joined the spec (scheme 2: full buffers, batches split over the
+#    workers, folders permuted record by record); a version 4 state is of scheme 1, and
+#    continues on this seqstore's scheme as an epoch resumed on another shape does.
+_STATE_VERSION = 5
 # Beyond this, batches of a user callable's outputs are shared one by one instead.
 _MAX_RING_BYTES = 2 << 30
 
@@ -165,6 +168,7 @@ class Loader:
             mean_record_bytes=self.reader.manifest.mean_record_bytes,
             rank=rank,
             world_size=world,
+            by_record=self.reader.records_are_files,
         )
         """What fixes this loader's epochs: see :func:`seqstore.engine.plan.worker_order`."""
         transform = SampleTransform(cfg)
@@ -188,11 +192,12 @@ class Loader:
         # Batches of same-shaped samples go through the ring, unless it would be huge.
         self._ring = None
         if cfg.num_workers > 0 and sample is not None:
-            slots = cfg.prefetch_factor + 2  # see Ring
+            ahead = cfg.prefetch_factor * (1 if self.spec.split else cfg.num_workers)
+            slots = ahead + 2  # see Ring
             shape, dtype = sample
-            nbytes = cfg.num_workers * slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
+            nbytes = slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
             if nbytes <= _MAX_RING_BYTES:
-                self._ring = Ring(cfg.num_workers, slots, cfg.batch_size, *sample)
+                self._ring = Ring(slots, cfg.batch_size, *sample)
         self._dataset = EpochDataset(
             self.reader,
             transform,
@@ -314,6 +319,8 @@ class Loader:
         self._worker_death = message
 
     def _iter_epoch(self, batches: Iterator[WorkerItem], epoch: int) -> Iterator[Any]:
+        # Split batches come as one part from each worker in turn (see EpochSpec.split).
+        parts: list[tuple[Any, np.ndarray, np.ndarray, list[Any]]] = []
         while True:
             death = self._worker_death
             try:
@@ -345,8 +352,16 @@ class Loader:
                     # form a cycle, and when the collector breaks it the DataLoader's queues
                     # are closed before its workers are told to stop (10 s of waiting).
                     del error
-            images, label_array, index_array, bad = item
-            labels, indices = torch.as_tensor(label_array), torch.as_tensor(index_array)
+            parts.append(item)
+            del item
+            size = self.spec.batch_size_of(self._batches_done, self._remaining)
+            if len(parts) < self.spec.parts(size):
+                continue
+            images = join([part[0] for part in parts], self._ring)
+            labels = torch.as_tensor(np.concatenate([part[1] for part in parts]))
+            indices = torch.as_tensor(np.concatenate([part[2] for part in parts]))
+            bad = [record for part in parts for record in part[3]]
+            parts.clear()
             slot = images if isinstance(images, Slot) else None
             try:
                 self._bad.note(bad, self._epoch)
@@ -481,7 +496,7 @@ def _shape(spec: EpochSpec) -> dict[str, Any]:
 
 
 def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A version 2 or 3 state (older seqstore) in the current form; any other state
+    """A version 2, 3 or 4 state (older seqstore) in the current form; any other state
     unchanged.
 
     Raises
@@ -504,6 +519,11 @@ def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
                 f"seqstore draws differently (beyond {TABLE_LIMIT} blocks); start the epoch "
                 "afresh with set_epoch()"
             )
-        # Otherwise the order is this seqstore's: all the state lacks is "remaining".
-        state = {**state, "version": _STATE_VERSION, "remaining": None}
+        # Otherwise the order is version 4's: all the state lacks is "remaining".
+        state = {**state, "version": 4, "remaining": None}
+    if state.get("version") == 4:
+        # Its shuffled epochs were drawn by scheme 1: the rest of one is found by replaying
+        # that. Storage order is the same in every scheme.
+        scheme = 1 if state.get("shuffle") else SCHEME
+        state = {**state, "version": _STATE_VERSION, "scheme": scheme}
     return state

@@ -278,17 +278,17 @@ class EpochDataset(IterableDataset[WorkerItem]):
         epoch, skip_batches, partial = (int(v) for v in self.state)
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        # DataLoader collects batches from workers round-robin starting at worker 0; after
-        # a resume at batch k the next batch belongs to worker k % workers, so the workers
-        # are rotated to take up where their counterparts left off.
-        plan_worker = (worker + skip_batches) % spec.workers
+        # DataLoader collects items from workers round-robin starting at worker 0. Split
+        # batches take a part from every worker, so worker w makes part w of each. Whole
+        # batches after a resume at batch k: the next belongs to worker k % workers, so the
+        # workers are rotated to take up where their counterparts left off.
+        plan_worker = worker if spec.split else (worker + skip_batches) % spec.workers
         remaining = self.remaining if partial else None
         work = WorkerEpoch(spec, epoch, spec.rank, plan_worker, remaining)
-        done = sum(1 for b in work.plan.batches if b < skip_batches)
-        batches = iter_batches(self.reader.read_block, work, self.transform, skip_batches=done)
+        batches = iter_batches(
+            self.reader.read_block, work, self.transform, skip_batches=skip_batches
+        )
         in_worker = worker if info is not None else None
-        if self.ring is not None and in_worker is not None:
-            self.ring.reset(in_worker)
         for raw in batches:
             bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
             yield (*collate(raw, self.ring, in_worker, self.affine), bad)

@@ -17,6 +17,7 @@ import pytest
 
 import seqstore
 from seqstore.bench import order_quality, shuffle_quality
+from seqstore.engine.plan import EpochSpec
 from seqstore.testing import make_image_folder
 
 ROOT = str(Path(seqstore.__file__).parents[1])
@@ -234,10 +235,26 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
     assert store.stat().st_mtime_ns == before
 
 
+def _quality(labels: np.ndarray, block: int, capacity: int, workers: int) -> dict[str, float]:
+    spec = EpochSpec(
+        num_records=len(labels),
+        block=block,
+        capacity=capacity,
+        shuffle=capacity > 1,
+        seed=0,
+        rank=0,
+        world_size=1,
+        workers=workers,
+        batch_size=32,
+        drop_last=False,
+    )
+    return shuffle_quality(labels, spec)
+
+
 def test_shuffle_quality_tells_sorted_from_mixed_stores() -> None:
     labels = np.repeat(np.arange(10), 100)  # a class-sorted folder
-    small = shuffle_quality(labels, block=50, capacity=20, batch_size=32, workers=1)
-    large = shuffle_quality(labels, block=50, capacity=1000, batch_size=32, workers=1)
+    small = _quality(labels, block=50, capacity=20, workers=1)
+    large = _quality(labels, block=50, capacity=1000, workers=1)
     assert (
         small["classes_per_batch"]
         < large["classes_per_batch"]
@@ -265,16 +282,15 @@ def test_shuffle_quality_golden_values() -> None:
     """Pinned: the engine's block order, shuffle buffer and worker round robin as the Loader
     runs them. A change of any of them changes these figures."""
     labels = np.repeat(np.arange(10), 100)
-    random = {
-        "random_displacement": 0.3355866666666667,
-        "random_classes_per_batch": 9.520833333333334,
-    }
-    unshuffled = shuffle_quality(labels, block=1000, capacity=1, batch_size=32, workers=1)
+    random = {"random_displacement": 0.3355866666666667, "random_classes_per_batch": 9.675450}
+    unshuffled = _quality(labels, block=1000, capacity=1, workers=1)
     assert unshuffled == pytest.approx({"displacement": 0.0, "classes_per_batch": 1.25, **random})
-    two = shuffle_quality(labels, block=50, capacity=20, batch_size=32, workers=2)
-    assert two == pytest.approx({"displacement": 0.317694, "classes_per_batch": 2.40625, **random})
-    one = shuffle_quality(labels, block=50, capacity=1000, batch_size=32, workers=1)
-    assert one == pytest.approx({"displacement": 0.351974, "classes_per_batch": 8.6875, **random})
+    # Scheme 2: batches of 16 from each of the two workers, buffers full before they emit
+    # (scheme 1 gave 2.41 and 8.69 classes).
+    two = _quality(labels, block=50, capacity=20, workers=2)
+    assert two == pytest.approx({"displacement": 0.318198, "classes_per_batch": 3.9375, **random})
+    one = _quality(labels, block=50, capacity=1000, workers=1)
+    assert one == pytest.approx({"displacement": 0.34609, "classes_per_batch": 9.4375, **random})
 
 
 def test_a_changed_source_is_converted_again(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ resumed on another delivers every record it had not, once, then whole epochs fol
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -70,19 +72,19 @@ def _check_rest(before: list[int], rest: list[int], remaining: Remaining, spec: 
 @pytest.mark.parametrize("world1", [1, 2, 3, 4])
 @pytest.mark.parametrize("world2", [1, 2, 3, 4])
 def test_any_shape_to_any_shape_delivers_each_record_once(world1: int, world2: int) -> None:
-    for workers1 in range(4):
-        for workers2 in range(4):
-            first = _spec(world1, workers1, batch_size=4)
-            second = _spec(world2, workers2, batch_size=3)
-            # Early (buffers filling), in the middle, and one batch before the end.
-            for done in (1, first.num_batches // 2, first.num_batches - 1):
-                before = _run(first, done)
-                remaining = remaining_after(first, EPOCH, done)
-                rest = _run(second, None, remaining)
-                _check_rest(before, rest, remaining, second)
-                # Together: every record, the interrupted run's own padding aside.
-                assert set(before) | set(rest) == set(range(97))
-                assert len(before) - len(set(before)) < world1
+    # Scheme 1 -> 2: a version 4 state, resumed on this seqstore.
+    for workers1, workers2, scheme in itertools.product(range(4), range(4), (1, 2)):
+        first = _spec(world1, workers1, batch_size=4, scheme=scheme)
+        second = _spec(world2, workers2, batch_size=3)
+        # Early (buffers filling), in the middle, and one batch before the end.
+        for done in (1, first.num_batches // 2, first.num_batches - 1):
+            before = _run(first, done)
+            remaining = remaining_after(first, EPOCH, done)
+            rest = _run(second, None, remaining)
+            _check_rest(before, rest, remaining, second)
+            # Together: every record, the interrupted run's own padding aside.
+            assert set(before) | set(rest) == set(range(97))
+            assert len(before) - len(set(before)) < world1
 
 
 def test_the_interruption_falls_inside_the_shuffle_buffers() -> None:
@@ -94,7 +96,7 @@ def test_the_interruption_falls_inside_the_shuffle_buffers() -> None:
         for worker in range(2):
             work = WorkerEpoch(spec, EPOCH, rank, worker)
             buffer = work.shuffle_buffer()
-            buffer.skip(work.plan.samples_before(2, 4))
+            buffer.skip(work.plan.samples_before(2))
             assert buffer.buffer and set(buffer.buffer) <= remaining
 
 
@@ -329,19 +331,32 @@ def test_a_damaged_state_is_one_line(store: Path) -> None:
         assert "\n" not in str(info.value)
 
 
-def test_a_version_3_state_still_resumes(store: Path) -> None:
-    first = _loader(store, batch_size=8, num_workers=0)
-    whole = collect_epoch(_loader(store, batch_size=8, num_workers=0))[0]
-    head = _take(first, 2)
-    old = {**first.state_dict(), "version": 3}
-    del old["remaining"]
-    resumed = _loader(store, batch_size=8, num_workers=0)
+@pytest.mark.parametrize("version", [3, 4])
+def test_a_state_of_an_older_order_still_resumes(store: Path, version: int) -> None:
+    # A state saved by seqstore up to version 4 is of the scheme 1 order: its head is what
+    # that order delivered, and the rest is every other record, once.
+    first = _loader(store, batch_size=8, num_workers=2)
+    old_spec = dataclasses.replace(first.spec, scheme=1)
+    head = rank_order(old_spec, 0, 0)[:16].tolist()
+    _take(first, 2)
+    old = {**first.state_dict(), "version": version}
+    del old["scheme"]
+    if version == 3:
+        del old["remaining"]
+    for shape in (dict(batch_size=8, num_workers=2), dict(batch_size=5, num_workers=1)):
+        resumed = _loader(store, **shape)
+        resumed.load_state_dict(old)
+        rest = collect_epoch(resumed)[0]
+        assert sorted(head + rest) == list(range(N)), shape
+    # Unshuffled orders are the same in both schemes: the epoch continues exactly.
+    plain = _loader(store, batch_size=8, num_workers=2, shuffle=False)
+    whole = collect_epoch(_loader(store, batch_size=8, num_workers=2, shuffle=False))[0]
+    head = _take(plain, 2)
+    old = {**plain.state_dict(), "version": 4}
+    del old["scheme"]
+    resumed = _loader(store, batch_size=8, num_workers=2, shuffle=False)
     resumed.load_state_dict(old)
     assert head + collect_epoch(resumed)[0] == whole
-    # Elastically too: the order of version 3 is this version's.
-    other = _loader(store, batch_size=5, num_workers=2)
-    other.load_state_dict(old)
-    assert sorted(head + collect_epoch(other)[0]) == list(range(N))
 
 
 def test_reader_records_match_after_an_elastic_resume(store: Path) -> None:

@@ -164,14 +164,25 @@ def test_shuffle_buffer_is_a_bounded_deterministic_permutation(
     assert out == list(ShuffleBuffer(iter(items), capacity, seed))
 
 
-def test_shuffle_buffer_mixes_and_starts_early() -> None:
+def test_shuffle_buffer_mixes_from_a_full_buffer() -> None:
     items = list(range(10_000))
     out = list(ShuffleBuffer(iter(items), 1000, seed=0))
     displacement = np.abs(np.array(out) - np.arange(len(out)))
     assert out != items and np.median(displacement) > 100
     buf = ShuffleBuffer(iter(items), 1000, seed=0)
     next(buf)
-    assert buf.pulled <= 256  # first item out long before the buffer is full
+    assert buf.pulled == 1000  # the first item is drawn from a full buffer
+    # The first thousand out are a draw from the first thousand in, not from the first few.
+    assert np.mean(out[:100]) > 300
+    legacy = ShuffleBuffer(iter(items), 1000, seed=0, warmup=256)
+    next(legacy)
+    assert legacy.pulled == 256  # the old rule: emission from 256 records, half rate
+
+
+def test_input_that_fits_the_buffer_is_a_uniform_permutation() -> None:
+    # Every position equally likely for the first record: its mean place is the middle.
+    firsts = [list(ShuffleBuffer(iter(range(50)), 64, seed=s)).index(0) for s in range(400)]
+    assert 20 < np.mean(firsts) < 29
 
 
 @settings(max_examples=100, deadline=None)

@@ -33,10 +33,21 @@ def _spec(**changes: Any) -> EpochSpec:
 
 
 # (rank, worker) -> the indices that worker emits in epoch 1. A change here changes every
-# saved loader state's meaning: resume depends on these staying what they are.
+# saved loader state's meaning: resume depends on these staying what they are. Batches of 3
+# split over 2 workers: worker 0 makes parts of 2, worker 1 parts of 1.
 GOLDEN = {
     "shuffled": (
         _spec(),
+        {
+            (0, 0): [3, 0, 21, 22, 1, 20, 2, 12],
+            (0, 1): [13, 8, 14, 15],
+            (1, 0): [16, 17, 9, 4, 11, 10, 19, 18],
+            (1, 1): [6, 0, 5, 7],
+        },
+    ),
+    # The order of loader states up to version 4: whole batches per worker.
+    "scheme 1": (
+        _spec(scheme=1),
         {
             (0, 0): [3, 0, 21, 20, 2, 1],
             (0, 1): [22, 12, 13, 8, 14, 15],
@@ -72,6 +83,31 @@ def test_worker_order_golden(name: str) -> None:
         got = worker_order(spec, 1, rank, worker)
         assert got.dtype == np.int64
         assert got.tolist() == order, (rank, worker)
+
+
+def test_first_emission_golden_full_buffer_and_scheme_1_warmup() -> None:
+    # A 300-record buffer: scheme 2 emits once it is full, scheme 1 from 256 records on.
+    shape = dict(num_records=600, block=50, capacity=300, world_size=1, workers=1)
+    assert worker_order(_spec(**shape), 1, 0, 0)[:8].tolist() == [
+        481,
+        383,
+        256,
+        397,
+        579,
+        400,
+        347,
+        291,
+    ]
+    assert worker_order(_spec(**shape, scheme=1), 1, 0, 0)[:8].tolist() == [
+        447,
+        378,
+        398,
+        391,
+        562,
+        580,
+        316,
+        280,
+    ]
 
 
 def test_augmentation_draws_golden() -> None:
@@ -135,12 +171,15 @@ def test_augmentation_follows_seed_epoch_and_record() -> None:
         assert sample_rng(*other).random(4).tolist() != base, other
 
 
-def test_rank_order_is_the_workers_batches_round_robin() -> None:
-    spec = _spec()
+def test_rank_order_takes_a_part_of_each_batch_from_every_worker() -> None:
     _, golden = GOLDEN["shuffled"]
     w0, w1 = golden[(1, 0)], golden[(1, 1)]
-    expected = w0[0:3] + w1[0:3] + w0[3:6] + w1[3:6]
-    assert rank_order(spec, 1, 1).tolist() == expected
+    expected = [i for b in range(4) for i in w0[2 * b : 2 * b + 2] + w1[b : b + 1]]
+    assert rank_order(_spec(), 1, 1).tolist() == expected
+    _, old = GOLDEN["scheme 1"]
+    w0, w1 = old[(1, 0)], old[(1, 1)]
+    expected = w0[0:3] + w1[0:3] + w0[3:6] + w1[3:6]  # whole batches, round-robin
+    assert rank_order(_spec(scheme=1), 1, 1).tolist() == expected
 
 
 def test_from_config_converts_megabytes_to_records() -> None:

@@ -94,6 +94,9 @@ class Reader(ABC):
     #: Whether storage order groups records by class (an image folder's sorted walk), so
     #: that a conversion from it shuffles by default.
     class_sorted: ClassVar[bool] = False
+    #: Whether each record is a file of its own (an image folder read in place), as cheap to
+    #: read alone as in a block: the Loader then permutes a shuffled epoch record by record.
+    records_are_files: ClassVar[bool] = False
     #: Files of the source that are not records (an image folder's ``*_boxes.txt``).
     ignored: Sequence[str] = ()
 

@@ -71,7 +71,8 @@ class BenchResult:
     """Everything ``seqstore bench`` measured, as written to ``bench.json``.
 
     ``reencoded`` names the row of the store of re-encoded images, which the table compares
-    with the first format's row (None when there is none)."""
+    with the first format's row (None when there is none). ``source_shuffle`` is the shuffle
+    quality of the source as given, read by the Loader as it stands."""
 
     config: dict[str, Any]
     machine: dict[str, Any]
@@ -81,6 +82,7 @@ class BenchResult:
     notes: list[str]
     checksum_cost: dict[str, Any] | None = None
     reencoded: str | None = None
+    source_shuffle: dict[str, float] | None = None
 
     def ratio(self, name: str, to: str) -> float | None:
         """images/s of row ``name`` divided by that of row ``to`` (None if either is absent)."""
@@ -193,17 +195,18 @@ def format_table(result: BenchResult) -> str:
         lines += ["", "stage ms per image (one process): " + ", ".join(names)]
         for r in staged:
             lines.append(f"{r.name:<22}" + "".join(f"{r.stages_ms[k]:>10.3f}" for k in names))
-    mixed = [r for r in result.rows if r.shuffle]
+    mixed = [(r.name, r.shuffle) for r in result.rows if r.shuffle]
+    if result.source_shuffle:
+        mixed.append(("source as given", result.source_shuffle))
     if mixed:
         lines += [
             "",
             f"{'shuffle quality':<22}{'displacement':>13}{'random':>8}"
             f"{'classes/batch':>15}{'random':>8}",
         ]
-        for r in mixed:
-            s = r.shuffle
+        for name, s in mixed:
             lines.append(
-                f"{r.name:<22}{s['displacement']:>13.3f}{s['random_displacement']:>8.3f}"
+                f"{name:<22}{s['displacement']:>13.3f}{s['random_displacement']:>8.3f}"
                 f"{s['classes_per_batch']:>15.1f}{s['random_classes_per_batch']:>8.1f}"
             )
     cost = result.checksum_cost

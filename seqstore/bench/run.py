@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..backends import Reader, open_store
-from ..config import BenchConfig, load_config
+from ..config import BenchConfig, LoaderConfig, load_config
+from ..engine.plan import EpochSpec
 from ..errors import NotAStoreError
 from .baselines import missing_packages
 from .harness import drop_caches, measure, measure_checksum_cost
@@ -49,6 +50,10 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
             )
         )
     stores, tensorpack_file = prepare_stores(cfg)
+    # The order the Loader reads the user's own data in (a folder in place, a store in the
+    # order it was written), beside the stores bench wrote.
+    with open_store(cfg.src) as source:
+        source_shuffle = shuffle_quality(source.labels(), loader_spec(cfg, source))
     first = open_store(next(iter(stores.values())))
     n, mb = len(first), first.manifest.total_bytes / 1e6
     first.close()
@@ -61,16 +66,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         reader = open_store(path)
         row.store_mb = store_megabytes(reader)
         row.stages_ms = stage_times(reader, cfg)
-        mean = reader.manifest.mean_record_bytes
-        block = max(1, _records_for_mb(cfg.block_mb, mean))
-        capacity = max(1, _records_for_mb(cfg.shuffle_buffer_mb, mean) // max(1, cfg.workers))
-        row.shuffle = shuffle_quality(
-            reader.labels(),
-            block=block,
-            capacity=capacity,
-            batch_size=cfg.batch_size,
-            workers=max(1, cfg.workers),
-        )
+        row.shuffle = shuffle_quality(reader.labels(), loader_spec(cfg, reader))
         reader.close()
         plans.append((row, "seqstore", path, {}))
     first_fmt, first_path = next(iter(stores.items()))
@@ -161,6 +157,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         notes=notes,
         checksum_cost=checksum_cost,
         reencoded=reencoded_name(cfg),
+        source_shuffle=source_shuffle,
     )
     (cfg.out / "bench.png").unlink(missing_ok=True)  # an earlier run's
     if chart(result, cfg.out / "bench.png") is None:
@@ -175,6 +172,24 @@ def store_megabytes(reader: Reader) -> float:
     if files is None:
         files = [f for f in reader.path.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 1e6
+
+
+def loader_spec(cfg: BenchConfig, reader: Reader) -> EpochSpec:
+    """The epoch spec of the bench's Loader (``cfg``: its workers, batch, block and buffer)
+    over ``reader``, shuffled, seed 0, one rank."""
+    settings = LoaderConfig(
+        path=reader.location,
+        num_workers=cfg.workers,
+        batch_size=cfg.batch_size,
+        block_mb=cfg.block_mb,
+        shuffle_buffer_mb=cfg.shuffle_buffer_mb,
+    )
+    return EpochSpec.from_config(
+        settings,
+        num_records=len(reader),
+        mean_record_bytes=reader.manifest.mean_record_bytes,
+        by_record=reader.records_are_files,
+    )
 
 
 def _records_for_mb(mb: float, mean_record_bytes: float) -> int:

@@ -12,15 +12,20 @@ count, batch size, drop_last): no I/O, no torch. The scheme:
    number of samples: without ``drop_last`` the sequence wraps around to pad the last rank
    (as ``DistributedSampler`` does); with it, the tail is dropped. So every rank runs the
    same number of batches and DDP never waits on a rank that ran out.
-3. Within a rank, batch ``j`` belongs to worker ``j % workers``, the order in which
-   ``torch.utils.data.DataLoader`` collects batches from its workers. With ``shuffle`` each
-   worker reads one contiguous run of the rank's slice, as many samples as its batches
-   hold, and mixes them with its own seeded shuffle buffer (:mod:`seqstore.engine.shuffle`).
-   Without it each worker reads exactly the records of its own batches, so that the
-   batches, collected round-robin, come out in storage order.
+3. Within a rank, each worker reads one contiguous run of the rank's slice with ``shuffle``
+   and mixes it in its own seeded shuffle buffer (:mod:`seqstore.engine.shuffle`). With
+   ``split``, every batch is made of one part from each worker's stream (worker ``w``'s
+   part is the ``w``-th of ``workers`` nearly equal slices of the batch,
+   :func:`part_bounds`), so a batch draws from the buffers of all of the rank's workers at
+   once: the mix of one rank-wide buffer, at the memory of the per-worker ones. Without
+   ``split`` batch ``j`` belongs to worker ``j % workers`` whole, the order in which
+   ``torch.utils.data.DataLoader`` collects items from its workers. Without ``shuffle``
+   each worker reads exactly the records of its own batches, so that the batches,
+   collected round-robin, come out in storage order.
 
-Only the last batch of a rank can be short (without ``drop_last``), and it is the last
-batch of the worker that owns it.
+Only the last batch of a rank can be short (without ``drop_last``): it is the last batch of
+the worker that owns it, or (``split``) the last part of every worker, and workers whose
+part of it is empty yield one part fewer.
 
 A worker's plan costs time and memory in proportion to its own share, never to the store:
 no structure over every block is built, but in an epoch resumed on another shape, whose
@@ -53,6 +58,7 @@ __all__ = [
     "iter_indices",
     "iter_spans",
     "num_batches",
+    "part_bounds",
     "rank_sample_count",
     "union",
     "worker_plan",
@@ -363,6 +369,15 @@ def num_batches(n: int, *, world: int, batch_size: int, drop_last: bool) -> int:
     return m // batch_size if drop_last else math.ceil(m / batch_size)
 
 
+def part_bounds(size: int, workers: int, worker: int) -> Span:
+    """Rows ``[lo, hi)`` of a batch of ``size`` samples that worker ``worker`` makes when
+    every batch is split over ``workers`` workers: nearly equal parts, the first
+    ``size % workers`` of them one sample longer, in worker order."""
+    base, extra = divmod(size, workers)
+    lo = worker * base + min(worker, extra)
+    return lo, lo + base + (worker < extra)
+
+
 @dataclass(frozen=True)
 class WorkerPlan:
     """What one worker of one rank does in one epoch.
@@ -375,22 +390,43 @@ class WorkerPlan:
     num_samples : int
         Samples this worker yields.
     batches : range
-        Rank-local indices of the batches this worker yields, in order
-        (``worker, worker + workers, ...``).
+        Rank-local indices of the batches this worker yields (whole, or its part of each
+        with ``split``), in order.
     last_batch_size : int
-        Size of this worker's final batch (``batch_size`` unless it owns the short one).
+        Samples of this worker's final item (the short batch, or its part of it).
+    item_size : int
+        Samples of each of its other items (``batch_size``, or its part of a full batch).
     """
 
     spans: np.ndarray
     num_samples: int
     batches: range
     last_batch_size: int
+    item_size: int
 
-    def samples_before(self, batch: int, batch_size: int) -> int:
+    def samples_before(self, batch: int) -> int:
         """Samples this worker yields in the rank's batches before ``batch``."""
         done = len(range(self.batches.start, min(batch, self.batches.stop), self.batches.step))
-        short = batch_size - self.last_batch_size if done == len(self.batches) else 0
-        return max(done * batch_size - short, 0)
+        short = self.item_size - self.last_batch_size if done == len(self.batches) else 0
+        return max(done * self.item_size - short, 0)
+
+
+def _items(
+    total: int, full: int, last: int, worker: int, workers: int, split: bool
+) -> tuple[range, int, int]:
+    """A worker's items in a rank's epoch of ``total`` batches, ``full`` samples each but
+    the last (``last``): (the batches it yields of, its item size, its last item's size)."""
+    if not split:
+        mine = range(worker, total, workers)
+        owns_last = total and (total - 1) % workers == worker
+        return mine, full, last if owns_last else full
+    lo, hi = part_bounds(full, workers, worker)
+    lo_last, hi_last = part_bounds(last, workers, worker)
+    if hi == lo or not total:
+        return range(0), 0, 0
+    if hi_last == lo_last:  # an empty part of the short last batch is not yielded
+        return range(total - 1), hi - lo, hi - lo
+    return range(total), hi - lo, hi_last - lo_last
 
 
 def worker_plan(
@@ -403,11 +439,13 @@ def worker_plan(
     workers: int,
     batch_size: int,
     drop_last: bool,
+    split: bool = False,
 ) -> WorkerPlan:
     """The spans and batches of worker ``worker`` of rank ``rank`` over the sequence ``seq``.
 
-    See the module docstring for the scheme. Every argument is validated; the result is the
-    same for the same arguments on any machine.
+    See the module docstring for the scheme; ``split`` (with ``shuffle`` only) makes every
+    batch of parts from every worker. Every argument is validated; the result is the same
+    for the same arguments on any machine.
     """
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world size {world}")
@@ -415,25 +453,29 @@ def worker_plan(
         raise ValueError(f"worker {worker} is outside worker count {workers}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if split and not shuffle:
+        raise ValueError("split batches need shuffle: storage order is whole batches")
     n = seq.length
     m = rank_sample_count(n, world, drop_last)
     total = num_batches(n, world=world, batch_size=batch_size, drop_last=drop_last)
     # Samples the rank actually yields: whole batches, plus the short last one if kept.
     used = total * batch_size if drop_last else m
-    short = total * batch_size - used  # what the rank's last batch lacks
-    mine = range(worker, total, workers)
-    last = batch_size - short if total and (total - 1) % workers == worker else batch_size
-    count = len(mine) * batch_size - (batch_size - last)
+    last = used - (total - 1) * batch_size if total else 0  # the rank's last batch
+
+    def count(v: int) -> int:
+        mine, size, final = _items(total, batch_size, last, v, workers, split)
+        return len(mine) * size - (size - final) if mine else 0
+
+    mine, size, final = _items(total, batch_size, last, worker, workers, split)
     if not mine:
-        return WorkerPlan(np.zeros((0, 2), np.int64), 0, mine, 0)
+        return WorkerPlan(np.zeros((0, 2), np.int64), 0, mine, 0, 0)
     if shuffle:
-        earlier = sum(len(range(v, total, workers)) for v in range(worker))
-        start = earlier * batch_size - (short if (total - 1) % workers < worker else 0)
-        pieces = np.array([[start, start + count]], np.int64)
+        start = sum(count(v) for v in range(worker))
+        pieces = np.array([[start, start + count(worker)]], np.int64)
     else:
         lo = np.arange(worker, total, workers, dtype=np.int64) * batch_size
         pieces = np.stack([lo, np.minimum(lo + batch_size, used)], axis=1)
     # Only the stretch of the rank's slice this worker reads, wrapping around to pad.
     cover = rank * m + int(pieces[0, 0]), rank * m + int(pieces[-1, 1])
     spans = cut(_wrapped(seq, *cover), pieces - pieces[0, 0])
-    return WorkerPlan(_merge(spans), count, mine, last)
+    return WorkerPlan(_merge(spans), count(worker), mine, final, size)

@@ -36,12 +36,14 @@ from .order import (
     intersect,
     iter_indices,
     num_batches,
+    rank_sample_count,
     union,
     worker_plan,
 )
 from .shuffle import ShuffleBuffer
 
 __all__ = [
+    "SCHEME",
     "EpochSettings",
     "EpochSpec",
     "Remaining",
@@ -51,6 +53,10 @@ __all__ = [
     "remaining_after",
     "worker_order",
 ]
+
+
+SCHEME = 2
+"""The shuffle scheme of the loaders this seqstore makes (see :class:`EpochSpec`)."""
 
 
 class EpochSettings(Protocol):
@@ -97,6 +103,13 @@ class EpochSpec:
         Worker processes per rank (1 when loading in the main process).
     batch_size, drop_last
         As in :class:`~seqstore.config.LoaderConfig`.
+    scheme
+        How the shuffle mixes, :data:`SCHEME` for every loader this seqstore makes. 2: each
+        worker's buffer fills before its first emission, and every shuffled batch takes one
+        part from each worker's stream (:func:`~seqstore.engine.order.part_bounds`). 1 (the
+        order of seqstore's loader states up to version 4, kept so they still resume):
+        emission begins at 256 buffered records, one for every two read until the buffer
+        is full, and each worker yields whole batches.
 
     Raises
     ------
@@ -114,6 +127,7 @@ class EpochSpec:
     workers: int
     batch_size: int
     drop_last: bool
+    scheme: int = 2
 
     def __post_init__(self) -> None:
         if self.num_records < 0 or self.seed < 0:
@@ -127,6 +141,17 @@ class EpochSpec:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
         if not self.shuffle and self.capacity != 1:
             raise ValueError(f"capacity must be 1 without shuffle, got {self.capacity}")
+        if self.scheme not in (1, SCHEME):
+            raise ValueError(f"scheme must be 1 or {SCHEME}, got {self.scheme}")
+
+    @property
+    def split(self) -> bool:
+        """Whether each batch is made of parts from every worker (see ``scheme``)."""
+        return self.scheme >= 2 and self.shuffle and self.workers > 1
+
+    def parts(self, size: int) -> int:
+        """Items (one per worker that has a part) that make a batch of ``size`` samples."""
+        return min(self.workers, size) if self.split else 1
 
     @classmethod
     def from_config(
@@ -137,18 +162,26 @@ class EpochSpec:
         mean_record_bytes: float,
         rank: int = 0,
         world_size: int = 1,
+        by_record: bool = False,
     ) -> EpochSpec:
         """The spec of a loader with ``config`` over a store of ``num_records`` records.
 
         ``block_mb`` and ``shuffle_buffer_mb`` are converted to records with the store's
         ``mean_record_bytes``; ``shuffle_buffer`` (records), when set, takes the place of
         the latter. The buffer is a rank's, shared out between its workers.
+
+        ``by_record``: the records are files of their own (an image folder), as cheap to
+        read one by one as in blocks. A shuffled epoch is then a uniform permutation of the
+        records (blocks of one record) and needs no buffer.
         """
         workers = max(1, config.num_workers)
         capacity = config.shuffle_buffer or int(config.shuffle_buffer_mb * 1e6 / mean_record_bytes)
+        block = max(1, int(config.block_mb * 1e6 / mean_record_bytes))
+        if by_record and config.shuffle:
+            block = capacity = 1
         return cls(
             num_records=num_records,
-            block=max(1, int(config.block_mb * 1e6 / mean_record_bytes)),
+            block=block,
             capacity=max(1, capacity // workers) if config.shuffle else 1,
             shuffle=config.shuffle,
             seed=config.seed,
@@ -172,6 +205,16 @@ class EpochSpec:
             batch_size=self.batch_size,
             drop_last=self.drop_last,
         )
+
+    def batch_size_of(self, batch: int, remaining: Remaining | None) -> int:
+        """Samples of rank-local batch ``batch`` of an epoch over ``remaining``: all but the
+        last are ``batch_size``."""
+        total = self.batches_over(remaining)
+        if batch < total - 1:
+            return self.batch_size
+        n = self.num_records if remaining is None else remaining.count
+        used = rank_sample_count(n, self.world_size, self.drop_last)
+        return min(self.batch_size, used - (total - 1) * self.batch_size)
 
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: what a saved loader state must match to be resumed."""
@@ -288,13 +331,15 @@ class WorkerEpoch:
             workers=s.workers,
             batch_size=s.batch_size,
             drop_last=s.drop_last,
+            split=s.split,
         )
 
     def shuffle_buffer(self) -> ShuffleBuffer:
         """A fresh shuffle buffer over the plan's indices: its emissions are the order."""
         # Keyed by (seed, epoch, rank, worker) so each of them changes the mix.
         key = [self.spec.seed, self.epoch, self.rank, self.worker]
-        return ShuffleBuffer(iter_indices(self.plan.spans), self.spec.capacity, key)
+        warmup = None if self.spec.scheme >= 2 else 256
+        return ShuffleBuffer(iter_indices(self.plan.spans), self.spec.capacity, key, warmup)
 
     def order(self) -> np.ndarray:
         """Store indices in the order this worker emits them (int64)."""
@@ -329,16 +374,27 @@ def rank_order(
 ) -> np.ndarray:
     """The store indices rank ``rank``'s loader yields in ``epoch``, batch after batch.
 
-    The workers' batches taken round-robin, as the DataLoader collects them; over
-    ``remaining`` only, when given.
+    The workers' items taken round-robin, as the DataLoader collects them (whole batches,
+    or with ``spec.split`` one part of each batch from every worker); over ``remaining``
+    only, when given.
     """
-    size = spec.batch_size
-    orders = [worker_order(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
-    batches = [
-        orders[b % spec.workers][(b // spec.workers) * size : (b // spec.workers + 1) * size]
-        for b in range(spec.batches_over(remaining))
-    ]
-    return np.concatenate(batches) if batches else np.zeros(0, np.int64)
+    works = [WorkerEpoch(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
+    orders = [work.order() for work in works]
+    total = spec.batches_over(remaining)
+    parts = []
+    if spec.split:  # batch b is every worker's next part, in worker order
+        done = [0] * spec.workers
+        for _ in range(total):
+            for w, work in enumerate(works):
+                take = min(work.plan.item_size, len(orders[w]) - done[w])
+                parts.append(orders[w][done[w] : done[w] + take])
+                done[w] += take
+    else:
+        size = spec.batch_size
+        for b in range(total):
+            k = b // spec.workers
+            parts.append(orders[b % spec.workers][k * size : (k + 1) * size])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 def remaining_after(
@@ -391,7 +447,7 @@ def remaining_after(
             spans = work.plan.spans
             if spec.drop_last:
                 read.append(spans)
-            emitted = work.plan.samples_before(done, spec.batch_size)
+            emitted = work.plan.samples_before(done)
             if emitted == 0:
                 continue
             buffer = work.shuffle_buffer()

@@ -7,10 +7,12 @@ decisions to find where an interrupted epoch stopped, without reading or decodin
 
 Emission rule, with ``capacity`` the buffer size in records: items are pulled in read order;
 once the buffer holds ``capacity`` items, every pull is followed by one emission of a
-uniformly chosen buffered item. To keep the time to the first batch short, emission starts
-as soon as ``warmup`` items are buffered, at one emission for every two pulls, so the
-buffer still grows to its capacity. At the end of the input the rest is emitted in random
-order.
+uniformly chosen buffered item, and at the end of the input the rest is emitted in random
+order. The first emission waits for a full buffer, so that the first records out are
+drawn from as many places as the last: an input that fits in the buffer comes out as a
+uniform permutation. An earlier ``warmup`` starts emitting once that many items are
+buffered, at one emission for every two pulls until the buffer is full (the rule of
+seqstore's first loaders, whose early emissions came from the first blocks read).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class ShuffleBuffer:
     seed
         Entropy for the generator: the same seed and source give the same order.
     warmup
-        Buffered items before the first emission (default: ``min(capacity, 256)``).
+        Buffered items before the first emission (default: ``capacity``).
 
     Attributes
     ----------
@@ -57,7 +59,7 @@ class ShuffleBuffer:
             raise ValueError(f"shuffle buffer capacity must be >= 1, got {capacity}")
         self._source = source
         self.capacity = capacity
-        self.warmup = max(1, min(capacity, 256 if warmup is None else warmup))
+        self.warmup = max(1, min(capacity, capacity if warmup is None else warmup))
         self._rng = np.random.default_rng(seed)
         self._draws = np.empty(0)
         self._next_draw = 0

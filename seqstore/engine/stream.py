@@ -19,10 +19,15 @@ from typing import Any
 import numpy as np
 
 from ..records import Record
-from .order import Span, iter_spans
+from .order import Span, iter_spans, part_bounds
 from .plan import WorkerEpoch
 
 __all__ = ["BlockFetcher", "RawBatch", "iter_batches", "sample_rng"]
+
+
+# Records a read-ahead task holds when blocks are single records (see
+# BlockFetcher._iter_tasks).
+_TASK_RECORDS = 32
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -66,15 +71,23 @@ class BlockFetcher:
         ahead: int = 1,
     ) -> None:
         self._read_block = read_block
-        self._pieces = self._iter_pieces(spans, block, skip)
+        self._tasks = self._iter_tasks(spans, block, skip)
         self._records: dict[int, Record] = {}
         self._ahead = ahead
-        self._pending: deque[tuple[int, Future[list[Record]]]] = deque()
+        self._pending: deque[Future[list[tuple[int, list[Record]]]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
         self.blocks_read = 0
 
     @staticmethod
-    def _iter_pieces(spans: Iterable[Span], block: int, skip: int) -> Iterator[Span]:
+    @staticmethod
+    def _iter_tasks(spans: Iterable[Span], block: int, skip: int) -> Iterator[list[Span]]:
+        """The reads, in order, a block's worth of records to a task: one block, or the
+        pieces of several where spans are shorter (an epoch resumed on another shape), or
+        :data:`_TASK_RECORDS` single records of an epoch permuted record by record, so that
+        each does not cost a thread hand-off of its own."""
+        least = block if block > 1 else _TASK_RECORDS
+        task: list[Span] = []
+        held = 0
         for start, stop in spans:
             if skip >= stop - start:
                 skip -= stop - start
@@ -82,7 +95,17 @@ class BlockFetcher:
             start += skip
             skip = 0
             for lo in range(start, stop, block):
-                yield lo, min(lo + block, stop)
+                hi = min(lo + block, stop)
+                task.append((lo, hi))
+                held += hi - lo
+                if held >= least:
+                    yield task
+                    task, held = [], 0
+        if task:
+            yield task
+
+    def _read(self, task: list[Span]) -> list[tuple[int, list[Record]]]:
+        return [(lo, self._read_block(lo, hi)) for lo, hi in task]
 
     def __len__(self) -> int:
         return len(self._records)
@@ -93,25 +116,26 @@ class BlockFetcher:
         self.blocks_read += 1
 
     def _next_block(self) -> bool:
-        """Take in the next block (waiting for its read), and start reading ahead."""
+        """Take in the next read (waiting for it), and start reading ahead."""
         if self._ahead == 0:
-            piece = next(self._pieces, None)
-            if piece is None:
+            task = next(self._tasks, None)
+            if task is None:
                 return False
-            self._keep(piece[0], self._read_block(*piece))
+            for start, records in self._read(task):
+                self._keep(start, records)
             return True
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqstore-read")
         while len(self._pending) <= self._ahead:
-            piece = next(self._pieces, None)
-            if piece is None:
+            task = next(self._tasks, None)
+            if task is None:
                 break
-            self._pending.append((piece[0], self._pool.submit(self._read_block, *piece)))
+            self._pending.append(self._pool.submit(self._read, task))
         if not self._pending:
             self.close()
             return False
-        start, future = self._pending.popleft()
-        self._keep(start, future.result())
+        for start, records in self._pending.popleft().result():
+            self._keep(start, records)
         return True
 
     def get(self, index: int) -> Record:
@@ -154,12 +178,16 @@ class RawBatch:
         int64 store positions of the samples.
     batch : int
         Rank-local batch number.
+    offset : int
+        Where these samples start in the batch: 0 for a whole batch, else this worker's
+        part's first row (:func:`~seqstore.engine.order.part_bounds`).
     """
 
     samples: list[Any]
     labels: np.ndarray
     indices: np.ndarray
     batch: int
+    offset: int = 0
 
 
 def iter_batches(
@@ -169,23 +197,25 @@ def iter_batches(
     *,
     skip_batches: int = 0,
 ) -> Iterator[RawBatch]:
-    """Yield the batches of one worker's epoch, skipping its first ``skip_batches``.
+    """Yield the items of one worker's epoch (whole batches, or its parts of them), skipping
+    those of the rank's first ``skip_batches`` batches.
 
     The order is :func:`~seqstore.engine.plan.worker_order`'s for ``work``. A resume replays
     only the shuffle decisions of the skipped samples, then reads the records still in the
     buffer and continues: nothing skipped is read or decoded.
     """
     plan, spec = work.plan, work.spec
-    batch_size = spec.batch_size
-    skip_samples = min(skip_batches * batch_size, plan.num_samples)
+    skip_samples = plan.samples_before(skip_batches)
     order = work.shuffle_buffer()
     order.skip(skip_samples)
     fetcher = BlockFetcher(read_block, iter_spans(plan.spans), spec.block, skip=order.pulled)
     try:
         fetcher.preload(order.buffer)
         remaining = plan.num_samples - skip_samples
-        for batch in plan.batches[skip_batches:]:
-            size = min(batch_size, remaining)
+        for batch in plan.batches:
+            if batch < skip_batches:
+                continue
+            size = min(plan.item_size, remaining)
             remaining -= size
             samples = []
             labels = np.empty(size, np.int64)
@@ -196,6 +226,10 @@ def iter_batches(
                 samples.append(transform(record, sample_rng(spec.seed, work.epoch, index)))
                 labels[i] = record.label
                 indices[i] = index
-            yield RawBatch(samples, labels, indices, batch)
+            offset = 0
+            if spec.split:
+                whole = spec.batch_size_of(batch, work.remaining)
+                offset = part_bounds(whole, spec.workers, work.worker)[0]
+            yield RawBatch(samples, labels, indices, batch, offset)
     finally:
         fetcher.close()

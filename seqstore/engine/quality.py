@@ -1,0 +1,121 @@
+"""How well an epoch's order mixes the classes: figures that stand for accuracy.
+
+A batch whose samples come from few classes gives a gradient step biased toward them, and
+a model trained on such batches loses accuracy (``benchmarks/convergence.py`` measures how
+much). Two figures, of an order of store indices and the store's labels:
+
+- :func:`classes_per_batch`: the mean number of distinct labels in a batch (226 of 256 for
+  a uniform shuffle of ImageNet's 1000 classes, :func:`random_classes_per_batch`);
+- :func:`repeat_rate`: how often a sample has the label of the one before it, as a multiple
+  of what a uniform shuffle gives (1 for a uniform shuffle; long label runs give far more).
+
+:func:`predict_classes_per_batch` computes the first figure for a loader's own order (the
+first batches of its first rank, drawn by :func:`~seqstore.engine.plan.rank_order`'s
+rules) from labels alone, without reading a record: the Loader warns with it
+(:mod:`seqstore.mixcheck`), ``seqstore bench`` and the convergence benchmark report it.
+
+Pure: no I/O, no torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+from .plan import EpochSpec, WorkerEpoch
+
+__all__ = [
+    "classes_per_batch",
+    "predict_classes_per_batch",
+    "random_classes_per_batch",
+    "repeat_rate",
+    "run_labels",
+]
+
+LabelsOf = Callable[[np.ndarray], np.ndarray]
+"""Store indices -> their labels."""
+
+
+def classes_per_batch(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """Mean distinct labels in the batches of ``batch_size`` that ``order`` (store indices)
+    makes; ``labels`` holds the label of every store index in ``order``."""
+    got = labels[order]
+    counts = [len(np.unique(got[i : i + batch_size])) for i in range(0, len(got), batch_size)]
+    return float(np.mean(counts)) if counts else 0.0
+
+
+def random_classes_per_batch(class_counts: np.ndarray, batch_size: int) -> float:
+    """Expected distinct labels in a batch of a uniform shuffle of a store whose classes
+    hold ``class_counts`` records (drawn without replacement, as an epoch is)."""
+    counts = np.asarray(class_counts, np.float64)
+    n = counts.sum()
+    b = min(batch_size, int(n))
+    if b == 0:
+        return 0.0
+    # P(no record of class k among b of n) = prod_{i<b} (n - n_k - i) / (n - i)
+    i = np.arange(b, dtype=np.float64)
+    log_none = np.log(np.clip(n - counts[:, None] - i, 0, None) / (n - i)).sum(axis=1)
+    return float((1 - np.exp(log_none)).sum())
+
+
+def repeat_rate(order: np.ndarray, labels: np.ndarray) -> float:
+    """How often a sample of ``order`` has the label of the one before it, over what a
+    uniform shuffle gives (sum of the squared class shares): 1 for a uniform shuffle,
+    up to one over that sum for an order that keeps each class together."""
+    got = labels[order]
+    if len(got) < 2:
+        return 1.0
+    same = float(np.mean(got[1:] == got[:-1]))
+    shares = np.bincount(labels[labels >= 0]) / max(int((labels >= 0).sum()), 1)
+    expected = float((shares**2).sum())
+    return same / expected if expected else 1.0
+
+
+def run_labels(run: float, classes: int) -> LabelsOf:
+    """Labels of a model store: runs of ``run`` records of one class, ``classes`` classes
+    in turn. What a store whose labels were sampled looks like to the order."""
+    run = max(run, 1.0)
+    classes = max(classes, 1)
+
+    def labels_of(indices: np.ndarray) -> np.ndarray:
+        return (np.floor(indices / run).astype(np.int64)) % classes
+
+    return labels_of
+
+
+def predict_classes_per_batch(spec: EpochSpec, labels_of: LabelsOf, batches: int = 64) -> float:
+    """Mean distinct labels in the first ``batches`` batches of rank 0 in epoch 0 of
+    ``spec``: the figure of :func:`classes_per_batch` for the loader's own order, computed
+    on indices only (each worker's shuffle buffer is replayed for its first parts).
+
+    Cost: each worker's buffer capacity plus its share of ``batches`` batches, in records;
+    a few thousand for an ImageNet loader of 8 workers, whatever the store's size.
+    """
+    total = min(batches, spec.num_batches)
+    works = [WorkerEpoch(spec, 0, 0, w) for w in range(spec.workers)]
+    if spec.split:
+        heads = [
+            np.fromiter(
+                itertools.islice(work.shuffle_buffer(), total * work.plan.item_size), np.int64
+            )
+            for work in works
+        ]
+        cuts = [np.array_split(head, total) if len(head) else [] for head in heads]
+        rows = [np.concatenate([c[b] for c in cuts if len(c) > b]) for b in range(total)]
+    else:
+        per_worker = -(-total // spec.workers)
+        heads = [
+            np.fromiter(
+                itertools.islice(work.shuffle_buffer(), per_worker * spec.batch_size), np.int64
+            )
+            for work in works
+        ]
+        size = spec.batch_size
+        rows = [
+            heads[b % spec.workers][(b // spec.workers) * size : (b // spec.workers + 1) * size]
+            for b in range(total)
+        ]
+    counts = [len(np.unique(labels_of(row))) for row in rows if len(row)]
+    return float(np.mean(counts)) if counts else 0.0
