@@ -93,16 +93,25 @@ class BenchResult:
 
 
 def cpu_name() -> str:
-    """The CPU's model name ("AMD EPYC ..."), from ``/proc/cpuinfo`` on Linux; elsewhere what
-    :func:`platform.processor` says."""
+    """The CPU's model name with its family and model numbers ("AMD EPYC ... (family 25,
+    model 1)": names alone do not tell generations apart), from ``/proc/cpuinfo`` on
+    Linux; elsewhere what :func:`platform.processor` says."""
+    facts: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if not key.strip():
+                    break  # the first processor's block is enough
+                facts.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = facts.get("model name")
+    if name is None:
+        return platform.processor() or platform.machine()
+    if "cpu family" in facts and "model" in facts:
+        name += f" (family {facts['cpu family']}, model {facts['model']})"
+    return name
 
 
 def describe_machine() -> dict[str, Any]:
