@@ -14,6 +14,12 @@ an ImageNet-size plan; the largest store whose block order is still numpy's perm
 table (TABLE_LIMIT blocks); and, as the baseline, that table drawn for the main row's store,
 which is what a plan over every block costs.
 
+The mix rows: classes per batch of 256 over an ImageNet-size store written in class order
+(1000 classes, each one run), with the default settings (4 MB blocks, a 256 MB buffer per
+rank) on 2 and 8 workers: this seqstore's order (scheme 2) and the order of its first
+loaders (scheme 1), from the pure order of a whole epoch (no I/O), beside a uniform shuffle.
+Target: >= 120 with 8 workers (scheme 1 gave 36; a uniform shuffle gives 226).
+
 The resume row: an ImageNet-size epoch (1,281,167 records) interrupted halfway on 8 ranks of
 8 workers (256 MB buffers per rank), to be resumed on another shape: the time to find the
 records it had not delivered (:func:`seqstore.engine.plan.remaining_after`, done once by
@@ -35,13 +41,16 @@ import numpy as np
 
 from seqstore.bench.report import cpu_name
 from seqstore.engine.order import TABLE_LIMIT
-from seqstore.engine.plan import EpochSpec, WorkerEpoch, remaining_after
+from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order, remaining_after
+from seqstore.engine.quality import classes_per_batch, random_classes_per_batch
 
 PER_BLOCK = 36  # 4 MB blocks of 110 KB records
 IMAGENET = 1_281_167
 
 
-def spec(records: int, ranks: int, workers: int, capacity: int = 2330) -> EpochSpec:
+def spec(
+    records: int, ranks: int, workers: int, capacity: int = 2330, scheme: int = 2
+) -> EpochSpec:
     """A shuffled loader's spec: 4 MB blocks, batches of 256, a 256 MB buffer per rank."""
     return EpochSpec(
         num_records=records,
@@ -54,6 +63,16 @@ def spec(records: int, ranks: int, workers: int, capacity: int = 2330) -> EpochS
         workers=workers,
         batch_size=256,
         drop_last=False,
+        scheme=scheme,
+    )
+
+
+def mix(workers: int, scheme: int) -> float:
+    """Mean distinct classes per batch of rank 0's first epoch over a class-ordered
+    ImageNet-size store."""
+    labels = np.arange(IMAGENET) * 1000 // IMAGENET
+    return classes_per_batch(
+        rank_order(spec(IMAGENET, 1, workers, scheme=scheme), 0, 0), labels, 256
     )
 
 
@@ -106,6 +125,15 @@ def main() -> None:
     for name, job, target in rows:
         seconds, peak = measure(job, args.repeat)
         print(f"| {name:<56} | {seconds * 1e3:>6.1f} ms | {peak:>8.1f} | {target:<15} |")
+
+    shuffle = random_classes_per_batch(np.full(1000, IMAGENET / 1000), 256)
+    print(f"\nclasses per batch of 256, {IMAGENET:,} records in class order, default settings:")
+    for workers in (2, 8):
+        now, before = mix(workers, 2), mix(workers, 1)
+        print(
+            f"  {workers} workers: {now:.1f} (scheme 1: {before:.1f}; a uniform shuffle: "
+            f"{shuffle:.1f}){'; target >= 120' if workers == 8 else ''}"
+        )
 
     interrupted = spec(IMAGENET, 8, 8)
     half = interrupted.num_batches // 2

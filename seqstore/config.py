@@ -162,7 +162,9 @@ class LoaderConfig(BaseModel):
     num_workers : int
         Worker processes; 0 loads in the main process.
     shuffle : bool
-        Permute blocks per epoch and mix records in a shuffle buffer; otherwise storage order.
+        Permute blocks per epoch and mix records in a shuffle buffer, each batch drawing from
+        every worker's (an image folder read in place: permute its records); otherwise
+        storage order.
     seed : int
         Fixes the order and the augmentation of every epoch.
     shuffle_buffer : int or None
@@ -172,7 +174,9 @@ class LoaderConfig(BaseModel):
         Shuffle buffer in MB of encoded images, converted to records with the store's mean
         record size.
     block_mb : float
-        MB per sequential read.
+        MB per sequential read; over a store whose labels come in runs of one class, reads
+        are shortened so that each worker's buffer spans 8 of them (see
+        :mod:`seqstore.mixcheck`).
     drop_last : bool
         Drop the last incomplete batch (and the records that do not split evenly over ranks);
         otherwise the last batch is short and ranks are padded by wrapping around.

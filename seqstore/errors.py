@@ -15,6 +15,7 @@ __all__ = [
     "CorruptStoreError",
     "DiskFullError",
     "NotAStoreError",
+    "OrderWarning",
     "PartialStoreError",
     "RemoteError",
     "ResumeError",
@@ -91,3 +92,8 @@ class SeqstoreWarning(UserWarning):
 
 class BadRecordWarning(SeqstoreWarning):
     """A loader with ``on_error="skip"`` left out a bad record (once per record)."""
+
+
+class OrderWarning(SeqstoreWarning):
+    """A loader's settings cannot mix its store's order into batches of many classes: its
+    records come in long runs of one class (see :mod:`seqstore.mixcheck`)."""

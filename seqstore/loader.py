@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ from .batches import Delivery, Ring, Slot, join, normalizing_affine
 from .config import LoaderConfig, load_config
 from .engine.order import TABLE_LIMIT, rank_sample_count
 from .engine.plan import SCHEME, EpochSpec, Remaining, remaining_after
-from .errors import ConfigError, ResumeError, WorkerDiedError
+from .errors import ConfigError, OrderWarning, ResumeError, WorkerDiedError
+from .mixcheck import fit_blocks, label_runs, order_warning
 from .splits import resolve_split
 from .workers import (
     BadRecordLog,
@@ -162,7 +164,11 @@ class Loader:
         n = len(self.reader)
         if n == 0:
             raise ConfigError(f"store '{path_}' holds no records")
-        self.spec = EpochSpec.from_config(
+        try:
+            runs = label_runs(self.reader) if cfg.shuffle else None
+        finally:
+            self.reader.close()  # workers open their own handles
+        configured = EpochSpec.from_config(
             cfg,
             num_records=n,
             mean_record_bytes=self.reader.manifest.mean_record_bytes,
@@ -170,7 +176,13 @@ class Loader:
             world_size=world,
             by_record=self.reader.records_are_files,
         )
-        """What fixes this loader's epochs: see :func:`seqstore.engine.plan.worker_order`."""
+        self.spec = fit_blocks(configured, runs)
+        """What fixes this loader's epochs: see :func:`seqstore.engine.plan.worker_order`.
+        Over a store whose labels come in runs of one class, its blocks are made small
+        enough to mix them (:func:`seqstore.mixcheck.fit_blocks`)."""
+        message = order_warning(os.fspath(self.reader.location), configured, self.spec, runs)
+        if message is not None:
+            warnings.warn(message, OrderWarning, stacklevel=2)
         transform = SampleTransform(cfg)
         transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
         pipeline = transform.pipeline

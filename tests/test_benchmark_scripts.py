@@ -216,6 +216,9 @@ def test_plan_benchmark_prints_its_table_and_the_resume() -> None:
     row = next(line for line in lines if "plan: 100,000 records, 4 ranks x 2 workers" in line)
     assert row.endswith("| < 1 s, < 100 MB |") and " ms |" in row
     assert any(line.startswith("| baseline: a table of all 2,778 blocks") for line in lines)
+    assert "classes per batch of 256, 1,281,167 records in class order" in p.stdout
+    row = next(line for line in lines if line.startswith("  8 workers: "))
+    assert float(row.split()[2]) >= 120 and "(scheme 1: 36." in row
     assert "elastic resume: 1,281,167 records stopped after 313 of 626 batches" in p.stdout
     assert "the state carries them in" in p.stdout
 

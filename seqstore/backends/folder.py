@@ -206,6 +206,7 @@ class FolderReader(Reader):
     stores_checksums: ClassVar[bool] = False
     class_sorted: ClassVar[bool] = True
     records_are_files: ClassVar[bool] = True
+    labels_apart = True
 
     def __init__(
         self,

@@ -80,6 +80,7 @@ class HDF5Reader(Reader):
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
+    labels_apart = True
 
     def __init__(self, location: str | os.PathLike[str], *, direct_io: bool | None = None) -> None:
         super().__init__(location)

@@ -196,6 +196,7 @@ class LMDBReader(SharedEnvReader):
     """
 
     layout_versions: ClassVar[tuple[int, ...]] = (2,)
+    labels_apart = True
 
     def __init__(
         self,

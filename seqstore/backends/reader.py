@@ -97,6 +97,9 @@ class Reader(ABC):
     #: Whether each record is a file of its own (an image folder read in place), as cheap to
     #: read alone as in a block: the Loader then permutes a shuffled epoch record by record.
     records_are_files: ClassVar[bool] = False
+    #: Whether :meth:`labels` reads labels kept apart from the records, without reading a
+    #: record (the check of a loader's order then reads them all; else it samples records).
+    labels_apart: bool = False
     #: Files of the source that are not records (an image folder's ``*_boxes.txt``).
     ignored: Sequence[str] = ()
 

@@ -132,6 +132,7 @@ class ShardedReader(Reader):
 
             backend = get_backend(backend or m.format)
         self.backend = backend
+        self.labels_apart = backend.reader_cls.labels_apart
         check_layout(m, self._where, backend.reader_cls.layout_versions)
         self._options = options
         self._bounds = np.array([0, *(s.stop for s in m.shards)], np.int64)

@@ -17,6 +17,7 @@ from ..backends import Reader, open_store
 from ..config import BenchConfig, LoaderConfig, load_config
 from ..engine.plan import EpochSpec
 from ..errors import NotAStoreError
+from ..mixcheck import fit_blocks, label_runs
 from .baselines import missing_packages
 from .harness import drop_caches, measure, measure_checksum_cost
 from .quality import shuffle_quality
@@ -176,7 +177,8 @@ def store_megabytes(reader: Reader) -> float:
 
 def loader_spec(cfg: BenchConfig, reader: Reader) -> EpochSpec:
     """The epoch spec of the bench's Loader (``cfg``: its workers, batch, block and buffer)
-    over ``reader``, shuffled, seed 0, one rank."""
+    over ``reader``, shuffled, seed 0, one rank, as the Loader makes it (blocks fitted to a
+    store in class order)."""
     settings = LoaderConfig(
         path=reader.location,
         num_workers=cfg.workers,
@@ -184,12 +186,13 @@ def loader_spec(cfg: BenchConfig, reader: Reader) -> EpochSpec:
         block_mb=cfg.block_mb,
         shuffle_buffer_mb=cfg.shuffle_buffer_mb,
     )
-    return EpochSpec.from_config(
+    spec = EpochSpec.from_config(
         settings,
         num_records=len(reader),
         mean_record_bytes=reader.manifest.mean_record_bytes,
         by_record=reader.records_are_files,
     )
+    return fit_blocks(spec, label_runs(reader))
 
 
 def _records_for_mb(mb: float, mean_record_bytes: float) -> int:

@@ -6,8 +6,13 @@ much). Two figures, of an order of store indices and the store's labels:
 
 - :func:`classes_per_batch`: the mean number of distinct labels in a batch (226 of 256 for
   a uniform shuffle of ImageNet's 1000 classes, :func:`random_classes_per_batch`);
-- :func:`repeat_rate`: how often a sample has the label of the one before it, as a multiple
-  of what a uniform shuffle gives (1 for a uniform shuffle; long label runs give far more).
+- :func:`batch_skew`: how far a batch's label shares are from the store's (total variation
+  distance), as a multiple of what a uniform shuffle gives: 1 for a uniform shuffle, more
+  for batches that lean to some classes.
+
+:func:`repeat_rate` (how often a label repeats the one before it, over a uniform shuffle's
+rate) tells a storage order that keeps classes together; it says less of a loader's
+stream, whose batches are made of parts in worker order.
 
 :func:`predict_classes_per_batch` computes the first figure for a loader's own order (the
 first batches of its first rank, drawn by :func:`~seqstore.engine.plan.rank_order`'s
@@ -27,6 +32,7 @@ import numpy as np
 from .plan import EpochSpec, WorkerEpoch
 
 __all__ = [
+    "batch_skew",
     "classes_per_batch",
     "predict_classes_per_batch",
     "random_classes_per_batch",
@@ -44,6 +50,29 @@ def classes_per_batch(order: np.ndarray, labels: np.ndarray, batch_size: int) ->
     got = labels[order]
     counts = [len(np.unique(got[i : i + batch_size])) for i in range(0, len(got), batch_size)]
     return float(np.mean(counts)) if counts else 0.0
+
+
+def _skew(got: np.ndarray, shares: np.ndarray, batch_size: int) -> float:
+    distances = []
+    for i in range(0, len(got) - batch_size + 1, batch_size):
+        counts = np.bincount(got[i : i + batch_size], minlength=len(shares))
+        distances.append(0.5 * np.abs(counts / batch_size - shares).sum())
+    return float(np.mean(distances)) if distances else 0.0
+
+
+def batch_skew(order: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0) -> float:
+    """Mean total variation distance between the label shares of each full batch of
+    ``order`` and the store's, over the same for a uniform shuffle of the store (the mean
+    of 4 seeded draws): 1 for a uniform shuffle, up to about ``1 / that`` for batches of
+    one class each."""
+    valid = labels >= 0
+    shares = np.bincount(labels[valid]) / max(int(valid.sum()), 1)
+    got = labels[order]
+    rng = np.random.default_rng(seed)
+    base = np.mean(
+        [_skew(labels[rng.permutation(len(labels))], shares, batch_size) for _ in range(4)]
+    )
+    return _skew(got[got >= 0], shares, batch_size) / base if base else 1.0
 
 
 def random_classes_per_batch(class_counts: np.ndarray, batch_size: int) -> float:
