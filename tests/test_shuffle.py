@@ -10,12 +10,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import seqstore
 from seqstore import Loader
+from seqstore.batches import Ring, Samples, Slot, join
 from seqstore.convert import convert
 from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order
 from seqstore.engine.quality import (
+    batch_skew,
     classes_per_batch,
     predict_classes_per_batch,
     random_classes_per_batch,
@@ -193,3 +196,33 @@ def test_a_store_of_sampled_labels_is_checked_too(ordered: dict[str, Path]) -> N
     shuffled.labels_apart = False
     shuffled.manifest.provenance.options.pop("shuffle")  # judged by its labels alone
     assert label_runs(shuffled) is None
+
+
+def test_batch_skew_and_a_shuffles_classes_per_batch() -> None:
+    labels = np.repeat(np.arange(10), 500)
+    assert batch_skew(np.arange(5000), labels, 128) > 8  # one class a batch, mostly
+    assert 0.9 < batch_skew(np.random.default_rng(1).permutation(5000), labels, 128) < 1.1
+    # Exact for draws without replacement: 10 classes of 100, batches of 32.
+    assert random_classes_per_batch(np.full(10, 100), 32) == pytest.approx(9.67545, abs=1e-5)
+    assert random_classes_per_batch(np.array([5]), 32) == 1.0
+
+
+def test_parts_join_in_place_or_into_new_memory() -> None:
+    ring = Ring(slots=2, batch_size=4, shape=(3,), dtype=torch.uint8)
+    ring.buffers[1, :4] = torch.arange(12, dtype=torch.uint8).view(4, 3)
+    # Every part where it belongs in one buffer: the batch is that buffer.
+    assert join([Slot(1, 0, 3), Slot(1, 3, 1)], ring) == Slot(1, 0, 4)
+    # A worker that found the buffer lent sent its part in memory of its own: joined.
+    ring.busy[1] = 2
+    own = torch.full((1, 3), 99, dtype=torch.uint8)
+    joined = join([Slot(1, 0, 3), own], ring)
+    assert joined.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [99, 99, 99]]
+    assert int(ring.busy[1]) == 0  # released once copied out
+    # Without a ring: lists of samples, tensors and what default_collate makes of dicts.
+    assert join([Samples([b"a"]), Samples([b"b", b"c"])], None) == [b"a", b"b", b"c"]
+    parts = [
+        {"x": torch.zeros(2), "y": [torch.ones(2)]},
+        {"x": torch.ones(1), "y": [torch.ones(1)]},
+    ]
+    joined = join(parts, None)
+    assert joined["x"].tolist() == [0, 0, 1] and joined["y"][0].tolist() == [1, 1, 1]

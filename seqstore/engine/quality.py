@@ -85,7 +85,8 @@ def random_classes_per_batch(class_counts: np.ndarray, batch_size: int) -> float
         return 0.0
     # P(no record of class k among b of n) = prod_{i<b} (n - n_k - i) / (n - i)
     i = np.arange(b, dtype=np.float64)
-    log_none = np.log(np.clip(n - counts[:, None] - i, 0, None) / (n - i)).sum(axis=1)
+    with np.errstate(divide="ignore"):  # log(0): a class no draw can miss
+        log_none = np.log(np.clip(n - counts[:, None] - i, 0, None) / (n - i)).sum(axis=1)
     return float((1 - np.exp(log_none)).sum())
 
 
