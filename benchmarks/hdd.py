@@ -10,11 +10,11 @@ page cache (``posix_fadvise(DONTNEED)`` on each of its files) before each cold e
 (default ../shared/data/imagen200, 1000 real ImageNet JPEGs; generated images when absent)
 is copied ``--copies`` times into the working directory and converted to LMDB and HDF5
 there (40 copies: 4 GB per store). The store must be large beside the Loader's 256 MB shuffle
-buffer, as a hard disk's dataset is: until the buffer is full a worker reads two records for
-each it emits, so a cold epoch starts I/O-bound for the first 512 MB and then keeps pace with
-a warm one. On a 1 GB store that start is a fifth of the epoch (cold / warm 0.88-0.91 here);
-on 4 GB it is 5%, and on ImageNet's 140 GB nothing. 40 copies need about 12 GB free in the
-working directory (the copied folder and the two stores) and half an hour.
+buffer, as a hard disk's dataset is: a worker fills its share of the buffer before its first
+batch, so a cold epoch starts with 256 MB read at the device's rate while the decoders wait,
+and then keeps pace with a warm one. On a 1 GB store that start is a large part of the
+epoch; on 4 GB it is 5%, and on ImageNet's 140 GB nothing. 40 copies need about 12 GB free
+in the working directory (the copied folder and the two stores) and half an hour.
 
 Rows: each store cold and warm (RandomResizedCrop(224) + flip, 2 workers, batch 64), read
 with ``direct_io=True`` (blocks not in the page cache read with ``O_DIRECT``: the default

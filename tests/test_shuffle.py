@@ -226,3 +226,21 @@ def test_parts_join_in_place_or_into_new_memory() -> None:
     ]
     joined = join(parts, None)
     assert joined["x"].tolist() == [0, 0, 1] and joined["y"][0].tolist() == [1, 1, 1]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 3 worker processes")
+def test_a_last_batch_smaller_than_the_worker_count(ordered: dict[str, Path]) -> None:
+    # 120 records in batches of 7 over 3 workers: the last batch (1 record) is worker 0's
+    # part alone; the others end one part earlier.
+    loader = _loader(ordered["shuffled"], num_workers=3, batch_size=7, shuffle_buffer=30)
+    indices, _, images = collect_epoch(loader)
+    assert [len(x) for x in images] == [7] * 17 + [1] == [7] * (len(loader) - 1) + [1]
+    assert indices == rank_order(loader.spec, 0, 0).tolist()
+    # Resumed after 5 batches on the same shape: exactly the rest.
+    first = _loader(ordered["shuffled"], num_workers=3, batch_size=7, shuffle_buffer=30)
+    for i, _ in enumerate(first):
+        if i == 4:
+            break
+    resumed = _loader(ordered["shuffled"], num_workers=3, batch_size=7, shuffle_buffer=30)
+    resumed.load_state_dict(first.state_dict())
+    assert collect_epoch(resumed)[0] == indices[5 * 7 :]

@@ -69,9 +69,8 @@ def batch_skew(order: np.ndarray, labels: np.ndarray, batch_size: int, seed: int
     shares = np.bincount(labels[valid]) / max(int(valid.sum()), 1)
     got = labels[order]
     rng = np.random.default_rng(seed)
-    base = np.mean(
-        [_skew(labels[rng.permutation(len(labels))], shares, batch_size) for _ in range(4)]
-    )
+    draws = [_skew(labels[rng.permutation(len(labels))], shares, batch_size) for _ in range(4)]
+    base = float(np.mean(draws))
     return _skew(got[got >= 0], shares, batch_size) / base if base else 1.0
 
 
