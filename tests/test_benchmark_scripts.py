@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -244,3 +245,30 @@ def test_hdd_benchmark_measures_cold_and_warm_or_says_why_not(tmp_path: Path) ->
         assert cold > 0 and warm > 0
         assert float(row.split("|")[6].strip().rstrip("x")) > 0  # x the torchvision-style row
     assert not list(Path("/sys/fs/cgroup/blkio").glob("seqstore-hdd-*"))
+
+
+def test_convergence_benchmark_trains_each_row_and_prints_its_table(tmp_path: Path) -> None:
+    # docs/shuffle.md's command, on 4 classes x 12 images, 2 seeds of 1 epoch, batches of 8.
+    make_image_folder(tmp_path / "data" / "train", classes=4, per_class=12, max_side=64)
+    make_image_folder(tmp_path / "data" / "val", classes=4, per_class=3, max_side=64, seed=1)
+    rows = ["global shuffle (DataLoader)", "class-ordered, shuffle=False"]
+    rows += ["before: class-ordered store", "class-ordered, shuffle_buffer=50"]
+    out = tmp_path / "result.json"
+    p = _run(
+        ROOT / "benchmarks" / "convergence.py", "--data", tmp_path / "data", "--seeds", "2",
+        "--epochs", "1", "--batch-size", "8", "--rows", *rows, "--json", out,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    table = [line for line in p.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| row | val accuracy | vs shuffled store (95% CI) |")
+    assert [line.split(" | ")[0] for line in table[1:]] == [
+        f"| {r}" for r in ["shuffled store", *rows]
+    ]
+    result = json.loads(out.read_text())
+    by_row = {r["row"]: r for r in result["rows"]}
+    assert all(len(r["accuracy"]) == 2 and 0 <= min(r["accuracy"]) for r in result["rows"])
+    # Storage order: one or two classes a batch, and it leans; the shuffled store does not.
+    assert by_row["class-ordered, shuffle=False"]["classes_per_batch"] < 2.5
+    assert by_row["class-ordered, shuffle=False"]["batch_skew"] > 2
+    assert by_row["shuffled store"]["classes_per_batch"] > 3.5
+    assert by_row["class-ordered, shuffle_buffer=50"]["warns"] is True  # far shorter blocks
