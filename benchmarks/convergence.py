@@ -10,9 +10,10 @@ random-resized crops and flips, SGD with a one-cycle schedule, batches of 128, 2
 from the same initial weights for each seed, and reports the mean validation accuracy over
 the seeds, its paired difference to the shuffled store with a 95% t-interval, and two
 figures of the order the Loader draws, computed from labels alone (seqstore.engine.quality):
-classes per batch against a uniform shuffle's, and how far a batch's label shares lean
-from the store's, over a uniform shuffle's lean (1.0 for a uniform shuffle). ``warns``
-says whether the Loader raised its OrderWarning before the first batch.
+classes per batch against a uniform shuffle's, and how far the label shares of a batch,
+and of 10 consecutive batches, lean from the store's, over a uniform shuffle's lean (1.0
+for a uniform shuffle). ``warns`` says whether the Loader raised its OrderWarning before
+the first batch.
 
 Rows: a plain ``torch.utils.data.DataLoader`` with a global shuffle over the image files
 (the reference), the store that ``seqstore convert`` writes (shuffled), the image folder read
@@ -56,6 +57,7 @@ from seqstore.transforms import NAMED_TRANSFORMS
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny10"
 SIZE, RESIZE, WORKERS = 56, 64, 2
+SKEW_WINDOW = 10  # batches
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
@@ -187,6 +189,7 @@ def figures(order: np.ndarray, labels: np.ndarray, batch: int, warned: bool) -> 
         "classes_per_batch": classes_per_batch(order, labels, batch),
         "random_classes_per_batch": random_classes_per_batch(counts, batch),
         "batch_skew": batch_skew(order, labels, batch),
+        "window_skew": batch_skew(order, labels, batch, window=SKEW_WINDOW),
         "warns": warned,
     }
 
@@ -279,7 +282,7 @@ def main() -> None:
     )
     print(
         "| row | val accuracy | vs shuffled store (95% CI) | classes per batch (shuffle) "
-        "| batch skew | warns |"
+        "| skew: batch, 10 batches | warns |"
     )
     print("|---|---|---|---|---|---|")
     results = []
@@ -291,7 +294,7 @@ def main() -> None:
         print(
             f"| {row} | {statistics.fmean(accuracy[row]):.3f} | {vs} | "
             f"{f['classes_per_batch']:.1f} ({f['random_classes_per_batch']:.1f}) | "
-            f"{f['batch_skew']:.2f} | {'yes' if f['warns'] else 'no'} |"
+            f"{f['batch_skew']:.2f}, {f['window_skew']:.1f} | {'yes' if f['warns'] else 'no'} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "rows": results}, indent=1))

@@ -35,8 +35,10 @@ __all__ = ["MIN_MIX", "MIX_BLOCKS", "LabelRuns", "fit_blocks", "label_runs", "or
 
 MIN_MIX = 0.5
 """Least share of a uniform shuffle's classes per batch that a loader may reach without a
-warning. Calibrated on ``benchmarks/convergence.py`` (docs/shuffle.md): the settings that
-lost accuracy there reached a third of it or less; those that trained as well, 0.9 or more."""
+warning. In ``benchmarks/convergence.py`` (docs/shuffle.md) the orders below it lost 22
+points or more; above it, most trained within a few points, but an order whose batches
+are mixed each yet follow each other in runs of a few classes lost as much. The full
+buffers and :func:`fit_blocks` prevent those rather than this check detecting them."""
 
 MIX_BLOCKS = 8
 """Fewest blocks each worker's buffer spans over a store whose labels come in runs."""

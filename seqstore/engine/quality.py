@@ -6,9 +6,10 @@ much). Two figures, of an order of store indices and the store's labels:
 
 - :func:`classes_per_batch`: the mean number of distinct labels in a batch (226 of 256 for
   a uniform shuffle of ImageNet's 1000 classes, :func:`random_classes_per_batch`);
-- :func:`batch_skew`: how far a batch's label shares are from the store's (total variation
-  distance), as a multiple of what a uniform shuffle gives: 1 for a uniform shuffle, more
-  for batches that lean to some classes.
+- :func:`batch_skew`: how far the label shares of a batch, or of a window of consecutive
+  batches, are from the store's (total variation distance), as a multiple of what a uniform
+  shuffle gives: 1 for a uniform shuffle, more for batches that lean to some classes. Over
+  windows of 10 batches it follows accuracy most closely (``benchmarks/convergence.py``).
 
 :func:`repeat_rate` (how often a label repeats the one before it, over a uniform shuffle's
 rate) tells a storage order that keeps classes together; it says less of a loader's
@@ -52,26 +53,31 @@ def classes_per_batch(order: np.ndarray, labels: np.ndarray, batch_size: int) ->
     return float(np.mean(counts)) if counts else 0.0
 
 
-def _skew(got: np.ndarray, shares: np.ndarray, batch_size: int) -> float:
+def _skew(got: np.ndarray, shares: np.ndarray, size: int) -> float:
     distances = []
-    for i in range(0, len(got) - batch_size + 1, batch_size):
-        counts = np.bincount(got[i : i + batch_size], minlength=len(shares))
-        distances.append(0.5 * np.abs(counts / batch_size - shares).sum())
+    for i in range(0, len(got) - size + 1, size):
+        counts = np.bincount(got[i : i + size], minlength=len(shares))
+        distances.append(0.5 * np.abs(counts / size - shares).sum())
     return float(np.mean(distances)) if distances else 0.0
 
 
-def batch_skew(order: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0) -> float:
-    """Mean total variation distance between the label shares of each full batch of
-    ``order`` and the store's, over the same for a uniform shuffle of the store (the mean
-    of 4 seeded draws): 1 for a uniform shuffle, up to about ``1 / that`` for batches of
-    one class each."""
+def batch_skew(
+    order: np.ndarray, labels: np.ndarray, batch_size: int, window: int = 1, seed: int = 0
+) -> float:
+    """Mean total variation distance between the label shares of each run of ``window``
+    consecutive full batches of ``order`` and the store's, over the same for a uniform
+    shuffle of the store (the mean of 4 seeded draws): 1 for a uniform shuffle, more for
+    batches that lean to some classes. Over a window of several batches it also sees
+    batches that are mixed each but follow each other in runs of a few classes, which
+    the model feels as much (the first loaders' early batches of every epoch)."""
     valid = labels >= 0
     shares = np.bincount(labels[valid]) / max(int(valid.sum()), 1)
     got = labels[order]
+    size = batch_size * window
     rng = np.random.default_rng(seed)
-    draws = [_skew(labels[rng.permutation(len(labels))], shares, batch_size) for _ in range(4)]
+    draws = [_skew(labels[rng.permutation(len(labels))], shares, size) for _ in range(4)]
     base = float(np.mean(draws))
-    return _skew(got[got >= 0], shares, batch_size) / base if base else 1.0
+    return _skew(got[got >= 0], shares, size) / base if base else 1.0
 
 
 def random_classes_per_batch(class_counts: np.ndarray, batch_size: int) -> float:
