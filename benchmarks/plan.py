@@ -64,6 +64,7 @@ def spec(
         batch_size=256,
         drop_last=False,
         scheme=scheme,
+        split=scheme == 2,  # as the Loader fits a store in class order
     )
 
 

@@ -81,11 +81,13 @@ class Ring:
     free (:meth:`acquire`) and sends a :class:`Slot`; the main process lends the batch to
     the training loop (:meth:`lease`), or copies it out and frees the buffer
     (:meth:`release`). The DataLoader hands a worker its next task as soon as the main
-    process takes an item from it, ``prefetch_factor`` tasks per worker ahead: so when a
-    worker starts batch ``b``, every batch before ``b - prefetch_factor`` (split batches;
-    ``b - prefetch_factor * workers`` for whole ones) has reached the training loop, which
-    holds one batch while it waits for the next. ``prefetch_factor + 2`` buffers (split;
-    ``prefetch_factor * workers + 2`` for whole batches) are therefore free when needed.
+    process takes an item from it, and the Loader keeps ``prefetch_factor * workers``
+    batches ahead in all (``prefetch_factor`` whole batches per worker, or as many samples
+    in split parts, a ``workers``-th of a batch each): so when a worker starts batch ``b``,
+    every batch before
+    ``b - prefetch_factor * workers`` has reached the training loop, which holds one batch
+    while it waits for the next. ``prefetch_factor * workers + 2`` buffers are therefore
+    free when needed.
     A loop that keeps more batches makes a worker find its buffer lent; its samples then go
     in shared memory of their own, as without a ring. That is about the shared memory that
     batches in flight take anyway, reserved once when the loader is made.

@@ -162,9 +162,9 @@ class LoaderConfig(BaseModel):
     num_workers : int
         Worker processes; 0 loads in the main process.
     shuffle : bool
-        Permute blocks per epoch and mix records in a shuffle buffer, each batch drawing from
-        every worker's (an image folder read in place: permute its records); otherwise
-        storage order.
+        Permute blocks per epoch and mix records in a shuffle buffer (over a store in class
+        order, each batch drawing from every worker's; an image folder read in place:
+        permute its records); otherwise storage order.
     seed : int
         Fixes the order and the augmentation of every epoch.
     shuffle_buffer : int or None

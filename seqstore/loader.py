@@ -48,8 +48,8 @@ __all__ = ["Loader", "resolve_split"]
 # 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
 # 4: a state resumes on another shape (ranks, workers, batch size); "remaining" holds the
 #    records an epoch resumed so runs over.
-# 5: the shuffle scheme joined the spec (scheme 2: full buffers, batches split over the
-#    workers, folders permuted record by record); a version 4 state is of scheme 1, and
+# 5: the shuffle scheme and split batches joined the spec (scheme 2: full buffers; split:
+#    batches made of every worker's part); a version 4 state is of scheme 1, unsplit, and
 #    continues on this seqstore's scheme as an epoch resumed on another shape does.
 _STATE_VERSION = 5
 # Beyond this, batches of a user callable's outputs are shared one by one instead.
@@ -204,8 +204,7 @@ class Loader:
         # Batches of same-shaped samples go through the ring, unless it would be huge.
         self._ring = None
         if cfg.num_workers > 0 and sample is not None:
-            ahead = cfg.prefetch_factor * (1 if self.spec.split else cfg.num_workers)
-            slots = ahead + 2  # see Ring
+            slots = cfg.prefetch_factor * cfg.num_workers + 2  # see Ring
             shape, dtype = sample
             nbytes = slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
             if nbytes <= _MAX_RING_BYTES:
@@ -254,7 +253,11 @@ class Loader:
             num_workers=cfg.num_workers,
             # Batches in the ring are pinned as they are copied out of it (see _deliver).
             pin_memory=self._pin_batches,
-            prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
+            # A worker's split parts are 1/workers of a batch: as many more of them keep
+            # as many samples ahead, which absorb the slow image that holds a batch up.
+            prefetch_factor=cfg.prefetch_factor * (cfg.num_workers if self.spec.split else 1)
+            if cfg.num_workers
+            else None,
             # Workers start once, not every epoch; each epoch's plan comes from dataset.state.
             persistent_workers=cfg.num_workers > 0,
         )
@@ -537,5 +540,5 @@ def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
         # Its shuffled epochs were drawn by scheme 1: the rest of one is found by replaying
         # that. Storage order is the same in every scheme.
         scheme = 1 if state.get("shuffle") else SCHEME
-        state = {**state, "version": _STATE_VERSION, "scheme": scheme}
+        state = {**state, "version": _STATE_VERSION, "scheme": scheme, "split": False}
     return state

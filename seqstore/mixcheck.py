@@ -9,7 +9,8 @@ labels (every one where the store keeps them apart from the images, a few sample
 records otherwise) and tells whether they come in runs; a store that ``seqstore convert``
 wrote shuffled is never read. For such a store, :func:`fit_blocks` makes the blocks small
 enough that each worker's buffer spans :data:`MIX_BLOCKS` of them (the default settings'
-ratio at ImageNet's size), and :func:`order_warning` predicts the loader's own classes per
+ratio at ImageNet's size) and splits every batch over the workers, and
+:func:`order_warning` predicts the loader's own classes per
 batch on indices alone (:func:`~seqstore.engine.quality.predict_classes_per_batch`) and
 compares it with a uniform shuffle's.
 """
@@ -104,13 +105,15 @@ def label_runs(reader: Reader) -> LabelRuns | None:
 
 
 def fit_blocks(spec: EpochSpec, runs: LabelRuns | None) -> EpochSpec:
-    """``spec`` with blocks small enough that each worker's buffer spans
-    :data:`MIX_BLOCKS` of them, for a shuffled loader over a store whose labels come in
-    ``runs``; ``spec`` itself otherwise. Reads get shorter, and batches hold more classes."""
+    """``spec`` fitted to a store whose labels come in ``runs``, for a shuffled loader:
+    every batch split over the workers (so that it draws from the rank's whole buffer),
+    and blocks small enough that each worker's buffer spans :data:`MIX_BLOCKS` of them.
+    ``spec`` itself for a mixed store, or without shuffle."""
     if runs is None or not spec.shuffle:
         return spec
     block = min(spec.block, max(1, spec.capacity // MIX_BLOCKS))
-    return spec if block == spec.block else dataclasses.replace(spec, block=block)
+    # Blocks of one record are a uniform permutation already: nothing to split for.
+    return dataclasses.replace(spec, block=block, split=spec.workers > 1 and block > 1)
 
 
 def order_warning(

@@ -5,6 +5,7 @@ Speed is the benchmark's business, not the tests': nothing here asserts a rate.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -235,8 +236,8 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
     assert store.stat().st_mtime_ns == before
 
 
-def _quality(labels: np.ndarray, block: int, capacity: int, workers: int) -> dict[str, float]:
-    spec = EpochSpec(
+def _spec_of(labels: np.ndarray, block: int, capacity: int, workers: int) -> EpochSpec:
+    return EpochSpec(
         num_records=len(labels),
         block=block,
         capacity=capacity,
@@ -248,7 +249,10 @@ def _quality(labels: np.ndarray, block: int, capacity: int, workers: int) -> dic
         batch_size=32,
         drop_last=False,
     )
-    return shuffle_quality(labels, spec)
+
+
+def _quality(labels: np.ndarray, block: int, capacity: int, workers: int) -> dict[str, float]:
+    return shuffle_quality(labels, _spec_of(labels, block, capacity, workers))
 
 
 def test_shuffle_quality_tells_sorted_from_mixed_stores() -> None:
@@ -285,12 +289,15 @@ def test_shuffle_quality_golden_values() -> None:
     random = {"random_displacement": 0.3355866666666667, "random_classes_per_batch": 9.675450}
     unshuffled = _quality(labels, block=1000, capacity=1, workers=1)
     assert unshuffled == pytest.approx({"displacement": 0.0, "classes_per_batch": 1.25, **random})
-    # Scheme 2: batches of 16 from each of the two workers, buffers full before they emit
-    # (scheme 1 gave 2.41 and 8.69 classes).
+    # Whole batches per worker: as before (scheme 1 gave these two figures too).
     two = _quality(labels, block=50, capacity=20, workers=2)
-    assert two == pytest.approx({"displacement": 0.318198, "classes_per_batch": 3.9375, **random})
+    assert two == pytest.approx({"displacement": 0.317694, "classes_per_batch": 2.40625, **random})
+    # Scheme 2's full buffer: the store fits, so it comes out uniformly (scheme 1: 8.69).
     one = _quality(labels, block=50, capacity=1000, workers=1)
     assert one == pytest.approx({"displacement": 0.34609, "classes_per_batch": 9.4375, **random})
+    # Split over the two workers, as the Loader reads a store in class order: 3.94.
+    split = dataclasses.replace(_spec_of(labels, block=50, capacity=20, workers=2), split=True)
+    assert shuffle_quality(labels, split)["classes_per_batch"] == pytest.approx(3.9375)
 
 
 def test_a_changed_source_is_converted_again(tmp_path: Path) -> None:

@@ -72,10 +72,11 @@ def _check_rest(before: list[int], rest: list[int], remaining: Remaining, spec: 
 @pytest.mark.parametrize("world1", [1, 2, 3, 4])
 @pytest.mark.parametrize("world2", [1, 2, 3, 4])
 def test_any_shape_to_any_shape_delivers_each_record_once(world1: int, world2: int) -> None:
-    # Scheme 1 -> 2: a version 4 state, resumed on this seqstore.
-    for workers1, workers2, scheme in itertools.product(range(4), range(4), (1, 2)):
-        first = _spec(world1, workers1, batch_size=4, scheme=scheme)
-        second = _spec(world2, workers2, batch_size=3)
+    # Scheme 1 -> 2 (a version 4 state, resumed on this seqstore), split batches or not.
+    orders = [dict(scheme=1), dict(scheme=2), dict(scheme=2, split=True)]
+    for workers1, workers2, order in itertools.product(range(4), range(4), orders):
+        first = _spec(world1, workers1, batch_size=4, **order)
+        second = _spec(world2, workers2, batch_size=3, split=not order.get("split"))
         # Early (buffers filling), in the middle, and one batch before the end.
         for done in (1, first.num_batches // 2, first.num_batches - 1):
             before = _run(first, done)

@@ -37,7 +37,7 @@ def _spec(**changes: Any) -> EpochSpec:
 # split over 2 workers: worker 0 makes parts of 2, worker 1 parts of 1.
 GOLDEN = {
     "shuffled": (
-        _spec(),
+        _spec(split=True),
         {
             (0, 0): [3, 0, 21, 22, 1, 20, 2, 12],
             (0, 1): [13, 8, 14, 15],
@@ -175,7 +175,7 @@ def test_rank_order_takes_a_part_of_each_batch_from_every_worker() -> None:
     _, golden = GOLDEN["shuffled"]
     w0, w1 = golden[(1, 0)], golden[(1, 1)]
     expected = [i for b in range(4) for i in w0[2 * b : 2 * b + 2] + w1[b : b + 1]]
-    assert rank_order(_spec(), 1, 1).tolist() == expected
+    assert rank_order(_spec(split=True), 1, 1).tolist() == expected
     _, old = GOLDEN["scheme 1"]
     w0, w1 = old[(1, 0)], old[(1, 1)]
     expected = w0[0:3] + w1[0:3] + w0[3:6] + w1[3:6]  # whole batches, round-robin

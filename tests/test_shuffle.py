@@ -47,6 +47,7 @@ def _imagenet(workers: int, scheme: int = 2) -> EpochSpec:
         batch_size=256,
         drop_last=False,
         scheme=scheme,
+        split=scheme == 2,  # as the Loader fits a store in class order
     )
 
 
@@ -81,7 +82,7 @@ def test_repeat_rate_tells_runs_from_a_shuffle() -> None:
 def test_each_batch_takes_a_part_from_every_worker() -> None:
     spec = EpochSpec(
         num_records=500, block=10, capacity=40, shuffle=True, seed=1, rank=0, world_size=1,
-        workers=3, batch_size=16, drop_last=False,
+        workers=3, batch_size=16, drop_last=False, split=True,
     )  # fmt: skip
     read = [set(np.asarray(WorkerEpoch(spec, 0, 0, w).order()).tolist()) for w in range(3)]
     order = rank_order(spec, 0, 0)
@@ -138,13 +139,16 @@ def test_a_folder_read_in_place_is_permuted_record_by_record(ordered: dict[str, 
 def test_blocks_shrink_to_mix_a_store_in_class_order(ordered: dict[str, Path]) -> None:
     # A 40-record buffer, 20 per worker: blocks of 2 (not 3), so each spans 10 of them.
     loader = _loader(ordered["ordered"], shuffle_buffer=40, block_mb=0.005, num_workers=2)
-    assert (loader.spec.capacity, loader.spec.block) == (20, 2)
+    assert (loader.spec.capacity, loader.spec.block, loader.spec.split) == (20, 2, True)
     labels = loader.reader.labels()
     indices = collect_epoch(loader)[0]
     assert sorted(indices) == list(range(120))
     assert classes_per_batch(np.array(indices), labels, 12) > 4.2
-    # Left as configured: a shuffled store, and a buffer that spans enough blocks already.
-    assert _loader(ordered["shuffled"], shuffle_buffer=40, block_mb=0.005).spec.block == 3
+    # Left as configured, and whole batches per worker: a shuffled store; a folder, whose
+    # records are permuted one by one. A buffer that spans enough blocks keeps them.
+    mixed = _loader(ordered["shuffled"], shuffle_buffer=40, block_mb=0.005, num_workers=2)
+    assert (mixed.spec.block, mixed.spec.split) == (3, False)
+    assert not _loader(ordered["folder"], num_workers=2).spec.split
     assert _loader(ordered["ordered"], shuffle_buffer=240, block_mb=0.005).spec.block == 3
 
 

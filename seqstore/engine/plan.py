@@ -105,11 +105,16 @@ class EpochSpec:
         As in :class:`~seqstore.config.LoaderConfig`.
     scheme
         How the shuffle mixes, :data:`SCHEME` for every loader this seqstore makes. 2: each
-        worker's buffer fills before its first emission, and every shuffled batch takes one
-        part from each worker's stream (:func:`~seqstore.engine.order.part_bounds`). 1 (the
-        order of seqstore's loader states up to version 4, kept so they still resume):
-        emission begins at 256 buffered records, one for every two read until the buffer
-        is full, and each worker yields whole batches.
+        worker's buffer fills before its first emission. 1 (the order of seqstore's loader
+        states up to version 4, kept so they still resume): emission begins at 256
+        buffered records, one for every two read until the buffer is full.
+    split
+        Every batch takes one part from each worker's stream
+        (:func:`~seqstore.engine.order.part_bounds`), instead of each worker yielding whole
+        batches: a batch then draws from the rank's whole buffer. Shuffled loaders over a
+        store whose labels come in runs set it (:func:`seqstore.mixcheck.fit_blocks`); a
+        store already mixed gains nothing from it, and each item costs the DataLoader the
+        same whatever its size.
 
     Raises
     ------
@@ -128,6 +133,7 @@ class EpochSpec:
     batch_size: int
     drop_last: bool
     scheme: int = 2
+    split: bool = False
 
     def __post_init__(self) -> None:
         if self.num_records < 0 or self.seed < 0:
@@ -143,11 +149,8 @@ class EpochSpec:
             raise ValueError(f"capacity must be 1 without shuffle, got {self.capacity}")
         if self.scheme not in (1, SCHEME):
             raise ValueError(f"scheme must be 1 or {SCHEME}, got {self.scheme}")
-
-    @property
-    def split(self) -> bool:
-        """Whether each batch is made of parts from every worker (see ``scheme``)."""
-        return self.scheme >= 2 and self.shuffle and self.workers > 1
+        if self.split and not (self.shuffle and self.scheme >= 2):
+            raise ValueError("split batches need shuffle and scheme 2")
 
     def parts(self, size: int) -> int:
         """Items (one per worker that has a part) that make a batch of ``size`` samples."""
