@@ -56,8 +56,8 @@ class Samples(list[Any]):
     sizes): joined to the other parts of their batch by concatenation."""
 
 
-# The states of a ring buffer.
-_FREE, _LENT = 0, 2
+# The states of a ring buffer (a split batch's buffer is never marked filled: see acquire).
+_FREE, _FILLED, _LENT = 0, 1, 2
 
 
 class _Lent(np.ndarray):
@@ -76,18 +76,19 @@ class Ring:
     """Shared-memory batch buffers, reused from batch to batch, for samples of one shape and
     dtype.
 
-    Batch ``b`` goes into buffer ``b % slots``: a worker that makes the batch, or its part
-    of it (rows :func:`~seqstore.engine.order.part_bounds`), writes there if the buffer is
-    free (:meth:`acquire`) and sends a :class:`Slot`; the main process lends the batch to
-    the training loop (:meth:`lease`), or copies it out and frees the buffer
-    (:meth:`release`). The DataLoader hands a worker its next task as soon as the main
-    process takes an item from it, and the Loader keeps ``prefetch_factor * workers``
-    batches ahead in all (``prefetch_factor`` whole batches per worker, or as many samples
-    in split parts, a ``workers``-th of a batch each): so when a worker starts batch ``b``,
-    every batch before
-    ``b - prefetch_factor * workers`` has reached the training loop, which holds one batch
-    while it waits for the next. ``prefetch_factor * workers + 2`` buffers are therefore
-    free when needed.
+    A worker that makes a whole batch writes it into the first free buffer of its own
+    (every ``workers``-th); split batches go into buffer ``b % slots`` for batch ``b``,
+    each worker writing its part's rows (:func:`~seqstore.engine.order.part_bounds`) there
+    if the buffer is free (:meth:`acquire`). The worker sends a :class:`Slot`; the main
+    process lends the batch to the training loop (:meth:`lease`), or copies it out and
+    frees the buffer (:meth:`release`). The DataLoader hands a worker its next task as soon
+    as the main process takes an item from it, and the Loader keeps ``prefetch_factor *
+    workers`` batches ahead in all (``prefetch_factor`` whole batches per worker, or as
+    many samples in split parts, a ``workers``-th of a batch each): so when a worker starts
+    batch ``b``, every batch before ``b - prefetch_factor * workers`` has reached the
+    training loop, which holds one batch while it waits for the next.
+    ``workers * (prefetch_factor + 2)`` buffers, at least ``prefetch_factor * workers + 2``,
+    are therefore free when needed.
     A loop that keeps more batches makes a worker find its buffer lent; its samples then go
     in shared memory of their own, as without a ring. That is about the shared memory that
     batches in flight take anyway, reserved once when the loader is made.
@@ -102,6 +103,8 @@ class Ring:
         Shape of one sample (HWC for the built-in pipelines).
     dtype
         Type of the samples' elements.
+    workers
+        Worker processes (whole batches: each has every ``workers``-th buffer).
     """
 
     def __init__(
@@ -110,7 +113,9 @@ class Ring:
         batch_size: int,
         shape: tuple[int, ...],
         dtype: torch.dtype = torch.uint8,
+        workers: int = 1,
     ):
+        self.workers = workers
         self.shape = shape
         self.dtype = dtype
         size = (slots, batch_size, *shape)
@@ -129,10 +134,29 @@ class Ring:
         """Buffers in the ring."""
         return len(self.busy)
 
-    def acquire(self, batch: int) -> int | None:
-        """The buffer of rank-local batch ``batch``, if the training loop does not hold it."""
-        slot = batch % self.slots
-        return slot if int(self.busy[slot]) == _FREE else None
+    def acquire(self, batch: int, worker: int, split: bool) -> int | None:
+        """A free buffer for rank-local batch ``batch``: with ``split``, the one of that
+        batch, which every worker writes its part into; else the first free one of
+        ``worker``'s own (every ``workers``-th), so that a worker reuses few buffers. None
+        if the training loop holds it (them)."""
+        busy = self.busy.numpy()
+        if split:
+            # Every worker writes its rows before the main process takes the batch, so none
+            # may mark it; none writes batch b + slots before b has been taken (see above).
+            slot = batch % self.slots
+            return slot if busy[slot] == _FREE else None
+        free = np.flatnonzero(busy[worker :: self.workers] == _FREE)
+        if not free.size:
+            return None
+        slot = int(worker + free[0] * self.workers)
+        busy[slot] = _FILLED
+        return slot
+
+    def reset(self, worker: int) -> None:
+        """Free ``worker``'s filled buffers at the start of an epoch of whole batches: the
+        batches of an epoch broken off that the main process dropped. Lent ones stay lent."""
+        busy = self.busy.numpy()[worker :: self.workers]
+        busy[busy == _FILLED] = _FREE
 
     def view(self, slot: Slot) -> torch.Tensor:
         """The samples in ``slot``, NHWC, a view of the shared buffer."""
@@ -220,7 +244,11 @@ def _uint8_images(samples: list[Any]) -> list[np.ndarray] | None:
 
 
 def collate(
-    raw: RawBatch, ring: Ring | None, worker: int | None, affine: Affine | None = None
+    raw: RawBatch,
+    ring: Ring | None,
+    worker: int | None,
+    affine: Affine | None = None,
+    split: bool = False,
 ) -> tuple[Any, np.ndarray, np.ndarray]:
     """A worker's batch: images (a :class:`Slot`, a tensor, or a list) and numpy labels and
     indices, which pickle by value instead of each taking a shared-memory segment.
@@ -228,7 +256,7 @@ def collate(
     Samples of the ring's shape and dtype go into a ring buffer. With ``affine``, uint8 HWC
     samples are normalised into a float32 batch on the way (see :func:`normalizing_affine`).
     ``worker`` is None in the main process (``num_workers=0``), where nothing needs to be
-    shared.
+    shared. ``split``: ``raw`` is one worker's part of a batch (see :meth:`Ring.acquire`).
     """
     samples = raw.samples
     images = _uint8_images(samples)
@@ -237,7 +265,7 @@ def collate(
             fits = ring.dtype == torch.float32 and affine.shape(images[0].shape) == ring.shape
         else:
             fits = _same(samples, ring.shape, ring.dtype)
-        free = ring.acquire(raw.batch) if fits else None
+        free = ring.acquire(raw.batch, worker, split) if fits else None
         if free is not None:
             slot = Slot(free, raw.offset, len(samples))
             if images is not None and affine is not None:

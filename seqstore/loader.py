@@ -204,11 +204,11 @@ class Loader:
         # Batches of same-shaped samples go through the ring, unless it would be huge.
         self._ring = None
         if cfg.num_workers > 0 and sample is not None:
-            slots = cfg.prefetch_factor * cfg.num_workers + 2  # see Ring
+            slots = cfg.num_workers * (cfg.prefetch_factor + 2)  # see Ring
             shape, dtype = sample
             nbytes = slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
             if nbytes <= _MAX_RING_BYTES:
-                self._ring = Ring(slots, cfg.batch_size, *sample)
+                self._ring = Ring(slots, cfg.batch_size, *sample, workers=cfg.num_workers)
         self._dataset = EpochDataset(
             self.reader,
             transform,

@@ -289,9 +289,11 @@ class EpochDataset(IterableDataset[WorkerItem]):
             self.reader.read_block, work, self.transform, skip_batches=skip_batches
         )
         in_worker = worker if info is not None else None
+        if self.ring is not None and in_worker is not None and not spec.split:
+            self.ring.reset(in_worker)
         for raw in batches:
             bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
-            yield (*collate(raw, self.ring, in_worker, self.affine), bad)
+            yield (*collate(raw, self.ring, in_worker, self.affine, spec.split), bad)
 
 
 def dead_worker(batches: Iterator[Any], wait: float = 2.0) -> str | None:

@@ -121,6 +121,13 @@ def test_a_class_ordered_store_mixes_through_the_loader(ordered: dict[str, Path]
     assert sorted(indices) == list(range(120))
     assert indices == rank_order(loader.spec, 0, 0).tolist()
     assert classes_per_batch(np.array(indices), labels, 12) > 4.2
+    # Every batch kept (its ring buffer lent): later parts go to memory of their own, and
+    # every image is its record's, as made in-process.
+    options = dict(num_workers=2, block_mb=0.05, dtype="uint8", prefetch_factor=1)
+    split = collect_epoch(_loader(ordered["ordered"], **options))
+    alone = collect_epoch(_loader(ordered["ordered"], **(options | {"num_workers": 0})))
+    mine, reference = (dict(zip(r[0], torch.cat(r[2]), strict=True)) for r in (split, alone))
+    assert all(torch.equal(mine[i], reference[i]) for i in range(120))
 
 
 def test_a_folder_read_in_place_is_permuted_record_by_record(ordered: dict[str, Path]) -> None:
@@ -212,7 +219,7 @@ def test_batch_skew_and_a_shuffles_classes_per_batch() -> None:
 
 
 def test_parts_join_in_place_or_into_new_memory() -> None:
-    ring = Ring(slots=2, batch_size=4, shape=(3,), dtype=torch.uint8)
+    ring = Ring(slots=2, batch_size=4, shape=(3,), dtype=torch.uint8, workers=2)
     ring.buffers[1, :4] = torch.arange(12, dtype=torch.uint8).view(4, 3)
     # Every part where it belongs in one buffer: the batch is that buffer.
     assert join([Slot(1, 0, 3), Slot(1, 3, 1)], ring) == Slot(1, 0, 4)
