@@ -19,7 +19,7 @@ import pytest
 import seqstore
 from seqstore.bench import order_quality, shuffle_quality
 from seqstore.engine.plan import EpochSpec
-from seqstore.testing import make_image_folder
+from seqstore.testing import make_image_folder, one_rank_spec
 
 ROOT = str(Path(seqstore.__file__).parents[1])
 
@@ -237,17 +237,8 @@ def test_converted_stores_are_reused(bench_run: tuple[Path, str]) -> None:
 
 
 def _spec_of(labels: np.ndarray, block: int, capacity: int, workers: int) -> EpochSpec:
-    return EpochSpec(
-        num_records=len(labels),
-        block=block,
-        capacity=capacity,
-        shuffle=capacity > 1,
-        seed=0,
-        rank=0,
-        world_size=1,
-        workers=workers,
-        batch_size=32,
-        drop_last=False,
+    return one_rank_spec(
+        len(labels), block=block, capacity=capacity, workers=workers, batch_size=32
     )
 
 

@@ -27,7 +27,7 @@ from seqstore.engine.quality import (
 )
 from seqstore.errors import OrderWarning
 from seqstore.mixcheck import fit_blocks, label_runs, order_warning
-from seqstore.testing import collect_epoch, make_image_folder
+from seqstore.testing import collect_epoch, make_image_folder, one_rank_spec
 
 IMAGENET = 1_281_167
 
@@ -35,17 +35,12 @@ IMAGENET = 1_281_167
 def _imagenet(workers: int, scheme: int = 2) -> EpochSpec:
     """Default settings at ImageNet's size: 4 MB blocks of 110 KB records (36), a 256 MB
     buffer per rank (2330 records) shared by ``workers``, batches of 256."""
-    return EpochSpec(
-        num_records=IMAGENET,
+    return one_rank_spec(
+        IMAGENET,
         block=36,
         capacity=2330 // workers,
-        shuffle=True,
-        seed=0,
-        rank=0,
-        world_size=1,
         workers=workers,
         batch_size=256,
-        drop_last=False,
         scheme=scheme,
         split=scheme == 2,  # as the Loader fits a store in class order
     )

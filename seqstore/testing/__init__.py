@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from .data import make_image_folder, make_records, replicate_store
-from .epoch import collect_epoch
+from .epoch import collect_epoch, one_rank_spec
 
-__all__ = ["collect_epoch", "make_image_folder", "make_records", "replicate_store"]
+__all__ = [
+    "collect_epoch",
+    "make_image_folder",
+    "make_records",
+    "one_rank_spec",
+    "replicate_store",
+]

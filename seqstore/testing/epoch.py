@@ -1,11 +1,34 @@
-"""Collecting what a loader yields over one epoch, for checks of coverage and order."""
+"""Collecting what a loader yields over one epoch, for checks of coverage and order; the
+epoch spec of one shuffled rank, for checks of the pure order."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["collect_epoch"]
+from ..engine.plan import EpochSpec
+
+__all__ = ["collect_epoch", "one_rank_spec"]
+
+
+def one_rank_spec(
+    num_records: int, *, block: int, capacity: int, workers: int, batch_size: int, **changes: Any
+) -> EpochSpec:
+    """The spec of rank 0 of 1, seed 0, keeping the short last batch, shuffled unless
+    ``capacity`` is 1; ``changes`` sets any other field (``scheme``, ``split`` ...)."""
+    fields: dict[str, Any] = dict(
+        num_records=num_records,
+        block=block,
+        capacity=capacity,
+        shuffle=capacity > 1,
+        seed=0,
+        rank=0,
+        world_size=1,
+        workers=workers,
+        batch_size=batch_size,
+        drop_last=False,
+    )
+    return EpochSpec(**(fields | changes))
 
 
 def collect_epoch(loader: Iterable[Any]) -> tuple[list[int], list[int], list[Any]]:
