@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import zlib
 from dataclasses import dataclass
 from functools import cached_property
@@ -373,17 +374,29 @@ def worker_order(
 
 
 def rank_order(
-    spec: EpochSpec, epoch: int, rank: int, remaining: Remaining | None = None
+    spec: EpochSpec,
+    epoch: int,
+    rank: int,
+    remaining: Remaining | None = None,
+    batches: int | None = None,
 ) -> np.ndarray:
     """The store indices rank ``rank``'s loader yields in ``epoch``, batch after batch.
 
     The workers' items taken round-robin, as the DataLoader collects them (whole batches,
     or with ``spec.split`` one part of each batch from every worker); over ``remaining``
-    only, when given.
+    only, when given; the first ``batches`` batches only, when given (each worker's buffer
+    is then replayed only as far as they need).
     """
     works = [WorkerEpoch(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
-    orders = [work.order() for work in works]
     total = spec.batches_over(remaining)
+    if batches is not None:
+        total = min(total, batches)
+    # Samples each worker emits in those batches: its items among them, whole or parts.
+    need = [work.plan.samples_before(total) for work in works]
+    orders = [
+        np.fromiter(itertools.islice(work.shuffle_buffer(), n), np.int64, count=n)
+        for work, n in zip(works, need, strict=True)
+    ]
     parts = []
     if spec.split:  # batch b is every worker's next part, in worker order
         done = [0] * spec.workers

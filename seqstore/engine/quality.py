@@ -25,12 +25,11 @@ Pure: no I/O, no torch.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import numpy as np
 
-from .plan import EpochSpec, WorkerEpoch
+from .plan import EpochSpec, rank_order
 
 __all__ = [
     "batch_skew",
@@ -53,6 +52,12 @@ def classes_per_batch(order: np.ndarray, labels: np.ndarray, batch_size: int) ->
     return float(np.mean(counts)) if counts else 0.0
 
 
+def _shares(labels: np.ndarray) -> np.ndarray:
+    """Each class's share of the labelled records (label -1: unlabelled)."""
+    valid = labels >= 0
+    return np.bincount(labels[valid]) / max(int(valid.sum()), 1)
+
+
 def _skew(got: np.ndarray, shares: np.ndarray, size: int) -> float:
     distances = []
     for i in range(0, len(got) - size + 1, size):
@@ -70,8 +75,7 @@ def batch_skew(
     batches that lean to some classes. Over a window of several batches it also sees
     batches that are mixed each but follow each other in runs of a few classes, which
     the model feels as much (the first loaders' early batches of every epoch)."""
-    valid = labels >= 0
-    shares = np.bincount(labels[valid]) / max(int(valid.sum()), 1)
+    shares = _shares(labels)
     got = labels[order]
     size = batch_size * window
     rng = np.random.default_rng(seed)
@@ -103,8 +107,7 @@ def repeat_rate(order: np.ndarray, labels: np.ndarray) -> float:
     if len(got) < 2:
         return 1.0
     same = float(np.mean(got[1:] == got[:-1]))
-    shares = np.bincount(labels[labels >= 0]) / max(int((labels >= 0).sum()), 1)
-    expected = float((shares**2).sum())
+    expected = float((_shares(labels) ** 2).sum())
     return same / expected if expected else 1.0
 
 
@@ -128,29 +131,7 @@ def predict_classes_per_batch(spec: EpochSpec, labels_of: LabelsOf, batches: int
     Cost: each worker's buffer capacity plus its share of ``batches`` batches, in records;
     a few thousand for an ImageNet loader of 8 workers, whatever the store's size.
     """
-    total = min(batches, spec.num_batches)
-    works = [WorkerEpoch(spec, 0, 0, w) for w in range(spec.workers)]
-    if spec.split:
-        heads = [
-            np.fromiter(
-                itertools.islice(work.shuffle_buffer(), total * work.plan.item_size), np.int64
-            )
-            for work in works
-        ]
-        cuts = [np.array_split(head, total) if len(head) else [] for head in heads]
-        rows = [np.concatenate([c[b] for c in cuts if len(c) > b]) for b in range(total)]
-    else:
-        per_worker = -(-total // spec.workers)
-        heads = [
-            np.fromiter(
-                itertools.islice(work.shuffle_buffer(), per_worker * spec.batch_size), np.int64
-            )
-            for work in works
-        ]
-        size = spec.batch_size
-        rows = [
-            heads[b % spec.workers][(b // spec.workers) * size : (b // spec.workers + 1) * size]
-            for b in range(total)
-        ]
-    counts = [len(np.unique(labels_of(row))) for row in rows if len(row)]
+    order = rank_order(spec, 0, 0, batches=batches)
+    size = spec.batch_size
+    counts = [len(np.unique(labels_of(order[i : i + size]))) for i in range(0, len(order), size)]
     return float(np.mean(counts)) if counts else 0.0
