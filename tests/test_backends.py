@@ -1,5 +1,5 @@
 """Every built-in writable backend against the shared conformance suite, LMDB and HDF5 also
-as sharded stores.
+as sharded stores, and each of those read from the S3 test server.
 
 The bypass hooks write and read each format with its own library (lmdb, h5py, the file
 system), following the layout documented in the backend's module, never through seqstore;
@@ -24,7 +24,7 @@ from seqstore.backends import Backend, Reader
 from seqstore.backends.sharded import ShardedReader
 from seqstore.manifest import Manifest, Provenance, Shard, index_digest, write_manifest
 from seqstore.records import Record
-from seqstore.testing.backend import BackendSuite, seal_raw_store
+from seqstore.testing.backend import BackendSuite, OverS3, seal_raw_store
 
 LMDB_HEADER = struct.Struct("<iIIIH")  # label, width, height, crc32, key length
 LMDB_LABELS = b"\xffseqstore:labels"
@@ -217,4 +217,19 @@ class TestShardedLMDB(_Sharded, TestLMDB):
 
 
 class TestShardedHDF5(_Sharded, TestHDF5):
+    pass
+
+
+class TestHDF5OverS3(OverS3, TestHDF5):
+    def reader_type(self, backend: type[Backend]) -> type[Reader]:
+        from seqstore.remote.hdf5 import RemoteHDF5Reader
+
+        return RemoteHDF5Reader
+
+
+class TestShardedHDF5OverS3(OverS3, TestShardedHDF5):
+    pass
+
+
+class TestFolderOverS3(OverS3, TestFolder):
     pass

@@ -46,6 +46,8 @@ class Backend:
     keeps_order : bool
         Whether records read back in the order they were written (an image folder reads
         them in sorted key order).
+    reads_urls : bool
+        Whether its reader reads stores in object storage (by URL) as well as local ones.
     """
 
     name: ClassVar[str]
@@ -53,6 +55,7 @@ class Backend:
     reader_cls: ClassVar[type[Reader]]
     writer_cls: ClassVar[type[Writer] | None] = None
     keeps_order: ClassVar[bool] = True
+    reads_urls: ClassVar[bool] = True
 
     @classmethod
     def open_reader(cls, location: str | os.PathLike[str], **options: Any) -> Reader:

@@ -405,6 +405,7 @@ class FolderBackend(Backend):
     reader_cls = FolderReader
     writer_cls = FolderWriter
     keeps_order: ClassVar[bool] = False
+    reads_urls: ClassVar[bool] = False  # a folder is listed, and object storage is not
 
     @classmethod
     def sniff(cls, path: Path) -> bool:

@@ -20,12 +20,21 @@ files written by :meth:`~BackendSuite.write_raw`, and :meth:`~BackendSuite.read_
 find the records in files the writer wrote. Tests of a capability the backend lacks (a
 writer, single-record reads) are skipped with the reason; a read-only backend needs no
 ``read_raw``. Every test writes real files under pytest's ``tmp_path``.
+
+Each backend runs three ways: as written (local), as a sharded store
+(``writer_options={"shard_bytes": ...}``), and from object storage: a subclass that mixes in
+:class:`OverS3` uploads every store the suite reads to the S3 test server (the ``s3_server``
+fixture) and opens it by URL through :meth:`BackendSuite.open_store`, the one hook through
+which the suite opens what it reads. The writing tests do not run over S3 (stores are
+written on a local disk and uploaded).
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +49,7 @@ from seqstore.records import Record
 
 from .data import make_records
 
-__all__ = ["CLASSES", "BackendSuite", "seal_raw_store"]
+__all__ = ["CLASSES", "BackendSuite", "OverS3", "seal_raw_store"]
 
 CLASSES = ["class00", "class01", "class02", "class03"]
 
@@ -136,6 +145,16 @@ class BackendSuite:
         """The backend's writer of a new store at ``path``, with :attr:`writer_options`."""
         return backend.open_writer(path, **self.writer_options, **options)
 
+    def open_store(self, path: Path) -> Reader:
+        """The reader of the store the suite made at ``path``: :func:`seqstore.open` of it
+        (:class:`OverS3` opens it from object storage instead)."""
+        return seqstore.open(path)
+
+    def writes_here(self, backend: type[Backend]) -> None:
+        """Skip a writing test where the backend has no writer, or the suite reads stores
+        from elsewhere than where they are written."""
+        _needs_writer(backend)
+
     # -- fixtures ----------------------------------------------------------------------------
 
     @pytest.fixture
@@ -163,7 +182,7 @@ class BackendSuite:
     def test_reader_reads_files_written_raw(self, tmp_path: Path, records: list[Record]) -> None:
         path = tmp_path / "raw"
         self.write_raw(path, records, CLASSES)
-        reader = seqstore.open(path)
+        reader = self.open_store(path)
         assert reader.read_block(0, len(reader)) == self.expected(records)
         assert reader.labels().tolist() == [r.label for r in self.expected(records)]
         reader.check_index()
@@ -171,7 +190,7 @@ class BackendSuite:
     def test_writer_writes_the_documented_layout(
         self, tmp_path: Path, backend: type[Backend], records: list[Record]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         path = tmp_path / "written"
         with self.open_writer(backend, path, classes=CLASSES) as writer:
             for record in records:
@@ -182,13 +201,13 @@ class BackendSuite:
     def test_round_trip_keeps_bytes_labels_keys_and_order(
         self, store: Path, records: list[Record]
     ) -> None:
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         got = reader.read_block(0, len(reader))
         assert got == self.expected(records)
         assert all(r.verify() for r in got)
 
     def test_open_dispatches_on_format(self, store: Path, backend: type[Backend]) -> None:
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         assert reader.manifest.format == self.backend_name
         assert isinstance(reader, self.reader_type(backend))
 
@@ -196,7 +215,7 @@ class BackendSuite:
         self, store: Path, backend: type[Backend], records: list[Record]
     ) -> None:
         _needs_writer(backend)
-        m = seqstore.open(store).manifest
+        m = self.open_store(store).manifest
         assert m.num_records == len(records)
         assert m.total_bytes == sum(len(r.data) for r in records)
         assert m.classes == CLASSES
@@ -208,12 +227,12 @@ class BackendSuite:
     ) -> None:
         if not backend.reader_cls.random_access:
             pytest.skip(f"the '{backend.name}' reader has no random access")
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         start, stop = span
         assert reader.read_block(start, stop) == [reader.read(i) for i in range(start, stop)]
 
     def test_shard_bounds_cut_the_store_and_reads_cross_them(self, store: Path) -> None:
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         bounds = reader.shard_bounds.tolist()
         assert bounds[0] == 0 and bounds[-1] == len(reader) and bounds == sorted(bounds)
         everything = reader.read_block(0, len(reader))
@@ -224,15 +243,15 @@ class BackendSuite:
     @pytest.mark.parametrize("span", [(-1, 2), (5, 4), (0, 38)])
     def test_read_block_out_of_range_raises(self, store: Path, span: tuple[int, int]) -> None:
         with pytest.raises(IndexError):
-            seqstore.open(store).read_block(*span)
+            self.open_store(store).read_block(*span)
 
     def test_labels_match_records(self, store: Path) -> None:
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         assert reader.labels().tolist() == [r.label for r in reader.read_block(0, len(reader))]
 
     @pytest.mark.parametrize("method", ["fork", "spawn"])
     def test_reader_made_in_parent_works_in_child(self, store: Path, method: str) -> None:
-        reader = seqstore.open(store)
+        reader = self.open_store(store)
         expected = _checksums_of(reader, 0, len(reader))  # the parent's handle is now open
         with mp.get_context(method).Pool(2) as pool:
             halves = pool.starmap(_checksums_of, [(reader, 0, 20), (reader, 20, len(reader))])
@@ -243,7 +262,7 @@ class BackendSuite:
     def test_partial_store_is_refused(
         self, tmp_path: Path, backend: type[Backend], records: list[Record]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         path = tmp_path / "partial"
         child = mp.get_context("fork").Process(
             target=_write_half_and_die, args=(backend, path, records, self.writer_options)
@@ -258,7 +277,7 @@ class BackendSuite:
     def test_error_while_writing_leaves_no_store(
         self, tmp_path: Path, backend: type[Backend], records: list[Record]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         path = tmp_path / "aborted"
         with pytest.raises(RuntimeError, match="boom"):
             with self.open_writer(backend, path, classes=CLASSES) as writer:
@@ -269,7 +288,7 @@ class BackendSuite:
     def test_existing_store_refused_unless_overwrite(
         self, store: Path, backend: type[Backend], records: list[Record]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         with pytest.raises(StoreExistsError, match="overwrite"):
             self.open_writer(backend, store, classes=CLASSES)
         with self.open_writer(backend, store, classes=CLASSES, overwrite=True) as writer:
@@ -280,7 +299,7 @@ class BackendSuite:
     def test_failed_overwrite_keeps_the_old_store(
         self, store: Path, backend: type[Backend], records: list[Record]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         old = seqstore.open(store)
         before = [r.data for r in old.read_block(0, len(old))]
         old.close()
@@ -295,16 +314,64 @@ class BackendSuite:
     def test_non_store_directory_is_never_overwritten(
         self, tmp_path: Path, backend: type[Backend]
     ) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         (tmp_path / "mine.txt").write_text("user data")
         with pytest.raises(StoreExistsError, match="not a seqstore store"):
             self.open_writer(backend, tmp_path, classes=CLASSES, overwrite=True)
         assert (tmp_path / "mine.txt").read_text() == "user data"
 
     def test_empty_store(self, tmp_path: Path, backend: type[Backend]) -> None:
-        _needs_writer(backend)
+        self.writes_here(backend)
         with self.open_writer(backend, tmp_path / "empty", classes=CLASSES):
             pass
         reader = backend.open_reader(tmp_path / "empty")
         assert len(reader) == 0
         assert reader.read_block(0, 0) == []
+
+
+# Uploads of the suite's stores, each under a prefix of its own in one bucket per server
+# (SeaweedFS takes seconds to set up a bucket).
+_buckets: dict[str, str] = {}
+_uploads = itertools.count()
+
+
+class OverS3:
+    """Mixin for a :class:`BackendSuite` subclass: the suite's stores are read from the S3
+    test server (the ``s3_server`` fixture), uploaded there file by file and opened by URL.
+
+    A backend whose reader reads local files only (an image folder, which is listed rather
+    than read by name) skips with the reason.
+    """
+
+    backend_name: ClassVar[str]
+
+    @pytest.fixture(autouse=True)
+    def _server(self, request: pytest.FixtureRequest) -> None:
+        backend = get_backend(self.backend_name)
+        if not backend.reads_urls:
+            pytest.skip(f"the '{backend.name}' backend reads local files only")
+        self._s3 = request.getfixturevalue("s3_server")
+
+    def writes_here(self, backend: type[Backend]) -> None:
+        # docstring inherited
+        del backend
+        pytest.skip("stores are written on a local disk; their upload is tested apart")
+
+    def open_store(self, path: Path) -> Reader:
+        """Upload the store at ``path`` (a directory, or a single file) to the S3 test
+        server and open it by URL."""
+        server = self._s3
+        bucket = _buckets.get(server.endpoint)
+        if bucket is None:
+            bucket = _buckets[server.endpoint] = f"suite-{time.monotonic_ns() % 10**9}"
+            server.make_bucket(bucket)
+        url = f"s3://{bucket}/u{next(_uploads)}/{path.name}"
+        fs = server.filesystem()
+        if path.is_file():
+            fs.put_file(str(path), url)
+        else:
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            # Manifests last, as an upload of seqstore's makes them appear.
+            for file in sorted(files, key=lambda p: p.name == "seqstore.json"):
+                fs.put_file(str(file), f"{url}/{file.relative_to(path).as_posix()}")
+        return seqstore.open(url, storage_options=server.storage_options())
