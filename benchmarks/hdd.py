@@ -54,10 +54,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from seqstore.backends.ranges import aligned_buffer
 from seqstore.bench import measure
 from seqstore.config import BenchConfig
 from seqstore.convert import convert
+from seqstore.io.local import aligned_buffer
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
 V1 = Path("/sys/fs/cgroup/blkio")

@@ -38,10 +38,10 @@ import seqstore
 from seqstore.bench import run_in_child, training_script_start
 from seqstore.bench.report import cpu_name
 from seqstore.convert import convert
-from seqstore.remote import Remote
-from seqstore.remote.upload import upload_store
+from seqstore.io.object import ObjectStore
 from seqstore.testing import make_image_folder, replicate_store
 from seqstore.testing.s3server import start_s3_server
+from seqstore.upload import upload_store
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
 EPOCHS = 3
@@ -128,7 +128,7 @@ def bench(args: argparse.Namespace, work: Path) -> None:
         urls = {}
         for name, path in (("store", store), ("big", big)):
             urls[name] = f"s3://bench/{path.name}"
-            upload_store(path, Remote(urls[name], options), overwrite=True)
+            upload_store(path, ObjectStore(urls[name], options), overwrite=True)
         runs: dict[str, list[Run]] = {}
         server_ms: dict[str, list[float]] = {}
         for rep in range(args.repeat):  # interleaved: every setting once per repetition

@@ -21,10 +21,10 @@ from tqdm import tqdm
 from ._version import __version__
 from .backends import Reader, Writer, get_backend, open_store
 from .backends.folder import load_classes
-from .backends.reader import is_local
 from .config import ConvertConfig, load_config
 from .errors import BadImageError, ConfigError, SeqstoreError
 from .imageinfo import ImageInfo, extension_format, probe
+from .io.places import is_url
 from .manifest import MANIFEST_NAME, Manifest, Provenance, SkippedFile
 from .records import Record
 
@@ -105,7 +105,7 @@ def convert(
         destination is then removed, never left looking complete.
     """
     cfg = load_config(ConvertConfig, config, **options)
-    if not is_local(dst):
+    if is_url(dst):
         if cfg.distributed:
             raise ConfigError(
                 f"a distributed convert writes to a local file system only, not to '{dst}'; "
@@ -355,12 +355,12 @@ def fill(
 
 def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
     """Convert into a local staging directory, then upload the finished store to ``url``
-    (data files first, the manifest last: see :mod:`seqstore.remote.upload`). A sharded
+    (data files first, the manifest last: see :mod:`seqstore.upload`). A sharded
     store's shards are uploaded as they are finished, while the next ones are written."""
-    from .remote.location import Remote
-    from .remote.upload import StoreUpload, check_destination, staging_path
+    from .io.object import ObjectStore
+    from .upload import StoreUpload, check_destination, staging_path
 
-    remote = Remote(url, dict(cfg.storage_options))
+    remote = ObjectStore(url, dict(cfg.storage_options))
     check_destination(remote, overwrite=cfg.overwrite)
     local = staging_path(remote.url, cfg.staging_dir)
     upload = StoreUpload(remote, overwrite=cfg.overwrite)

@@ -29,10 +29,10 @@ def resolve_split(
         None of the layouts is there.
     """
     if isinstance(root, str) and "://" in root:
+        from .io.object import ObjectStore
         from .manifest import MANIFEST_NAME
-        from .remote import Remote
 
-        remote = Remote(root, dict(storage_options or {}))
+        remote = ObjectStore(root, dict(storage_options or {}))
         names = [f"{split}.h5", f"{split}.hdf5", f"{split}.lmdb", split]
         for name in names:
             if remote.exists(remote.join(f"{name}/{MANIFEST_NAME}")):

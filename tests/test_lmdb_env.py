@@ -6,7 +6,7 @@ import sys
 import threading
 from pathlib import Path
 
-from seqstore.backends import lmdb_env
+from seqstore.backends.lmdb import env as lmdb_env
 from seqstore.convert import convert
 from seqstore.testing import make_image_folder
 

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 import seqstore
-import seqstore.backends.lmdb as lmdb_backend
-from seqstore.backends.ranges import SMALL, FileRanges, coalesce, direct_io_default
+import seqstore.backends.lmdb.reader as lmdb_reader
 from seqstore.convert import convert
 from seqstore.errors import CorruptStoreError
+from seqstore.io.local import SMALL, LocalFile, direct_io_default
+from seqstore.io.ranges import coalesce
 from seqstore.testing import make_image_folder
 
 
@@ -30,7 +31,7 @@ def test_coalesce_joins_close_extents_and_sorts() -> None:
 def test_read_extents_returns_each_extent_in_given_order(tmp_path: Path) -> None:
     data = os.urandom(10_000)
     (tmp_path / "f").write_bytes(data)
-    ranges = FileRanges(tmp_path / "f")
+    ranges = LocalFile(tmp_path / "f")
     extents = [(9000, 500), (10, 20), (40, 100), (5000, 1)]
     pieces = ranges.read_extents(extents, gap=64)
     assert [bytes(p) for p in pieces] == [data[o : o + n] for o, n in extents]
@@ -42,7 +43,7 @@ def test_read_extents_returns_each_extent_in_given_order(tmp_path: Path) -> None
 def test_read_past_the_end_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 100)
     with pytest.raises(CorruptStoreError, match="'.*f' ends at byte 100"):
-        FileRanges(tmp_path / "f").read(50, 100)
+        LocalFile(tmp_path / "f").read(50, 100)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,8 @@ def test_lmdb_block_is_one_pread_of_its_values_not_a_walk_of_the_map(
     reads = _Spy(monkeypatch, "read").calls
     walked = []
     monkeypatch.setattr(
-        "seqstore.backends.lmdb._decode",
-        lambda value, decode=lmdb_backend._decode: walked.append(type(value)) or decode(value),
+        "seqstore.backends.lmdb.reader.decode_record",
+        lambda value, decode=lmdb_reader.decode_record: walked.append(type(value)) or decode(value),
     )
     reader = seqstore.open(stores["lmdb"])
     records = reader.read_block(10, 50)
@@ -128,7 +129,7 @@ def _evict(*files: Path) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-        if FileRanges(file).cached(0, file.stat().st_size):
+        if LocalFile(file).cached(0, file.stat().st_size):
             pytest.skip(f"the file system of '{file}' keeps it in memory")
 
 
@@ -141,17 +142,17 @@ def _takes_o_direct(file: Path) -> bool:
 
 
 class _Spy:
-    """Counts the calls of a FileRanges method and the ranges they read."""
+    """Counts the calls of a LocalFile method and the ranges they read."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         self.calls: list[tuple[int, int]] = []
-        method = getattr(FileRanges, name)
+        method = getattr(LocalFile, name)
 
-        def spy(ranges: FileRanges, offset: int, length: int) -> Any:
+        def spy(ranges: LocalFile, offset: int, length: int) -> Any:
             self.calls.append((offset, length))
             return method(ranges, offset, length)
 
-        monkeypatch.setattr(FileRanges, name, spy)
+        monkeypatch.setattr(LocalFile, name, spy)
 
 
 @needs_linux
@@ -163,7 +164,7 @@ def test_direct_reads_uncached_bytes_around_the_page_cache(
     file.write_bytes(data)
     _evict(file)
     uncached = _Spy(monkeypatch, "read_uncached")
-    ranges = FileRanges(file, direct=True)
+    ranges = LocalFile(file, direct=True)
     assert not ranges.cached(1000, 1 << 20)
     # Unaligned on both ends, and the tail of the file.
     tail = SMALL + 77
@@ -183,7 +184,7 @@ def test_direct_reads_uncached_bytes_around_the_page_cache(
     assert len(uncached.calls) == 3
     # Without direct, never around the cache.
     _evict(file)
-    assert bytes(FileRanges(file).read_run(1000, 10)) == data[1000:1010]
+    assert bytes(LocalFile(file).read_run(1000, 10)) == data[1000:1010]
     assert len(uncached.calls) == 3
 
 
@@ -230,7 +231,7 @@ def test_direct_io_reads_an_uncached_block_in_one_read_and_a_cached_one_from_the
     assert len(uncached.calls) == len(blocks)
     assert primed.calls == []
     if _takes_o_direct(data):
-        assert not any(FileRanges(data).cached(*call) for call in uncached.calls)
+        assert not any(LocalFile(data).cached(*call) for call in uncached.calls)
     # Cached: no read around the cache.
     with data.open("rb") as f:
         f.read()
@@ -256,16 +257,16 @@ def test_sharded_store_decides_direct_io_by_its_whole_size(
         asked.append(size)
         return True
 
-    monkeypatch.setattr("seqstore.backends.sharded.direct_io_default", default)
+    monkeypatch.setattr("seqstore.backends.sharded.reader.direct_io_default", default)
     reader = seqstore.open(store)
     assert len(reader.manifest.shards or []) > 1
     records = reader.read_block(0, len(reader))
     assert all(r.verify() for r in records)
     assert set(asked) == {reader.manifest.total_bytes}
     shards = _shard_readers(reader)
-    assert shards and all(s._ranges.direct for s in shards)
+    assert shards and all(s.data.direct for s in shards)
     # Told, it is not overridden.
-    assert not any(s._ranges.direct for s in _shard_readers(seqstore.open(store, direct_io=False)))
+    assert not any(s.data.direct for s in _shard_readers(seqstore.open(store, direct_io=False)))
 
 
 def _shard_readers(reader: Any) -> list[Any]:
@@ -313,7 +314,17 @@ except CorruptStoreError as exc:
 
 
 def test_lmdb_page_parser_refuses_what_points_outside_the_file_or_its_page() -> None:
-    from seqstore.backends.lmdb import _Tree
+    from seqstore.backends.lmdb.pages import PageTree
+
+    def _Tree(data: memoryview, psize: int) -> PageTree:  # noqa: N802 - as the local reader makes it
+        metas = [struct.unpack_from("<QQQ", data, page * psize + 128) for page in (0, 1)]
+        root, last, _ = max(metas, key=lambda meta: meta[2])
+        return PageTree(
+            lambda pgno: bytes(data[pgno * psize : (pgno + 1) * psize]),
+            psize,
+            root,
+            min(len(data) // psize, last + 1),
+        )
 
     psize = 4096
     pages = bytearray(psize * 4)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,7 @@ import seqstore
 from seqstore.backends import registry
 from seqstore.errors import BackendNotFoundError, ConfigError, NotAStoreError
 from seqstore.testing import make_records
+from seqstore.testing.backend import seal_raw_store
 
 
 @pytest.fixture
@@ -84,10 +88,10 @@ def test_reader_without_random_access_refuses_single_reads(tmp_path: Path) -> No
         reader.read(1)
 
 
-def test_url_location_is_kept_and_refused_only_as_a_local_path() -> None:
+def test_a_url_given_to_a_reader_names_seqstore_open() -> None:
     from seqstore.backends.folder import FolderReader
 
-    with pytest.raises(NotAStoreError, match="'s3://bucket/train' is not a local path"):
+    with pytest.raises(NotAStoreError, match="'s3://bucket/train' is a URL; open it with seqstore"):
         FolderReader("s3://bucket/train")
 
 
@@ -124,3 +128,82 @@ def test_plugin_found_through_entry_point(
     reader = seqstore.open(tmp_path / "store")  # dispatches on the manifest's format
     assert reader.manifest.format == "mirror"
     assert reader.read_block(0, 5) == records
+
+
+# A third-party format of its own, written against the place a reader is given: records back
+# to back in records.bin, and their rows in rows.json. Nothing in it knows about URLs.
+FLAT_PLUGIN = """
+import json
+
+from seqstore.backends import Backend, Reader
+from seqstore.backends.reader import store_manifest
+from seqstore.records import Record
+
+
+class FlatReader(Reader):
+    def __init__(self, location):
+        super().__init__(location)
+        self._manifest = store_manifest(self.place)
+        self.rows = json.loads(self.place.read_bytes("rows.json"))
+        self.data = self.open_data("records.bin")
+
+    @property
+    def manifest(self):
+        return self._manifest
+
+    def read_block(self, start, stop):
+        self._check_range(start, stop)
+        rows = self.rows[start:stop]
+        pieces = self.data.read_extents([(row[2], row[3]) for row in rows])
+        return [
+            Record.make(row[0], row[1], bytes(piece), row[4], row[5])
+            for row, piece in zip(rows, pieces)
+        ]
+
+
+class FlatBackend(Backend):
+    name = "flat"
+    reader_cls = FlatReader
+"""
+
+
+def test_plugin_backend_reads_from_a_url_with_no_code_of_its_own_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_registry: None, s3_server: Any
+) -> None:
+    (tmp_path / "seqstore_flat.py").write_text(FLAT_PLUGIN)
+    dist = tmp_path / "seqstore_flat-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seqstore-flat\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[seqstore.backends]\nflat = seqstore_flat:FlatBackend\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    records = make_records(9, classes=3)
+    store = tmp_path / "store"
+    store.mkdir()
+    rows, offset = [], 0
+    with open(store / "records.bin", "wb") as f:
+        for r in records:
+            f.write(r.data)
+            rows.append([r.key, r.label, offset, len(r.data), r.width, r.height])
+            offset += len(r.data)
+    (store / "rows.json").write_text(json.dumps(rows))
+    seal_raw_store(
+        store,
+        format="flat",
+        format_version=1,
+        records=records,
+        classes=["a", "b", "c"],
+        data_files=["records.bin"],
+    )
+    bucket = f"plugin-{time.monotonic_ns() % 10**8}"
+    s3_server.make_bucket(bucket)
+    fs = s3_server.filesystem()
+    for name in ("records.bin", "rows.json", "seqstore.json"):
+        fs.put_file(str(store / name), f"s3://{bucket}/flat/{name}")
+
+    local = seqstore.open(store)
+    remote = seqstore.open(f"s3://{bucket}/flat", storage_options=s3_server.storage_options())
+    assert type(remote).__name__ == type(local).__name__ == "FlatReader"
+    assert remote.read_block(0, 9) == local.read_block(0, 9) == records
+    assert remote.read_block(3, 5) == records[3:5]

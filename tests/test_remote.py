@@ -18,7 +18,9 @@ import torch
 
 import seqstore
 from seqstore import Loader
-from seqstore.backends.hdf5 import HDF5Writer
+from seqstore.backends.hdf5 import HDF5Reader, HDF5Writer
+from seqstore.backends.lmdb import LMDBReader
+from seqstore.backends.sharded import ShardedReader
 from seqstore.cli import main
 from seqstore.convert import convert
 from seqstore.errors import (
@@ -29,15 +31,17 @@ from seqstore.errors import (
     RemoteError,
     StoreExistsError,
 )
+from seqstore.io import cache as cache_module
+from seqstore.io import presigned
+from seqstore.io.cache import ShardCache
+from seqstore.io.cached import CachedFile
+from seqstore.io.object import ObjectStore
+from seqstore.io.retry import RetryPolicy
 from seqstore.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from seqstore.records import Record
-from seqstore.remote import Remote, ShardCache, direct, open_remote
-from seqstore.remote import cache as cache_module
-from seqstore.remote.hdf5 import RemoteHDF5Reader
-from seqstore.remote.sharded import RemoteShardedReader
-from seqstore.remote.upload import staging_path, upload_store
 from seqstore.testing import collect_epoch, make_image_folder
 from seqstore.testing.s3server import S3Server
+from seqstore.upload import staging_path, upload_store
 
 N = 90
 _prefixes = itertools.count()
@@ -70,7 +74,7 @@ def bucket(module_bucket: str) -> str:
 
 
 def _upload(s3_server: S3Server, local: Path, url: str) -> str:
-    upload_store(local, Remote(url, s3_server.storage_options()), overwrite=False)
+    upload_store(local, ObjectStore(url, s3_server.storage_options()), overwrite=False)
     return url
 
 
@@ -104,10 +108,10 @@ def test_a_block_is_one_ranged_get(s3_server: S3Server, bucket: str, tmp_path: P
             w.write(r)
     url = _upload(s3_server, tmp_path / "big", f"s3://{bucket}/big.h5")
     reader = seqstore.open(url, storage_options=s3_server.storage_options())
-    assert isinstance(reader, RemoteHDF5Reader)
+    assert isinstance(reader, HDF5Reader)
     reader.labels()  # the whole index
     assert reader.read_block(150, 200) == records[150:200]  # the keys are fetched with it
-    remote = reader.remote  # type: ignore[attr-defined]
+    remote = reader.place.store  # type: ignore[attr-defined]
     gets = remote.gets
     asked: list[int] = []
     cat = remote.cat
@@ -164,7 +168,7 @@ def test_http_url(s3_server: S3Server, stores: dict[str, Path], bucket: str) -> 
     assert reader.read_block(10, 40) == seqstore.open(stores["hdf5"]).read_block(10, 40)
     # Opening asked fsspec for the object's size (the direct path does not, over plain
     # HTTP); the blocks still came straight over HTTP.
-    assert reader.remote._direct is not None  # type: ignore[attr-defined]
+    assert reader.place.store._presigned is not None  # type: ignore[attr-defined]
 
 
 def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
@@ -193,13 +197,13 @@ def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
         time.sleep(0.05)  # distinct use times
     cache = ShardCache(cache_dir, int(limit_gb * 1e9))
     names = [p.name for p in cache.entries()]
-    assert len(names) == 2 and readers[0].cache_key not in names  # the oldest went
-    assert [readers[1].cache_key, readers[2].cache_key] == names
+    assert len(names) == 2 and readers[0].data.key not in names  # the oldest went
+    assert [readers[1].data.key, readers[2].data.key] == names
     assert cache.total_bytes() <= limit_gb * 1e9
     assert not list((cache_dir / "tmp").iterdir())  # nothing half-downloaded left
     # The reader whose copy was evicted keeps reading it: its file is open.
     assert readers[0].read_block(40, 80) == local.read_block(40, 80)
-    cache.touch(readers[1].cache_key)  # used: now the next victim is readers[2]'s copy
+    cache.touch(readers[1].data.key)  # used: now the next victim is readers[2]'s copy
     again = seqstore.open(
         urls[0],
         storage_options=s3_server.storage_options(),
@@ -211,7 +215,7 @@ def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
     while again.reading_from.startswith("s3://"):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert [p.name for p in cache.entries()] == [readers[1].cache_key, readers[0].cache_key]
+    assert [p.name for p in cache.entries()] == [readers[1].data.key, readers[0].data.key]
 
 
 def test_two_threads_filling_one_cache_entry_download_it_once(tmp_path: Path) -> None:
@@ -275,15 +279,15 @@ def test_reader_tries_a_failed_copy_again(
 ) -> None:
     url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/flaky.h5")
     monkeypatch.setattr(cache_module, "RETRY_S", 0.2)
-    download = RemoteHDF5Reader._download
+    download = CachedFile._download
     failures = [ConnectionError("connection reset")]
 
-    def flaky(self: RemoteHDF5Reader, directory: Path) -> None:
+    def flaky(self: CachedFile, directory: Path) -> None:
         if failures:
             raise failures.pop()
         download(self, directory)
 
-    monkeypatch.setattr(RemoteHDF5Reader, "_download", flaky)
+    monkeypatch.setattr(CachedFile, "_download", flaky)
     local = seqstore.open(stores["hdf5"])
     reader = seqstore.open(url, storage_options=s3_server.storage_options(), cache_dir=tmp_path)
     deadline = time.monotonic() + 30
@@ -344,7 +348,7 @@ def test_server_restarted_mid_epoch_costs_retries_not_the_epoch(
             threading.Timer(1.5, s3_server.start).start()
     assert got[0] == expected[0] and got[1] == expected[1]
     assert all(torch.equal(a, b) for a, b in zip(got[2], expected[2], strict=True))
-    assert loader.reader.remote.retried > 0  # type: ignore[attr-defined]
+    assert loader.reader.place.store.retried > 0  # type: ignore[attr-defined]
 
 
 def test_server_restart_under_worker_processes(
@@ -393,11 +397,9 @@ def test_permanent_errors_are_one_line(
 
 def test_unreachable_server_fails_after_the_retries() -> None:
     pytest.importorskip("s3fs")
-    from seqstore.remote import RetryPolicy
-
     options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
     with pytest.raises(RemoteError, match="failed 3 times .* is up and reachable") as info:
-        open_remote(
+        seqstore.open(
             "s3://bucket/train.h5",
             storage_options=options,
             retry=RetryPolicy(attempts=3, base_s=0.01),
@@ -424,8 +426,8 @@ def test_a_reader_looks_its_data_file_up_once_and_again_when_it_reopens(
 ) -> None:
     url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
     looked_up: list[str] = []
-    info = Remote.info
-    monkeypatch.setattr(Remote, "info", lambda self, u: looked_up.append(u) or info(self, u))
+    info = ObjectStore.info
+    monkeypatch.setattr(ObjectStore, "info", lambda self, u: looked_up.append(u) or info(self, u))
     reader = seqstore.open(url, storage_options=s3_server.storage_options())
     reader.read_block(0, 5)
     assert [u for u in looked_up if u.endswith("data.h5")] == [f"{url}/data.h5"]
@@ -458,20 +460,37 @@ def test_a_store_of_another_layout_version_is_refused(
         seqstore.open(location, **options)
 
 
-def test_lmdb_needs_the_cache(
+def test_lmdb_reads_in_place_with_ranged_gets_or_through_the_cache(
     s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
 ) -> None:
     url = _upload(s3_server, stores["lmdb"], f"s3://{bucket}/train.lmdb")
     opts = s3_server.storage_options()
-    with pytest.raises(ConfigError, match="cannot be read in place .* pass cache_dir="):
-        seqstore.open(url, storage_options=opts)
-    with pytest.raises(ConfigError, match="does not fit in the cache"):
-        seqstore.open(url, storage_options=opts, cache_dir=tmp_path, cache_limit_gb=1e-6)
-    reader = seqstore.open(url, storage_options=opts, cache_dir=tmp_path)
     local = seqstore.open(stores["lmdb"])
-    assert reader.read_block(0, N) == local.read_block(0, N)
-    assert np.array_equal(reader.labels(), local.labels())
     li = collect_epoch(Loader(stores["lmdb"], **_opts(num_workers=2, with_indices=True)))[0]
+    # No cache: the page parser finds each block's values, read by ranged GETs.
+    reader = seqstore.open(url, storage_options=opts)
+    assert isinstance(reader, LMDBReader) and reader.reading_from == f"{url}/data.mdb"
+    store = reader.place.store
+    reader.labels()
+    gets = store.gets
+    assert reader.read_block(0, N) == local.read_block(0, N)
+    assert store.gets - gets < 10  # the leaf pages and one run of values, not a GET per record
+    assert np.array_equal(reader.labels(), local.labels())
+    reader.check_index()
+    loader = Loader(url, storage_options=opts, **_opts(num_workers=2, with_indices=True))
+    assert collect_epoch(loader)[0] == li
+    # A cache too small for the store: every read stays remote.
+    small = seqstore.open(url, storage_options=opts, cache_dir=tmp_path, cache_limit_gb=1e-6)
+    assert small.read_block(0, N) == local.read_block(0, N)
+    assert small.reading_from.startswith("s3://")  # type: ignore[attr-defined]
+    # With a cache, the copy is read as a local file once it is there.
+    cached = seqstore.open(url, storage_options=opts, cache_dir=tmp_path)
+    deadline = time.monotonic() + 60
+    while cached.reading_from.startswith("s3://"):  # type: ignore[attr-defined]
+        assert cached.read_block(0, N) == local.read_block(0, N)
+        assert time.monotonic() < deadline, "the copy never came"
+        time.sleep(0.1)
+    assert cached.read_block(0, N) == local.read_block(0, N)
     loader = Loader(
         url, storage_options=opts, cache_dir=tmp_path, **_opts(num_workers=2, with_indices=True)
     )
@@ -603,9 +622,9 @@ def test_sharded_convert_to_s3_uploads_shards_as_they_finish_and_reads_back(
     local_top = staging_path(url, staging) / MANIFEST_NAME
     puts: list[tuple[str, bool]] = []  # the name uploaded, and whether the store was finished
     seen_partial = []
-    put_file = Remote.put_file
+    put_file = ObjectStore.put_file
 
-    def logged(self: Remote, local: Any, target: str) -> None:
+    def logged(self: ObjectStore, local: Any, target: str) -> None:
         name = target[len(url) + 1 :]
         # Nothing readable at the URL until the store's manifest is up.
         if not puts:
@@ -618,11 +637,11 @@ def test_sharded_convert_to_s3_uploads_shards_as_they_finish_and_reads_back(
         puts.append((name, local_top.is_file()))
         put_file(self, local, target)
 
-    monkeypatch.setattr(Remote, "put_file", logged)
+    monkeypatch.setattr(ObjectStore, "put_file", logged)
     argv = ["convert", str(stores["images"]), url, "--format", "hdf5", "-q"]
     argv += ["--shard-mb", str(SHARD_MB), "--workers", "2", "--staging-dir", str(staging)]
     assert main(argv) == 0
-    monkeypatch.setattr(Remote, "put_file", put_file)
+    monkeypatch.setattr(ObjectStore, "put_file", put_file)
 
     expected = sorted(p.relative_to(sharded).as_posix() for p in sharded.rglob("*") if p.is_file())
     names = [name for name, _ in puts]
@@ -638,7 +657,7 @@ def test_sharded_convert_to_s3_uploads_shards_as_they_finish_and_reads_back(
 
     remote = seqstore.open(url)
     local = seqstore.open(sharded)
-    assert isinstance(remote, RemoteShardedReader)
+    assert isinstance(remote, ShardedReader)
     assert remote.shard_bounds.tolist() == local.shard_bounds.tolist() == [0, 25, 50, 75, 90]
     assert (
         remote.read_block(0, N)
@@ -651,9 +670,9 @@ def test_sharded_convert_to_s3_uploads_shards_as_they_finish_and_reads_back(
     remote.check_index()
     # With the index and keys in hand, a block is one ranged GET per shard it touches.
     shards = [remote.shard(i) for i in range(4)]
-    gets = sum(s.remote.gets for s in shards)  # type: ignore[attr-defined]
+    gets = sum(s.place.store.gets for s in shards)  # type: ignore[attr-defined]
     assert remote.read_block(20, 60) == local.read_block(20, 60)
-    assert sum(s.remote.gets for s in shards) == gets + 3  # type: ignore[attr-defined]
+    assert sum(s.place.store.gets for s in shards) == gets + 3  # type: ignore[attr-defined]
 
     opts = _opts(num_workers=2, with_indices=True, seed=5)
     li, ll, lx = collect_epoch(Loader(sharded, **opts))
@@ -684,14 +703,14 @@ def test_sharded_lmdb_at_a_url_reads_through_the_cache(
     opts = s3_server.storage_options()
     local_top = staging_path(url, tmp_path / "staging") / MANIFEST_NAME
     finished: list[bool] = []  # at each upload, whether the store was finished
-    put_file = Remote.put_file
+    put_file = ObjectStore.put_file
 
-    def logged(self: Remote, local: Any, target: str) -> None:
+    def logged(self: ObjectStore, local: Any, target: str) -> None:
         finished.append(local_top.is_file())
         put_file(self, local, target)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Remote, "put_file", logged)
+        patch.setattr(ObjectStore, "put_file", logged)
         convert(  # shards written in this process (workers=0), each uploaded once written
             stores["images"],
             url,
@@ -703,12 +722,18 @@ def test_sharded_lmdb_at_a_url_reads_through_the_cache(
             staging_dir=tmp_path / "staging",
         )
     assert finished == [False] * 8 + [True]
-    with pytest.raises(ConfigError, match="cannot be read in place .* pass cache_dir="):
-        seqstore.open(url, storage_options=opts)
+    expected = seqstore.open(stores["lmdb"]).read_block(0, N)
+    in_place = seqstore.open(url, storage_options=opts)
+    assert isinstance(in_place, ShardedReader) and len(in_place.shards) == 4
+    assert in_place.read_block(0, N) == expected
     reader = seqstore.open(url, storage_options=opts, cache_dir=tmp_path / "cache")
-    assert isinstance(reader, RemoteShardedReader) and len(reader.shards) == 4
-    assert reader.read_block(0, N) == seqstore.open(stores["lmdb"]).read_block(0, N)
-    assert len(list((tmp_path / "cache").rglob("data.mdb"))) == 4  # a copy of each shard
+    assert isinstance(reader, ShardedReader) and len(reader.shards) == 4
+    deadline = time.monotonic() + 60
+    while len(list((tmp_path / "cache").rglob("data.mdb"))) < 4:  # a copy of each shard
+        assert reader.read_block(0, N) == expected
+        assert time.monotonic() < deadline, "the copies never came"
+        time.sleep(0.1)
+    assert reader.read_block(0, N) == expected
 
 
 def test_blocks_are_read_straight_over_http_not_through_fsspec(
@@ -716,7 +741,7 @@ def test_blocks_are_read_straight_over_http_not_through_fsspec(
 ) -> None:
     url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
     reader = seqstore.open(url, storage_options=s3_server.storage_options())
-    fs = reader.remote.fs  # type: ignore[attr-defined]
+    fs = reader.place.store.fs  # type: ignore[attr-defined]
 
     def through_fsspec(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a block was read through fsspec")
@@ -737,14 +762,14 @@ def test_a_refused_presigned_url_is_signed_again(
     reader = seqstore.open(url, storage_options=s3_server.storage_options())
     local = seqstore.open(stores["hdf5"])
     assert reader.read_block(0, 5) == local.read_block(0, 5)
-    key = next(k for k in direct._signed if k[0] == reader.data_url)  # type: ignore[attr-defined]
+    key = next(k for k in presigned._signed if k[0] == reader.data.name)  # type: ignore[attr-defined]
     # As a URL whose credentials were rotated would be: refused by the server.
-    bad = re.sub(r"((?:X-Amz-)?Signature=)[^&]+", r"\g<1>00", direct._signed[key][0])
-    assert bad != direct._signed[key][0]
-    direct._signed[key] = (bad, time.time() + direct.SIGN_S)
+    bad = re.sub(r"((?:X-Amz-)?Signature=)[^&]+", r"\g<1>00", presigned._signed[key][0])
+    assert bad != presigned._signed[key][0]
+    presigned._signed[key] = (bad, time.time() + presigned.SIGN_S)
     assert reader.read_block(10, N) == local.read_block(10, N)
-    assert direct._signed[key][0] != bad
-    assert reader.remote._direct is not None  # type: ignore[attr-defined]
+    assert presigned._signed[key][0] != bad
+    assert reader.place.store._presigned is not None  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -777,7 +802,7 @@ def test_which_stores_are_read_straight_over_http(
         monkeypatch.delenv(name.lower(), raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert (Remote(url, options)._direct is not None) == direct_path
+    assert (ObjectStore(url, options)._presigned is not None) == direct_path
 
 
 def test_overwrite_removes_the_files_of_the_store_it_replaces(
@@ -785,7 +810,7 @@ def test_overwrite_removes_the_files_of_the_store_it_replaces(
 ) -> None:
     url = f"s3://{bucket}/train"
     options = s3_server.storage_options()
-    remote = Remote(url, options)
+    remote = ObjectStore(url, options)
     other = remote.join("notes.txt")  # not the store's: never touched
     remote.fs.pipe(other, b"mine")
 

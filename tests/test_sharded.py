@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import seqstore
-from seqstore.backends import sharded
+from seqstore.backends.sharded import reader as sharded_reader
 from seqstore.cli import main
 from seqstore.convert import convert
 from seqstore.errors import BadImageError, CorruptStoreError, PartialStoreError
@@ -207,7 +207,7 @@ def test_read_handles_stay_bounded(
     convert(images, tmp_path / "s", format="hdf5", shard_mb=0.005, progress=False)
     reader = seqstore.open(tmp_path / "s")
     assert len(reader.shard_bounds) > 20
-    monkeypatch.setattr(sharded, "OPEN_SHARDS", 3)
+    monkeypatch.setattr(sharded_reader, "OPEN_SHARDS", 3)
     bounds = reader.shard_bounds.tolist()
     before = len(os.listdir("/proc/self/fd"))
     reader.read_block(0, bounds[3])  # 3 shards open

@@ -15,7 +15,7 @@ import seqstore
 from seqstore.convert import convert
 from seqstore.errors import SeqstoreError
 from seqstore.records import Record
-from seqstore.testing.backend import BackendSuite
+from seqstore.testing.backend import BackendSuite, OverS3
 from seqstore.testing.data import make_records
 
 RECORDS = make_records(23, classes=5, seed=11)  # what make_tensorpack_file writes
@@ -99,6 +99,11 @@ class TestTensorpackReadOnly(BackendSuite):
             Record.make(f"{i:08d}", r.label, r.data, r.width, r.height)
             for i, r in enumerate(records)
         ]
+
+
+class TestTensorpackOverS3(OverS3, TestTensorpackReadOnly):
+    """The same file in object storage: read through LMDB's page parser, with ranged GETs
+    of its values, and no local copy."""
 
 
 def test_info_says_what_wrote_the_file_and_that_nothing_can_be_verified(

@@ -10,13 +10,11 @@ records come back. The reader and writer rooms are :mod:`.reader` and :mod:`.wri
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import ConfigError
-from ..manifest import is_sharded
-from .reader import Reader, is_local
-from .staging import recover
+from ..io.places import Place
+from .reader import Reader
 from .writer import Writer, ensure_space
 
 __all__ = ["Backend", "Reader", "Writer", "ensure_space"]
@@ -58,55 +56,36 @@ class Backend:
     reads_urls: ClassVar[bool] = True
 
     @classmethod
-    def open_reader(cls, location: str | os.PathLike[str], **options: Any) -> Reader:
-        """Open a reader of the store at ``location`` (options: see the backend's reader).
+    def open_reader(cls, location: str | os.PathLike[str] | Place, **options: Any) -> Reader:
+        """Open a reader of the store of one data file at ``location`` (a local path, or a
+        :class:`~seqstore.io.places.Place`), with the reader's ``options``.
 
-        A sharded store of this format is read through a
-        :class:`~seqstore.backends.sharded.ShardedReader`, which opens one reader of this
-        backend per shard, with the same options.
+        :func:`seqstore.open` is the one place that opens any store: it recognises the
+        format and reads a sharded store through a
+        :class:`~seqstore.backends.sharded.ShardedReader` of this backend's readers.
         """
-        if is_local(location):
-            path = Path(location)
-            recover(path)  # a replace cut short may be hiding a sharded store
-            if is_sharded(path):
-                from .sharded import ShardedReader
-
-                return ShardedReader(path, backend=cls, **options)
         return cls.reader_cls(location, **options)
 
     @classmethod
-    def open_writer(
-        cls, path: str | os.PathLike[str], *, shard_bytes: int | None = None, **options: Any
-    ) -> Writer:
-        """Create a writer of a new store at ``path`` (options: see :class:`Writer`).
-
-        Parameters
-        ----------
-        path
-            Directory of the new store.
-        shard_bytes
-            Write a sharded store (:class:`~seqstore.backends.sharded.ShardedWriter`): a new
-            shard begins once the last one holds this many bytes of records.
-        **options
-            See :class:`Writer` and the backend's writer.
+    def open_writer(cls, path: str | os.PathLike[str], **options: Any) -> Writer:
+        """Create a writer of a new store at ``path`` (options: see :class:`Writer` and the
+        backend's writer). A sharded store is written by
+        :func:`~seqstore.backends.sharded.sharded_writer_cls` of this backend.
 
         Raises
         ------
         ConfigError
-            The backend has no writer, or (with ``shard_bytes``) cannot write shards.
+            The backend has no writer.
         """
         if cls.writer_cls is None:
             raise ConfigError(
                 f"the '{cls.name}' backend cannot write stores; choose another format"
             )
-        if shard_bytes is not None:
-            from .sharded import sharded_writer_cls
-
-            return sharded_writer_cls(cls)(path, shard_bytes=shard_bytes, **options)
         return cls.writer_cls(path, **options)
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
-        """Whether ``path`` is data of this format that carries no seqstore manifest."""
-        del path
+    def sniff(cls, place: Place) -> bool:
+        """Whether ``place`` holds data of this format that carries no seqstore manifest
+        (read only what telling it takes: a header, a file's name)."""
+        del place
         return False

@@ -3,9 +3,11 @@
 The loading engine only ever calls :meth:`Reader.read_block` over contiguous ranges, so that
 each read is one sequential pass over the underlying file; :meth:`Reader.read` of a single
 record exists where the format allows it (:attr:`Reader.random_access`) and is the exception.
-A reader is opened from a location, which only readers of local files turn into a
-:attr:`Reader.path`. Handles (see :mod:`.handles`) open lazily in the process that uses them,
-so a reader made in the parent can be handed to forked or spawned DataLoader workers.
+A reader is opened from a location: a local path, or a :class:`~seqstore.io.places.Place`
+(a directory or a prefix in object storage), and reads its files through
+:attr:`Reader.place`, so that one reader per format reads a store wherever it is. Handles
+(see :mod:`seqstore.io.per_process`) open lazily in the process that uses them, so a reader
+made in the parent can be handed to forked or spawned DataLoader workers.
 """
 
 from __future__ import annotations
@@ -20,16 +22,58 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import ConfigError, CorruptStoreError, NotAStoreError
-from ..manifest import Manifest
+from ..errors import ConfigError, NotAStoreError
+from ..io.places import LocalPlace, Place
+from ..io.ranges import Source
+from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
 from ..records import Record
+from .staging import read_store_manifest
 
-__all__ = ["Reader", "check_layout", "is_local", "options_taken"]
+__all__ = ["Reader", "check_layout", "options_taken", "place_of", "store_manifest"]
 
 
-def is_local(location: str | os.PathLike[str]) -> bool:
-    """Whether ``location`` names a local file or directory rather than a URL."""
-    return "://" not in os.fspath(location)
+def place_of(location: str | os.PathLike[str] | Place) -> Place:
+    """``location`` as a :class:`~seqstore.io.places.Place`: a local path becomes a
+    :class:`~seqstore.io.places.LocalPlace`.
+
+    Raises
+    ------
+    NotAStoreError
+        A URL: a store in object storage is opened by :func:`seqstore.open`, which knows
+        how to reach it (``storage_options``, a cache).
+    """
+    if isinstance(location, Place):
+        return location
+    try:
+        return LocalPlace(location)
+    except NotAStoreError:
+        raise NotAStoreError(
+            f"'{os.fspath(location)}' is a URL; open it with seqstore.open(url, "
+            "storage_options=...), which knows how to reach it"
+        ) from None
+
+
+def store_manifest(place: Place) -> Manifest:
+    """The manifest of the store at ``place``, for its reader: on a local disk, a replace
+    cut short is finished first and an unfinished write named
+    (:func:`~seqstore.backends.staging.read_store_manifest`).
+
+    Raises
+    ------
+    NotAStoreError
+        No manifest there.
+    PartialStoreError
+        The store's writer never finished.
+    """
+    if place.local is not None:
+        return read_store_manifest(place.local)
+    try:
+        raw = place.read_bytes(MANIFEST_NAME)
+    except FileNotFoundError:
+        raise NotAStoreError(
+            f"'{place.where}' holds no seqstore store (no {MANIFEST_NAME})"
+        ) from None
+    return parse_manifest(raw, f"{place.where}/{MANIFEST_NAME}")
 
 
 @contextmanager
@@ -72,14 +116,15 @@ class Reader(ABC):
     ----------
     location
         Where the store is: a directory for seqstore's own formats, a file or a folder tree
-        otherwise. A backend for remote data may take a URL (``s3://...``); readers of local
-        files use :attr:`path`.
+        otherwise; a local path, or a :class:`~seqstore.io.places.Place` (which is how
+        :func:`seqstore.open` hands over a store in object storage). A reader reads its
+        files through :attr:`place`, and only a reader of local files uses :attr:`path`.
 
     Notes
     -----
     Subclasses implement :attr:`manifest` and :meth:`read_block`; everything else has a
     working default. A reader that holds handles keeps them in
-    :class:`~seqstore.backends.handles.ProcessLocal` and releases them in :meth:`close`.
+    :class:`~seqstore.io.per_process.ProcessLocal` and releases them in :meth:`close`.
     """
 
     #: Whether records carry checksums made when they were written. Where they do not (image
@@ -103,8 +148,11 @@ class Reader(ABC):
     #: Files of the source that are not records (an image folder's ``*_boxes.txt``).
     ignored: Sequence[str] = ()
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
-        self.location = location
+    def __init__(self, location: str | os.PathLike[str] | Place) -> None:
+        self.place = place_of(location)
+        self.location: str | os.PathLike[str] = (
+            self.place.where if isinstance(location, Place) else location
+        )
 
     @property
     def path(self) -> Path:
@@ -113,14 +161,14 @@ class Reader(ABC):
         Raises
         ------
         NotAStoreError
-            The location is a URL, which this reader cannot open.
+            The store is in object storage, which this reader cannot read.
         """
-        if not is_local(self.location):
+        if self.place.local is None:
             raise NotAStoreError(
-                f"'{os.fspath(self.location)}' is not a local path; the "
-                f"{type(self).__name__} reads local files only"
+                f"'{self.place.where}' is not a local path; the {type(self).__name__} reads "
+                "local files only"
             )
-        return Path(self.location)
+        return self.place.local
 
     # -- what subclasses provide -------------------------------------------------------------
     @property
@@ -157,7 +205,8 @@ class Reader(ABC):
         m = self.manifest
         if m.store_id is not None:
             return m.store_id
-        where = str(self.path.resolve()) if is_local(self.location) else os.fspath(self.location)
+        local = self.place.local
+        where = str(local.resolve()) if local is not None else self.place.where
         facts = [m.format, where, m.num_records, m.total_bytes, m.classes]
         return hashlib.sha256(repr(facts).encode()).hexdigest()[:32]
 
@@ -233,25 +282,21 @@ class Reader(ABC):
             The index was damaged or edited. The default checks nothing (no index).
         """
 
-    def _check_files(self) -> None:
-        """Refuse a store whose layout is unknown or whose data files are not the size its
-        manifest records: mapping a truncated file would crash the process (SIGBUS)."""
+    def open_data(self, name: str, *, direct: bool | None = False) -> Source:
+        """The data file ``name`` of the store, once its layout is known and the file is the
+        size its manifest records (see :meth:`seqstore.io.places.Place.open`).
+
+        Raises
+        ------
+        NotAStoreError
+            A layout this reader does not know (written by another seqstore).
+        CorruptStoreError
+            The file is missing or not its size: reading a truncated file through a memory
+            map would crash the process (SIGBUS).
+        """
         m = self.manifest
-        check_layout(m, self.path, self.layout_versions)
-        for name, size in m.data_files.items():
-            try:
-                actual = (self.path / name).stat().st_size
-            except FileNotFoundError:
-                raise CorruptStoreError(
-                    f"store '{self.path}' lacks its data file '{name}'; re-create the store "
-                    "with seqstore convert"
-                ) from None
-            if actual != size:
-                raise CorruptStoreError(
-                    f"data file '{self.path / name}' is {actual} bytes, not the {size} its "
-                    "manifest records (truncated or replaced); re-create the store with "
-                    "seqstore convert"
-                )
+        check_layout(m, self.place.where, self.layout_versions)
+        return self.place.open(name, m.data_files.get(name, -1), direct=direct)
 
     def _check_range(self, start: int, stop: int) -> None:
         n = len(self)

@@ -12,27 +12,22 @@ the ``seqstore.backends`` entry-point group in their package metadata::
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib.metadata import entry_points
-from pathlib import Path
 from types import MappingProxyType
-from typing import Any
 
-from ..errors import BackendNotFoundError, ConfigError, NotAStoreError
-from ..manifest import MANIFEST_NAME, is_store, read_manifest
-from .base import Backend, Reader
-from .reader import is_local, options_taken
-from .staging import read_store_manifest
+from ..errors import BackendNotFoundError
+from .base import Backend
 
 __all__ = [
     "BackendEntry",
     "available_backends",
+    "data_file_names",
     "get_backend",
-    "open_store",
     "register_backend",
     "registry",
+    "sniffing_backends",
 ]
 
 ENTRY_POINT_GROUP = "seqstore.backends"
@@ -49,8 +44,8 @@ class BackendEntry:
     extra : str or None
         The pip extra of seqstore that installs the backend's dependency.
     sniff : bool
-        Whether :func:`open_store` asks this backend to recognise data that carries no
-        manifest (rows are asked in table order).
+        Whether :func:`~seqstore.backends.opening.open_store` asks this backend to
+        recognise data that carries no manifest (rows are asked in table order).
     data_files : tuple of str
         Names of the format's data files: a directory holding one but no manifest is a
         store that lost its manifest, not an image folder.
@@ -115,6 +110,26 @@ def register_backend(name: str, backend: type[Backend] | str, *, overwrite: bool
     _table[name] = new
 
 
+def data_file_names() -> list[str]:
+    """The data files of every registered format: a place holding one but no manifest is a
+    store that lost its manifest (or whose upload did not finish), not other data."""
+    _load_entry_points()
+    return [name for entry in _table.values() for name in entry.data_files]
+
+
+def sniffing_backends() -> list[type[Backend]]:
+    """The backends asked, in table order, to recognise data that carries no manifest
+    (those whose dependency is installed)."""
+    _load_entry_points()
+    found = []
+    for name in [name for name, entry in _table.items() if entry.sniff]:
+        try:
+            found.append(get_backend(name))
+        except BackendNotFoundError:
+            continue
+    return found
+
+
 def available_backends() -> list[str]:
     """Names of every registered backend, built-in and from entry points, sorted."""
     _load_entry_points()
@@ -162,106 +177,3 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _table.setdefault(ep.name, BackendEntry(ep.value))
-
-
-def open_store(
-    path: str | os.PathLike[str],
-    backend: str | None = None,
-    *,
-    storage_options: dict[str, Any] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-    cache_limit_gb: float | None = None,
-    **options: Any,
-) -> Reader:
-    """Open any readable store: seqstore's own, a tensorpack LMDB file, or an image folder,
-    on a local disk or at a URL.
-
-    Parameters
-    ----------
-    path
-        The store's directory or file, or an image folder; or the URL of a store
-        (``s3://bucket/train.h5``, ``gs://...``, ``https://...``, any fsspec URL: see
-        :mod:`seqstore.remote`).
-    backend
-        Force a backend instead of reading it from the manifest or recognising the data.
-    storage_options
-        For a URL: the fsspec filesystem's options (credentials, ``client_kwargs`` with an
-        ``endpoint_url`` ...); by default the environment's (``AWS_ACCESS_KEY_ID``,
-        ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE`` ...).
-    cache_dir, cache_limit_gb
-        For a URL: a local directory that keeps whole copies of the store's data files,
-        and the most GB it holds (least recently used copies go first; None: no limit).
-    **options
-        Passed to the backend's reader (for example ``labels=`` for a folder).
-
-    Raises
-    ------
-    NotAStoreError
-        Nothing at ``path`` is readable as a store.
-    PartialStoreError
-        The store's writer (or its upload) never finished.
-    RemoteError
-        A URL's bucket does not exist, access is denied, or its server stayed unreachable.
-    """
-    if not is_local(path):
-        from ..remote import open_remote
-
-        return open_remote(
-            os.fspath(path),
-            backend,
-            storage_options=storage_options,
-            cache_dir=cache_dir,
-            cache_limit_gb=cache_limit_gb,
-            **options,
-        )
-    given = [
-        name
-        for name, value in (
-            ("storage_options", storage_options),
-            ("cache_dir", cache_dir),
-            ("cache_limit_gb", cache_limit_gb),
-        )
-        if value
-    ]
-    if given:
-        raise ConfigError(
-            f"{', '.join(given)} apply to stores at a URL (s3://, gs://, https:// ...), and "
-            f"'{os.fspath(path)}' is a local path; leave them out, or give the store's URL"
-        )
-    p = Path(path)
-    if not p.exists():
-        read_store_manifest(p)  # finishes an interrupted replace, or names a killed write
-    if backend is not None:
-        if p.is_dir() and is_store(p) and read_manifest(p).format != backend:
-            raise ConfigError(
-                f"'{p}' is a {read_manifest(p).format} store, not {backend}; leave out the "
-                "backend to read it as what it is"
-            )
-        return _open(get_backend(backend), p, options)
-    if not p.exists():
-        raise NotAStoreError(f"'{p}' does not exist")
-    if p.is_dir() and is_store(p):
-        return _open(get_backend(read_manifest(p).format), p, options)
-    orphans = [f for e in _table.values() for f in e.data_files if (p / f).is_file()]
-    if orphans:
-        raise NotAStoreError(
-            f"'{p}' holds a store's data ({orphans[0]}) but no {MANIFEST_NAME}: without its "
-            "manifest the data cannot be checked or trusted; convert the source again"
-        )
-    for name in [name for name, entry in _table.items() if entry.sniff]:
-        try:
-            candidate = get_backend(name)
-        except BackendNotFoundError:
-            continue
-        if candidate.sniff(p):
-            return _open(candidate, p, options)
-    raise NotAStoreError(
-        f"'{p}' is neither a seqstore store, a tensorpack LMDB file nor an image folder "
-        "(a folder with one sub-folder of images per class)"
-    )
-
-
-def _open(backend: type[Backend], path: Path, options: dict[str, Any]) -> Reader:
-    hint = " (options like --labels are for image folders)"
-    with options_taken(f"the {backend.name} reader of '{path}'", options, hint):
-        return backend.open_reader(path, **options)

@@ -22,13 +22,13 @@ import warnings
 from pathlib import Path
 
 from ..errors import NotAStoreError, PartialStoreError, SeqstoreWarning
+from ..io.per_process import pid_alive
 from ..manifest import MANIFEST_NAME, PARTIAL_NAME, Manifest, fsync_dir, read_manifest
 
 __all__ = [
     "dead_staging",
     "live_staging",
     "new_staging_dir",
-    "pid_alive",
     "read_store_manifest",
     "recover",
     "swap_into_place",
@@ -55,21 +55,6 @@ def _pid(p: Path, infix: str) -> int:
         return int(_token(p, infix).split("-", 1)[0])
     except ValueError:
         return -1
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` is running (this one included)."""
-    if pid <= 0:  # a name not made by this module; kill(0 or -1) would test whole groups
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def new_staging_dir(dst: Path) -> Path:

@@ -11,6 +11,9 @@ Datapoints were serialised with msgpack + msgpack-numpy (tensorpack up to 0.9 an
 without importing tensorpack. Pickled entries go through an unpickler that accepts only
 numpy arrays and scalars, so a crafted file cannot run code. Files written with tensorpack's
 pyarrow serializer cannot be read: pyarrow removed that format.
+
+A file on this machine is read through an LMDB environment; a file in object storage through
+LMDB's page parser (:mod:`seqstore.backends.lmdb.pages`), with ranged GETs of the values.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from pathlib import Path
 from typing import Any, ClassVar
 
 import lmdb
@@ -27,11 +29,16 @@ import numpy as np
 from .._version import __version__
 from ..errors import BackendNotFoundError, CorruptStoreError, NotAStoreError, SeqstoreError
 from ..imageinfo import probe
+from ..io.per_process import ProcessLocal
+from ..io.places import Place
+from ..io.ranges import Source
 from ..manifest import Manifest, Provenance
 from ..records import Record
 from .base import Backend
 from .folder import load_classes
-from .lmdb_env import SharedEnvReader, acquire_env, release_env
+from .lmdb.env import SharedEnvReader
+from .lmdb.pages import PageTree
+from .lmdb.reader import read_values
 
 __all__ = ["TensorpackBackend", "TensorpackReader", "loads_datapoint"]
 
@@ -123,7 +130,7 @@ class TensorpackReader(SharedEnvReader):
     Parameters
     ----------
     location
-        The ``.lmdb`` file.
+        The ``.lmdb`` file, or its :class:`~seqstore.io.places.Place` (in object storage).
     classes
         Class names for the integer labels (a list, a file with one per line, or an ImageFolder
         root such as the ImageNet train folder). tensorpack files do not record them.
@@ -139,20 +146,28 @@ class TensorpackReader(SharedEnvReader):
 
     def __init__(
         self,
-        location: str | os.PathLike[str],
+        location: str | os.PathLike[str] | Place,
         *,
         classes: str | os.PathLike[str] | list[str] | None = None,
     ) -> None:
         super().__init__(location)
-        if not self.path.is_file():
-            raise NotAStoreError(f"'{self.path}' is not a tensorpack LMDB file")
-        with self.env.begin() as txn:
-            raw_keys = txn.get(_KEYS_KEY)
+        where = self.place.where
+        local = self.place.local
+        if local is not None and not local.is_file():
+            raise NotAStoreError(f"'{where}' is not a tensorpack LMDB file")
+        try:
+            self.data: Source = self.place.source()
+        except FileNotFoundError:
+            raise NotAStoreError(f"'{where}' does not exist") from None
+        self._tree: ProcessLocal[PageTree] = ProcessLocal()
+        if local is not None:
+            with self.env.begin() as txn:
+                raw_keys = txn.get(_KEYS_KEY)
+        else:
+            raw_keys = self.tree.get(_KEYS_KEY, self.data)
         if raw_keys is None:
-            raise NotAStoreError(
-                f"'{self.path}' is an LMDB file without tensorpack's __keys__ entry"
-            )
-        keys = loads_datapoint(raw_keys, f"the __keys__ entry of '{self.path}'")
+            raise NotAStoreError(f"'{where}' is an LMDB file without tensorpack's __keys__ entry")
+        keys = loads_datapoint(raw_keys, f"the __keys__ entry of '{where}'")
         self._keys: list[bytes] = [bytes(k) for k in keys]
         n = len(self._keys)
         # LMDBSerializer's zero-padded keys sort in dataset order: a cursor reads sequentially.
@@ -163,9 +178,9 @@ class TensorpackReader(SharedEnvReader):
             format="tensorpack",
             format_version=1,
             num_records=n,
-            total_bytes=self.path.stat().st_size,
+            total_bytes=self.data.size,
             classes=load_classes(classes) if classes is not None else [],
-            provenance=Provenance(seqstore_version=__version__, source=str(self.path)),
+            provenance=Provenance(seqstore_version=__version__, source=where),
         )
 
     @property
@@ -176,10 +191,25 @@ class TensorpackReader(SharedEnvReader):
     def _env_options(self) -> dict[str, Any]:
         return {"readahead": True}
 
-    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+    @property
+    def tree(self) -> PageTree:
+        """This process's page parser of the file (for a file in object storage)."""
+        return self._tree.get(lambda: PageTree.of(self.data, "convert it again from its source"))
+
+    def close(self) -> None:
         # docstring inherited
-        self._check_range(start, stop)
-        out: list[tuple[str, int, bytes]] = []
+        super().close()
+        self._tree.close()
+        self.data.close()
+
+    def _values(self, start: int, stop: int) -> list[bytes | memoryview | None]:
+        """The raw values of entries ``start`` to ``stop - 1``."""
+        if self.place.local is None:
+            keys = self._keys[start:stop]
+            found = self.tree.values(keys) if keys else []
+            if found is None:  # one key at a time, to name the one that is missing
+                return [self.tree.get(key, self.data) for key in keys]
+            return list(read_values(self.data, found))
         try:
             with self.env.begin() as txn:
                 if self._cursor_order and stop > start:
@@ -193,14 +223,19 @@ class TensorpackReader(SharedEnvReader):
                     values = [txn.get(k) for k in self._keys[start:stop]]
         except lmdb.Error as exc:
             raise self._damaged(exc) from None
-        for i, value in zip(range(start, stop), values, strict=True):
+        return list(values)
+
+    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+        # docstring inherited
+        self._check_range(start, stop)
+        out: list[tuple[str, int, bytes]] = []
+        where = self.place.where
+        for i, value in zip(range(start, stop), self._values(start, stop), strict=True):
             key = self._keys[i].decode()
             if value is None:
-                raise CorruptStoreError(
-                    f"tensorpack file '{self.path}' lists key {key} but lacks it"
-                )
-            where = f"entry {key} of '{self.path}'"
-            data, label = _image_and_label(loads_datapoint(value, where), where)
+                raise CorruptStoreError(f"tensorpack file '{where}' lists key {key} but lacks it")
+            entry = f"entry {key} of '{where}'"
+            data, label = _image_and_label(loads_datapoint(bytes(value), entry), entry)
             out.append((key, label, data))
         return out
 
@@ -208,7 +243,7 @@ class TensorpackReader(SharedEnvReader):
         # docstring inherited
         out = []
         for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, f"{self.path}:{key}")
+            info = probe(data, f"{self.place.where}:{key}")
             out.append(Record.make(key, label, data, info.width, info.height))
         return out
 
@@ -221,16 +256,18 @@ class TensorpackBackend(Backend):
     reader_cls = TensorpackReader
 
     @classmethod
-    def sniff(cls, path: Path) -> bool:
+    def sniff(cls, place: Place) -> bool:
         # docstring inherited
-        if not path.is_file():
+        local = place.local
+        if local is not None and not local.is_file():
             return False
         try:
-            env, token = acquire_env(path, subdir=False)
-        except (lmdb.Error, CorruptStoreError, NotAStoreError):
+            source = place.source()
+        except (FileNotFoundError, IsADirectoryError):
             return False
         try:
-            with env.begin() as txn:
-                return txn.get(_KEYS_KEY) is not None
+            return PageTree.of(source, "").get(_KEYS_KEY, source) is not None
+        except (CorruptStoreError, OSError):
+            return False
         finally:
-            release_env(token)
+            source.close()

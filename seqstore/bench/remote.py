@@ -34,9 +34,9 @@ def s3_row(stores: dict[str, Path], notes: list[str]) -> tuple[dict[str, Any], S
     except ImportError:
         notes.append(f"{S3_ROW}: left out, s3fs is not installed (pip install 'seqstore[s3]')")
         return None
-    from ..remote import Remote
-    from ..remote.upload import upload_store
+    from ..io.object import ObjectStore
     from ..testing.s3server import S3ServerUnavailable, start_s3_server
+    from ..upload import upload_store
 
     try:
         server = start_s3_server()
@@ -47,7 +47,7 @@ def s3_row(stores: dict[str, Path], notes: list[str]) -> tuple[dict[str, Any], S
     server.make_bucket("bench")
     url = "s3://bench/train.h5"
     options = server.storage_options()
-    upload_store(stores["hdf5"], Remote(url, options), overwrite=True)
+    upload_store(stores["hdf5"], ObjectStore(url, options), overwrite=True)
     notes.append(
         f"{S3_ROW}: the hdf5 store from a {server.kind} S3 server on 127.0.0.1, sharing the "
         "CPU with the loader, no cache_dir: every block one ranged GET"

@@ -43,6 +43,7 @@ import pytest
 
 import seqstore
 from seqstore.backends import Backend, Reader, Writer, get_backend
+from seqstore.backends.sharded import sharded_writer_cls
 from seqstore.errors import PartialStoreError, StoreExistsError
 from seqstore.manifest import Manifest, Provenance, write_manifest
 from seqstore.records import Record
@@ -85,10 +86,18 @@ def _checksums_of(reader: Reader, start: int, stop: int) -> list[tuple[str, int]
     return [(r.key, r.checksum if r.verify() else -1) for r in reader.read_block(start, stop)]
 
 
+def _writer(backend: type[Backend], path: Path, **options: Any) -> Writer:
+    """The backend's writer of a new store at ``path``; with ``shard_bytes`` among the
+    options, the writer of a sharded store of the backend."""
+    if "shard_bytes" in options:
+        return sharded_writer_cls(backend)(path, **options)
+    return backend.open_writer(path, **options)
+
+
 def _write_half_and_die(
     backend: type[Backend], path: Path, records: list[Record], options: dict[str, Any]
 ) -> None:
-    writer = backend.open_writer(path, classes=CLASSES, **options)
+    writer = _writer(backend, path, classes=CLASSES, **options)
     for record in records[: len(records) // 2]:
         writer.write(record)
     os._exit(0)  # the writer never finishes, as when a process is killed
@@ -142,8 +151,9 @@ class BackendSuite:
         return backend.reader_cls
 
     def open_writer(self, backend: type[Backend], path: Path, **options: Any) -> Writer:
-        """The backend's writer of a new store at ``path``, with :attr:`writer_options`."""
-        return backend.open_writer(path, **self.writer_options, **options)
+        """The backend's writer of a new store at ``path``, with :attr:`writer_options`;
+        with ``shard_bytes`` among them, the writer of a sharded store of the backend."""
+        return _writer(backend, path, **self.writer_options, **options)
 
     def open_store(self, path: Path) -> Reader:
         """The reader of the store the suite made at ``path``: :func:`seqstore.open` of it
@@ -324,7 +334,7 @@ class BackendSuite:
         self.writes_here(backend)
         with self.open_writer(backend, tmp_path / "empty", classes=CLASSES):
             pass
-        reader = backend.open_reader(tmp_path / "empty")
+        reader = seqstore.open(tmp_path / "empty")
         assert len(reader) == 0
         assert reader.read_block(0, 0) == []
 

@@ -175,10 +175,10 @@ class S3Server:
 
     def filesystem(self) -> Any:
         """An s3fs filesystem of this server, made once per process and kept (s3fs fails
-        to close a collected one from a forked child: see seqstore.remote.location)."""
-        from seqstore.remote.location import Remote
+        to close a collected one from a forked child: see seqstore.io.object)."""
+        from seqstore.io.object import ObjectStore
 
-        return Remote("s3://", self.storage_options()).fs
+        return ObjectStore("s3://", self.storage_options()).fs
 
     def make_bucket(self, name: str) -> None:
         """Create the bucket ``name``."""

@@ -15,7 +15,6 @@ still in use.
 from __future__ import annotations
 
 import os
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +22,19 @@ from typing import Any, ClassVar
 
 import lmdb
 
-from ..errors import CorruptStoreError, NotAStoreError
-from .handles import ProcessLocal
-from .reader import Reader
+from ...errors import CorruptStoreError, NotAStoreError
+from ...io.per_process import ProcessLocal
+from ...io.places import Place
+from ..reader import Reader
+from .pages import HEAD_BYTES, read_meta
 
 __all__ = [
-    "DATA_FILE",
     "SharedEnvReader",
     "acquire_env",
     "check_lmdb_file",
     "env_is_current",
     "release_env",
 ]
-
-DATA_FILE = "data.mdb"
-_META = struct.Struct("<I")  # at byte 16 of a meta page: LMDB's magic
 
 
 @dataclass
@@ -63,7 +60,7 @@ os.register_at_fork(after_in_child=_new_lock_in_child)
 
 
 def _data_file(path: Path, subdir: bool) -> Path:
-    return path / DATA_FILE if subdir else path
+    return path / "data.mdb" if subdir else path
 
 
 def check_lmdb_file(file: Path) -> None:
@@ -76,30 +73,10 @@ def check_lmdb_file(file: Path) -> None:
     """
     try:
         with open(file, "rb") as f:
-            head = f.read(2 * 65536)
+            head = f.read(HEAD_BYTES)
     except OSError as exc:
         raise NotAStoreError(f"cannot read LMDB file '{file}': {exc.strerror}") from None
-    size = file.stat().st_size
-    metas = []
-    psize = struct.unpack_from("<I", head, 40)[0] if len(head) >= 44 else 0
-    for page in (0, 1):
-        off = page * psize
-        if (
-            psize < 512
-            or off + 152 > len(head)
-            or _META.unpack_from(head, off + 16)[0] != 0xBEEFC0DE
-        ):
-            raise CorruptStoreError(
-                f"'{file}' is not a whole LMDB file (its meta pages are missing or damaged); "
-                "re-create the store with seqstore convert"
-            )
-        metas.append(struct.unpack_from("<QQ", head, off + 136))  # last page, txn id
-    last_page = max(metas, key=lambda m: m[1])[0]
-    if size < (last_page + 1) * psize:
-        raise CorruptStoreError(
-            f"LMDB file '{file}' is truncated ({size} bytes; its pages need "
-            f"{(last_page + 1) * psize}); re-create the store with seqstore convert"
-        )
+    read_meta(head, file.stat().st_size, str(file), "re-create the store with seqstore convert")
 
 
 def acquire_env(path: Path, *, subdir: bool, **options: Any) -> tuple[lmdb.Environment, Any]:
@@ -162,7 +139,7 @@ class SharedEnvReader(Reader):
 
     subdir: ClassVar[bool] = True
 
-    def __init__(self, location: str | os.PathLike[str]) -> None:
+    def __init__(self, location: str | os.PathLike[str] | Place) -> None:
         super().__init__(location)
         self._lease: ProcessLocal[tuple[lmdb.Environment, Any]] = ProcessLocal(_release_lease)
 

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["ProcessLocal"]
+__all__ = ["ProcessLocal", "pid_alive"]
 
 H = TypeVar("H")
 
@@ -62,6 +62,12 @@ class ProcessLocal(Generic[H]):
             self._release = weakref.finalize(self, _close_in, self._pid, self._close, value)
         return value
 
+    def peek(self) -> H | None:
+        """This process's value if it is open, else None (opening nothing)."""
+        if self._value is not None and self._pid == os.getpid():
+            return self._value
+        return None
+
     def close(self) -> None:
         """Close this process's value; the next :meth:`get` opens it again."""
         if self._release is not None and self._pid == os.getpid():
@@ -73,3 +79,18 @@ class ProcessLocal(Generic[H]):
         state = self.__dict__.copy()
         state.update(_value=None, _pid=-1, _release=None)
         return state
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (this one included)."""
+    if pid <= 0:  # a name not made by this module; kill(0 or -1) would test whole groups
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

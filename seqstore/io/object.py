@@ -1,6 +1,6 @@
 """A store's URL: its fsspec filesystem, requests with retries, and one-line errors.
 
-:class:`Remote` is where a remote store lives (``s3://bucket/train.h5``, ``gs://...``,
+:class:`ObjectStore` is where a remote store lives (``s3://bucket/train.h5``, ``gs://...``,
 ``https://host/train.h5``, any fsspec URL) and how to reach it: ``storage_options`` for
 fsspec, else what the filesystem finds in the environment (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, Google's application
@@ -8,7 +8,7 @@ default credentials ...). The filesystem object is made in each process that use
 inherited over fork: s3fs and gcsfs run an event loop in a thread of the process that made
 them.
 
-Every request goes through :meth:`Remote.call`, which retries transient failures (a
+Every request goes through :meth:`ObjectStore.call`, which retries transient failures (a
 connection refused or reset, a timeout, HTTP 5xx or 429) with exponential backoff, and turns
 permanent ones (no such bucket or object, access denied) and exhausted retries into one
 :class:`~seqstore.errors.RemoteError` line.
@@ -16,19 +16,18 @@ permanent ones (no such bucket or object, access denied) and exhausted retries i
 
 from __future__ import annotations
 
-import errno
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..backends.ranges import GAP, coalesce, split_runs
 from ..errors import BackendNotFoundError, CorruptStoreError, RemoteError
-from .direct import DirectGets, UseFsspec, direct_gets, transient_status
+from .presigned import PresignedGets, UseFsspec, presigned_gets
+from .ranges import GAP, Source, coalesce, split_runs
+from .retry import RetryPolicy, http_status, is_transient, one_line
 
-__all__ = ["Remote", "RemoteFile", "RetryPolicy", "is_transient", "object_version"]
+__all__ = ["ObjectFile", "ObjectStore", "object_version"]
 
 T = TypeVar("T")
 
@@ -41,107 +40,12 @@ _EXTRAS = {
     "http": "fsspec[http]",
     "https": "fsspec[http]",
 }
-# Client libraries whose own exceptions (not OSError subclasses) mean the connection or the
-# server failed: a retry may succeed.
-_NETWORK_MODULES = ("aiohttp", "botocore", "aiobotocore", "urllib3", "requests", "http", "google")
-# ... and the words in the names of those exceptions (not, say, botocore's
-# ParamValidationError, which no retry mends).
-_NETWORK_WORDS = (
-    "Connect",
-    "Timeout",
-    "Disconnect",
-    "Endpoint",
-    "HTTPClientError",
-    "Payload",
-    "Protocol",
-    "IncompleteRead",
-    "ResponseStreaming",
-    "ServerError",
-    "ClientOSError",
-)
 # s3fs and botocore each retry on their own (5 times, then 5 times each), which would stack
-# under Remote.call's retries into minutes of silence before one error: the request is
-# tried once by them and retried by Remote.call (given storage_options take precedence).
+# under ObjectStore.call's retries into minutes of silence before one error: the request is
+# tried once by them and retried by ObjectStore.call (given storage_options take precedence).
 _LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
     protocol: {"config_kwargs": {"retries": {"max_attempts": 1}}} for protocol in ("s3", "s3a")
 }
-_PERMANENT_CODES = (
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "NoSuchBucket",
-    "NoSuchKey",
-    "InvalidBucketName",
-    "AllAccessDisabled",
-)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how long a request is tried again after a transient failure.
-
-    Attributes
-    ----------
-    attempts : int
-        Tries in all, the first included.
-    base_s : float
-        The wait before the second try; each wait doubles, with +-25 % jitter so that the
-        workers of a loader do not retry in step.
-    max_wait_s : float
-        The longest single wait.
-    """
-
-    attempts: int = 10
-    base_s: float = 0.25
-    max_wait_s: float = 8.0
-
-    def wait(self, attempt: int) -> float:
-        """Seconds to wait after the failure of try ``attempt`` (0-based)."""
-        return min(self.max_wait_s, self.base_s * 2**attempt) * random.uniform(0.75, 1.25)
-
-
-def _status(exc: BaseException) -> int | None:
-    """The HTTP status an exception carries, if any."""
-    for attr in ("status", "status_code", "code"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and 100 <= value < 600:
-            return value
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        meta = response.get("ResponseMetadata", {})
-        if isinstance(meta.get("HTTPStatusCode"), int):
-            return int(meta["HTTPStatusCode"])
-    return None
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a request that raised ``exc`` may succeed if tried again.
-
-    Permanent: no such object or bucket (``FileNotFoundError``), access denied
-    (``PermissionError``), an invalid request (``EINVAL``), any HTTP 4xx but 408 and 429.
-    Transient: timeouts, broken connections, HTTP 5xx, 408, 429, "SlowDown", and the
-    client libraries' own connection and timeout errors. Anything else (an invalid
-    parameter, a bug) is not retried.
-    """
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
-        return False
-    text = str(exc)
-    if any(code in text for code in _PERMANENT_CODES):
-        return False
-    status = _status(exc)
-    if status is not None:
-        return transient_status(status)
-    if "SlowDown" in text or "reduce your request rate" in text:
-        return True
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    if isinstance(exc, OSError):
-        return exc.errno not in (errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EPERM)
-    module = type(exc).__module__.split(".")[0]
-    name = type(exc).__name__
-    return module in _NETWORK_MODULES and any(word in name for word in _NETWORK_WORDS)
-
-
 # The filesystems made in each process, by (pid, protocol, options), kept for the life of
 # the process. Reused, because each holds a connection pool; never dropped, because s3fs
 # closes a collected filesystem's connections from a task on whichever event loop is at
@@ -150,13 +54,8 @@ def is_transient(exc: BaseException) -> bool:
 _filesystems: dict[tuple[int, str, str], Any] = {}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) < 300 else text[:297] + "..."
-
-
 @dataclass
-class Remote:
+class ObjectStore:
     """A remote store's URL and the means to reach it.
 
     Parameters
@@ -182,19 +81,19 @@ class Remote:
         self.protocol, _, rest = self.url.partition("://")
         self.url = f"{self.protocol}://{rest.rstrip('/')}"
         # Byte ranges straight over HTTP where the protocol and options allow: see
-        # seqstore.remote.direct; None: through fsspec.
-        self._direct = direct_gets(self)
+        # seqstore.io.presigned; None: through fsspec.
+        self._presigned = presigned_gets(self)
 
-    def _try_direct(self, fn: Callable[[DirectGets], T]) -> T | None:
-        """``fn`` over the direct path, or None where the request goes through fsspec (and,
+    def _try_presigned(self, fn: Callable[[PresignedGets], T]) -> T | None:
+        """``fn`` over presigned GETs, or None where the request goes through fsspec (and,
         for a lasting reason, all later ones)."""
-        if self._direct is None:
+        if self._presigned is None:
             return None
         try:
-            return fn(self._direct)
+            return fn(self._presigned)
         except UseFsspec as exc:
             if exc.lasting:
-                self._direct = None
+                self._presigned = None
             return None
 
     @property
@@ -218,10 +117,10 @@ class Remote:
             cls = fsspec.get_filesystem_class(self.protocol)
         except (ImportError, ValueError) as exc:
             package = _EXTRAS.get(self.protocol)
-            hint = f"pip install '{package}'" if package else _one_line(exc)
+            hint = f"pip install '{package}'" if package else one_line(exc)
             raise BackendNotFoundError(
                 f"reading '{self.url}' needs fsspec's '{self.protocol}' filesystem, which is "
-                f"not available ({_one_line(exc)}); run: {hint}"
+                f"not available ({one_line(exc)}); run: {hint}"
             ) from None
         # Out of fsspec's instance cache, which a child process clears: see _filesystems.
         options = {"skip_instance_cache": True, **_LIBRARY_DEFAULTS.get(self.protocol, {})}
@@ -230,7 +129,7 @@ class Remote:
         except TypeError as exc:
             raise RemoteError(
                 f"storage_options {sorted(self.storage_options)} do not fit fsspec's "
-                f"'{self.protocol}' filesystem ({_one_line(exc)})"
+                f"'{self.protocol}' filesystem ({one_line(exc)})"
             ) from None
         if self.protocol in ("s3", "s3a"):
             fs.retries = 1  # s3fs's own retry loop: see _LIBRARY_DEFAULTS
@@ -274,7 +173,7 @@ class Remote:
                     raise RemoteError(
                         f"{what} '{url}' failed {attempt + 1} times over "
                         f"{time.monotonic() - started:.0f} s (last: {type(exc).__name__}: "
-                        f"{_one_line(exc)}); check that the server"
+                        f"{one_line(exc)}); check that the server"
                         + (f" at {self.endpoint}" if self.endpoint else "")
                         + " is up and reachable, then start again"
                     ) from None
@@ -284,7 +183,7 @@ class Remote:
 
     def permanent(self, what: str, url: str, exc: BaseException) -> RemoteError:
         """The one line for a request that cannot succeed."""
-        text = _one_line(exc)
+        text = one_line(exc)
         if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
             bucket = url.split("://", 1)[-1].split("/", 1)[0]
             where = f" at {self.endpoint}" if self.endpoint else ""
@@ -294,7 +193,7 @@ class Remote:
             )
         if isinstance(exc, FileNotFoundError):
             return RemoteError(f"no such object '{url}' ({text}); check the URL")
-        if isinstance(exc, PermissionError) or "AccessDenied" in text or _status(exc) == 403:
+        if isinstance(exc, PermissionError) or "AccessDenied" in text or http_status(exc) == 403:
             return RemoteError(
                 f"access denied: {what} '{url}' ({text}); check the credentials "
                 "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or storage_options)"
@@ -307,7 +206,7 @@ class Remote:
         data: bytes | bytearray | None = None
         if start is not None and end is not None:
             data = self.call(
-                "reading", url, lambda: self._try_direct(lambda d: d.get(url, start, end))
+                "reading", url, lambda: self._try_presigned(lambda d: d.get(url, start, end))
             )
         if data is None:
             data = self.call("reading", url, lambda: self.fs.cat_file(url, start=start, end=end))
@@ -316,8 +215,8 @@ class Remote:
 
     def cat_ranges(self, url: str, ranges: list[tuple[int, int]]) -> list[bytes | bytearray]:
         """Several ``(offset, length)`` ranges of ``url``: one after another over the
-        direct path's kept-alive connection, else concurrently through fsspec."""
-        if len(ranges) == 1 or self._direct is not None:
+        presigned GETs' kept-alive connection, else concurrently through fsspec."""
+        if len(ranges) == 1 or self._presigned is not None:
             return [self.cat(url, offset, offset + length) for offset, length in ranges]
 
         def fetch() -> list[bytes | bytearray]:
@@ -337,7 +236,7 @@ class Remote:
         """What the server says of the object ``url`` (``size``, and an ``ETag`` where
         it has one)."""
         info: dict[str, Any] | None = self.call(
-            "looking up", url, lambda: self._try_direct(lambda d: d.info(url))
+            "looking up", url, lambda: self._try_presigned(lambda d: d.info(url))
         )
         if info is None:
             info = self.call("looking up", url, lambda: self.fs.info(url))
@@ -381,24 +280,51 @@ def object_version(info: dict[str, Any]) -> str:
     return f"{str(tag).strip(chr(34))}:{info.get('size')}"
 
 
-class RemoteFile:
-    """One object of a :class:`Remote` as :class:`~seqstore.backends.ranges.ByteRanges`:
-    each run of extents is one ranged GET, with retries.
+class ObjectFile(Source):
+    """One object of an :class:`ObjectStore` as a :class:`~seqstore.io.ranges.Source`: each
+    run of extents is one ranged GET, with retries.
+
+    The object is looked up once when this is made (its size and version); a process that
+    reads it and did not look it up, or reads it again after :meth:`close`, checks the
+    version again before its first read, so that an object replaced meanwhile is never read
+    as the one the caller checked.
 
     Parameters
     ----------
-    remote
-        The store it belongs to.
+    store
+        Where it is and how to reach it.
     url
         The object.
-    size
-        Its length, as its manifest records it.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such object.
     """
 
-    def __init__(self, remote: Remote, url: str, size: int) -> None:
-        self.remote = remote
+    far = True
+
+    def __init__(self, store: ObjectStore, url: str) -> None:
+        self.store = store
         self.name = url
-        self.size = size
+        info = store.info(url)
+        self.size = int(info.get("size") or 0)
+        self.version = object_version(info)
+        self._checked_in: int | None = os.getpid()
+
+    @property
+    def identity(self) -> str:
+        # docstring inherited
+        return self.version
+
+    def _check(self) -> None:
+        if self._checked_in == os.getpid():
+            return
+        if object_version(self.store.info(self.name)) != self.version:
+            raise CorruptStoreError(
+                f"'{self.name}' was replaced after this reader opened it; open the store again"
+            )
+        self._checked_in = os.getpid()
 
     def _short(self, offset: int, got: int) -> CorruptStoreError:
         return CorruptStoreError(
@@ -407,10 +333,11 @@ class RemoteFile:
         )
 
     def read(self, offset: int, length: int) -> bytes | bytearray:
-        """``length`` bytes from ``offset``, in one GET."""
+        # docstring inherited
         if length <= 0:
             return b""
-        data = self.remote.cat(self.name, offset, offset + length)
+        self._check()
+        data = self.store.cat(self.name, offset, offset + length)
         if len(data) != length:
             raise self._short(offset, len(data))
         return data
@@ -419,11 +346,28 @@ class RemoteFile:
         """The bytes of each extent, in the order given: :func:`coalesce`'s runs, one GET
         each."""
         runs = coalesce(extents, gap)
-        datas = self.remote.cat_ranges(self.name, runs) if runs else []
+        if runs:
+            self._check()
+        datas = self.store.cat_ranges(self.name, runs) if runs else []
         for (offset, length), data in zip(runs, datas, strict=True):
             if len(data) != length:
                 raise self._short(offset, len(data))
         return split_runs(extents, runs, datas)
 
     def close(self) -> None:
-        """Nothing to release: the filesystem belongs to the process."""
+        """Forget the check: the next read looks the object up again."""
+        self._checked_in = None
+
+    def download(self, local: str | os.PathLike[str]) -> None:
+        """Copy the whole object to the local file ``local``.
+
+        Raises
+        ------
+        CorruptStoreError
+            The object changed while it was copied.
+        """
+        self.store.get_file(self.name, local)
+        if os.stat(local).st_size != self.size or (
+            object_version(self.store.info(self.name)) != self.version
+        ):
+            raise CorruptStoreError(f"'{self.name}' changed while it was downloaded")

@@ -1,4 +1,5 @@
-"""A store's file read by byte range, in a few large reads.
+"""A local file as a byte source: ``pread`` on a descriptor per process, ``O_DIRECT``
+where the page cache cannot help, and what the page cache holds.
 
 On a device that serves few operations per second (a hard disk, a throttled or network
 volume), what a block read costs is its number of reads, not its bytes. Read through a
@@ -10,49 +11,30 @@ are joined into one run, and each run is one ``pread``.
 A store larger than memory cannot stay in the page cache from one epoch to the next, and on
 such a device even a large buffered read is several requests: the page cache's pages are
 scattered in memory, and a request holds a limited number of pieces (on a virtio disk, 254
-pages: at most 1 MB). :class:`FileRanges` with ``direct=True`` reads what is not cached with
+pages: at most 1 MB). :class:`LocalFile` with ``direct=True`` reads what is not cached with
 ``O_DIRECT`` into a buffer of huge pages instead: one request per 4 MB, and no page cache
 filled with data that would be evicted before it is read again. What is cached is read from
 the cache either way.
 
-:class:`ByteRanges` is that interface: :class:`FileRanges` is its local file, and
-:class:`seqstore.remote.RemoteFile` an object in object storage (each run one ranged GET).
-:class:`RangeFileIO` makes any of them a read-only file object, for libraries that want
-one (h5py's ``fileobj`` driver).
+This is the :class:`~seqstore.io.ranges.Source` of a file on this machine.
 """
 
 from __future__ import annotations
 
-import bisect
 import ctypes
-import io
 import mmap
 import os
 import sys
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import CorruptStoreError
-from .handles import ProcessLocal
+from .per_process import ProcessLocal
+from .ranges import GAP, Extent, Source, coalesce, split_runs
 
-__all__ = [
-    "GAP",
-    "SMALL",
-    "ByteRanges",
-    "FileRanges",
-    "RangeFileIO",
-    "aligned_buffer",
-    "coalesce",
-    "direct_io_default",
-]
-
-#: Extents less than this far apart are read as one run: on a disk, reading the gap costs
-#: less than the seek a second read would.
-GAP = 1 << 20
+__all__ = ["SMALL", "LocalFile", "aligned_buffer", "direct_io_default", "file_identity"]
 # Reads into a scratch buffer (to fill the page cache) go in pieces of this size, so that
 # the buffer stays small however large the extent.
 _SCRATCH = 8 << 20
@@ -65,10 +47,8 @@ _ALIGN = 4096
 _HUGE = 2 << 20
 
 #: Runs of at most this many bytes are read through the page cache even by a ``direct``
-#: :class:`FileRanges`.
+#: :class:`LocalFile`.
 SMALL = 256 << 10
-
-Extent = tuple[int, int]  # (offset, length)
 
 
 def direct_io_default(data_bytes: int) -> bool:
@@ -96,82 +76,11 @@ def aligned_buffer(length: int) -> memoryview:
     return memoryview(region)[skip : skip + length]
 
 
-def coalesce(extents: Sequence[Extent], gap: int = GAP) -> list[Extent]:
-    """The runs to read for ``extents``: sorted, with overlapping or close ones joined.
-
-    Parameters
-    ----------
-    extents
-        ``(offset, length)`` pairs, in any order.
-    gap
-        Join two extents when fewer than ``gap`` bytes separate them.
-
-    Returns
-    -------
-    list of (offset, length)
-        Disjoint runs in file order that cover every extent.
-    """
-    runs: list[list[int]] = []
-    for offset, length in sorted(extents):
-        if length <= 0:
-            continue
-        if runs and offset <= runs[-1][1] + gap:
-            runs[-1][1] = max(runs[-1][1], offset + length)
-        else:
-            runs.append([offset, offset + length])
-    return [(lo, hi - lo) for lo, hi in runs]
-
-
-def split_runs(
-    extents: Sequence[Extent],
-    runs: Sequence[Extent],
-    datas: Sequence[bytes | bytearray | memoryview],
-) -> list[memoryview]:
-    """The bytes of each extent, in the order given, as views of the bytes ``datas`` of
-    the runs (:func:`coalesce`'s) that hold them: no copies. An empty extent, which no run
-    holds, is an empty view."""
-    starts = [offset for offset, _ in runs]
-    views = [memoryview(data) for data in datas]
-    out = []
-    for offset, length in extents:
-        if length <= 0:
-            out.append(memoryview(b""))
-            continue
-        i = bisect.bisect_right(starts, offset) - 1  # the run that holds the extent
-        out.append(views[i][offset - starts[i] : offset - starts[i] + length])
-    return out
-
-
-def cut_joined(pieces: Sequence[bytes | memoryview], skip: int, length: int) -> memoryview:
-    """Bytes ``skip`` to ``skip + length - 1`` of ``pieces`` laid end to end (a block's
-    chunks, read as extents): a view of the one piece, or of the pieces joined once."""
-    joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    return memoryview(joined)[skip : skip + length]
-
-
-class ByteRanges(Protocol):
-    """A file read by byte range: what a reader needs of its data file, local or remote."""
-
-    def read(self, offset: int, length: int) -> bytes | bytearray:
-        """``length`` bytes from ``offset``, in one read.
-
-        Raises
-        ------
-        CorruptStoreError
-            The file ends first.
-        """
-        ...
-
-    def read_extents(
-        self, extents: Sequence[Extent], gap: int = GAP
-    ) -> list[memoryview] | list[bytes]:
-        """The bytes of each ``(offset, length)`` extent, in the order given, read as
-        :func:`coalesce`'s runs."""
-        ...
-
-    def close(self) -> None:
-        """Release what this process holds of the file."""
-        ...
+def file_identity(path: Path) -> str:
+    """What tells the file at ``path`` from another later put there: its device, inode,
+    size and modification time."""
+    st = path.stat()
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _close_fd(fd: int) -> None:
@@ -209,7 +118,7 @@ def _cached_pages(fd: int, offset: int, length: int) -> int | None:
     return int(stat.cache)
 
 
-class FileRanges:
+class LocalFile(Source):
     """Byte ranges of one local file, read with ``pread`` on a descriptor opened once per
     process (lazily, so the object can be handed to worker processes).
 
@@ -225,11 +134,23 @@ class FileRanges:
 
     def __init__(self, path: Path, *, direct: bool | None = False) -> None:
         self.path = path
-        self.direct = direct_io_default(path.stat().st_size) if direct is None else direct
+        self.name = str(path)
+        self.size = path.stat().st_size
+        self.direct = direct_io_default(self.size) if direct is None else direct
         self._fd: ProcessLocal[int] = ProcessLocal(_close_fd)
         self._direct_fd: ProcessLocal[int] = ProcessLocal(_close_optional_fd)
         self._map: ProcessLocal[mmap.mmap] = ProcessLocal(mmap.mmap.close)
         self._scratch: ProcessLocal[bytearray] = ProcessLocal()
+
+    @property
+    def identity(self) -> str:
+        # docstring inherited
+        return file_identity(self.path)
+
+    @property
+    def local_path(self) -> Path:
+        # docstring inherited
+        return self.path
 
     @property
     def fd(self) -> int:
@@ -369,111 +290,3 @@ class FileRanges:
         self._fd.close()
         self._direct_fd.close()
         self._scratch.close()
-
-
-class RangeFileIO(io.RawIOBase):
-    """A read-only, seekable file object over :class:`ByteRanges`.
-
-    Reads are served from an LRU cache of aligned pages, and the pages a read misses are
-    fetched in one range: a library's metadata reads (an HDF5 superblock, object headers,
-    chunk indexes: many reads of a few hundred bytes) then cost a request each only now and
-    then. Bulk data is better read from the ranges directly.
-
-    Parameters
-    ----------
-    source
-        The file. :attr:`source` may be replaced by another source of the same bytes (a
-        local copy that has just been downloaded).
-    size
-        The file's length.
-    name
-        The file's path or URL, for messages.
-    page_size
-        Bytes per cached page.
-    cache_bytes
-        The most bytes of pages kept.
-    """
-
-    def __init__(
-        self,
-        source: ByteRanges,
-        size: int,
-        name: str,
-        *,
-        page_size: int = 256 << 10,
-        cache_bytes: int = 16 << 20,
-    ) -> None:
-        super().__init__()
-        self.source = source
-        self.size = size
-        self._name = name
-        self.page_size = page_size
-        self._max_pages = max(1, cache_bytes // page_size)
-        self._pages: OrderedDict[int, bytes] = OrderedDict()
-        self._pos = 0
-        #: The last error the source raised under a read: a library that calls this file
-        #: (libhdf5) reports an error of its own instead, and the caller may raise this one.
-        self.failure: Exception | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            self._pos = offset
-        elif whence == io.SEEK_CUR:
-            self._pos += offset
-        elif whence == io.SEEK_END:
-            self._pos = self.size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}")
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        data = self.pread(self._pos, len(view))
-        view[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def pread(self, offset: int, length: int) -> bytes:
-        """``length`` bytes from ``offset`` (fewer past the end) through the page cache."""
-        end = min(offset + length, self.size)
-        if end <= offset:
-            return b""
-        size = self.page_size
-        first, last = offset // size, (end - 1) // size
-        missing = [p for p in range(first, last + 1) if p not in self._pages]
-        if missing:
-            lo, hi = missing[0], missing[-1]  # one range over the gap: one request
-            stop = min((hi + 1) * size, self.size)
-            try:
-                data = bytes(self.source.read(lo * size, stop - lo * size))
-            except Exception as exc:
-                self.failure = exc
-                raise
-            for p in range(lo, hi + 1):
-                if p not in self._pages:
-                    self._pages[p] = data[(p - lo) * size : (p - lo + 1) * size]
-        parts = []
-        for p in range(first, last + 1):
-            self._pages.move_to_end(p)
-            parts.append(self._pages[p])
-        while len(self._pages) > self._max_pages:
-            self._pages.popitem(last=False)
-        joined = b"".join(parts) if len(parts) > 1 else parts[0]
-        return joined[offset - first * size : end - first * size]
-
-    def drop_pages(self) -> None:
-        """Forget every cached page."""
-        self._pages.clear()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..backends.staging import pid_alive
+from .per_process import pid_alive
 
 __all__ = ["ShardCache", "cache_key"]
 

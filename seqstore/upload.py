@@ -22,9 +22,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..errors import SeqstoreError, StoreExistsError
-from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
-from .location import Remote
+from .errors import SeqstoreError, StoreExistsError
+from .io.object import ObjectStore
+from .manifest import MANIFEST_NAME, Manifest, parse_manifest
 
 __all__ = ["StoreUpload", "check_destination", "staging_path", "upload_store"]
 
@@ -38,7 +38,7 @@ def staging_path(url: str, staging_dir: str | os.PathLike[str] | None) -> Path:
     return root / "seqstore-upload" / f"{digest}-{name}"
 
 
-def check_destination(remote: Remote, *, overwrite: bool) -> None:
+def check_destination(remote: ObjectStore, *, overwrite: bool) -> None:
     """Refuse to convert to a URL that holds a store, unless ``overwrite``; before any
     work is done.
 
@@ -68,7 +68,7 @@ class StoreUpload:
         Replace a store at the destination.
     """
 
-    def __init__(self, remote: Remote, *, overwrite: bool) -> None:
+    def __init__(self, remote: ObjectStore, *, overwrite: bool) -> None:
         self.remote = remote
         self.overwrite = overwrite
         self.manifest_url = remote.join(MANIFEST_NAME)
@@ -148,7 +148,7 @@ def _files_of(manifest: Manifest) -> set[str]:
     return {name for name in names if all(part not in ("", ".", "..") for part in name.split("/"))}
 
 
-def upload_store(local: Path, remote: Remote, *, overwrite: bool) -> None:
+def upload_store(local: Path, remote: ObjectStore, *, overwrite: bool) -> None:
     """Upload the finished store at ``local`` to ``remote``: data files (and a sharded
     store's shards, each with its own manifest), then the store's manifest.
 

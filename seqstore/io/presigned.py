@@ -1,4 +1,4 @@
-"""Ranged GETs straight over HTTP, for the blocks of stores in S3 or at http(s) URLs.
+"""Ranged GETs straight over HTTP (urllib3), around fsspec, for stores in S3 or at http(s) URLs.
 
 fsspec's S3 filesystem (s3fs, over aiobotocore and aiohttp on an event loop in a thread)
 spends about 3 ms of CPU per MB it reads, on the cores that decode the images; a GET made
@@ -10,9 +10,9 @@ protocols, options this path cannot honour (proxies, requester-pays ...), and
 any answer it does not expect (no such object, access denied, TLS failure), so that the
 errors a user meets, and their one line, stay fsspec's.
 
-:class:`DirectGets` raises :class:`UseFsspec` to hand a request over, an exception with an
+:class:`PresignedGets` raises :class:`UseFsspec` to hand a request over, an exception with an
 HTTP ``status`` for a server error that a retry may mend, and urllib3's own exceptions for
-a failed connection (both retried by :meth:`~seqstore.remote.location.Remote.call`).
+a failed connection (both retried by :meth:`~seqstore.io.object.ObjectStore.call`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["DirectGets", "ServerError", "UseFsspec", "direct_gets", "transient_status"]
+__all__ = ["PresignedGets", "ServerError", "UseFsspec", "presigned_gets", "transient_status"]
 
 # How long a presigned URL is valid, and how long before that it is signed again.
 SIGN_S = 3600
@@ -68,8 +68,8 @@ _signed: dict[tuple[str, str], tuple[str, float]] = {}
 _lock = threading.Lock()
 
 
-def direct_gets(remote: Any) -> DirectGets | None:
-    """The direct path for a :class:`~seqstore.remote.location.Remote`, or None where it
+def presigned_gets(remote: Any) -> PresignedGets | None:
+    """Presigned GETs for an :class:`~seqstore.io.object.ObjectStore`, or None where it
     cannot stand in for the remote's filesystem (given its protocol and options)."""
     protocol, storage_options = remote.protocol, remote.storage_options
     if any(os.environ.get(name) or os.environ.get(name.lower()) for name in _ENV):
@@ -79,7 +79,7 @@ def direct_gets(remote: Any) -> DirectGets | None:
     except ImportError:
         return None
     if protocol in ("http", "https"):
-        return None if storage_options else DirectGets(None, {})
+        return None if storage_options else PresignedGets(None, {})
     if protocol in ("s3", "s3a"):
         client = storage_options.get("client_kwargs", {})
         if set(storage_options) - _S3_OPTIONS or set(client) - _S3_CLIENT_OPTIONS:
@@ -93,17 +93,17 @@ def direct_gets(remote: Any) -> DirectGets | None:
             if isinstance(verify, str)
             else {}
         )
-        return DirectGets(remote, tls)
+        return PresignedGets(remote, tls)
     return None
 
 
-class DirectGets:
+class PresignedGets:
     """Ranged GETs of objects, over one urllib3 pool per process.
 
     Parameters
     ----------
     signer
-        The :class:`~seqstore.remote.location.Remote` whose filesystem (``signer.fs``)
+        The :class:`~seqstore.io.object.ObjectStore` whose filesystem (``signer.fs``)
         presigns S3 URLs; None: URLs are fetched as they are (http and https).
     tls
         urllib3's certificate options (``ca_certs``, ``cert_reqs``); empty: its defaults.
@@ -122,7 +122,7 @@ class DirectGets:
         if pool is None:
             pool = _pools[key] = urllib3.PoolManager(
                 maxsize=4,
-                retries=False,  # Remote.call retries
+                retries=False,  # ObjectStore.call retries
                 timeout=urllib3.Timeout(connect=10.0, read=60.0),
                 **self._tls,
             )
