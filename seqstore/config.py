@@ -9,14 +9,9 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BenchConfig", "ConvertConfig", "LoaderConfig", "load_config"]
-
-#: Per-channel RGB mean of ImageNet on the 0..1 scale (torchvision's); also
-#: ``seqstore.transforms.IMAGENET_MEAN``.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-#: Per-channel RGB standard deviation of ImageNet on the 0..1 scale (torchvision's).
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,7 +45,7 @@ class ConvertConfig(BaseModel):
         in the manifest and the summary.
     check : {"decode", "header"}
         How each source image is checked: ``"decode"`` decodes it with the loader's decoder
-        (:func:`seqstore.decode.decode`), so what converts also trains; ``"header"`` reads
+        (:func:`seqstore.imaging.decode.decode`), so what converts also trains; ``"header"`` reads
         only its header and end marker, faster but blind to damaged image data.
     max_pixels : int or None
         Refuse images with more pixels than this, from their header (default: PIL's
@@ -103,7 +98,7 @@ class ConvertConfig(BaseModel):
     classes: Path | None = None
     on_error: Literal["fail", "skip"] = "fail"
     check: Literal["decode", "header"] = "decode"
-    # PIL's limit (seqstore.imageinfo.MAX_PIXELS), spelt out to keep this module light.
+    # PIL's limit (seqstore.imaging.header.MAX_PIXELS), spelt out to keep this module light.
     max_pixels: int | None = Field(2 * 89_478_485, gt=0)
     overwrite: bool = False
     resume: bool = False

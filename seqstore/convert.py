@@ -24,7 +24,7 @@ from .backends.folder import load_classes
 from .backends.reader import is_local
 from .config import ConvertConfig, load_config
 from .errors import BadImageError, ConfigError, SeqstoreError
-from .imageinfo import ImageInfo, extension_format, probe
+from .imaging.header import ImageInfo, extension_format, probe
 from .manifest import MANIFEST_NAME, Manifest, Provenance, SkippedFile
 from .records import Record
 
@@ -532,7 +532,7 @@ def _prepare(key: str, label: int, data: bytes) -> _Good | _Bad:
             except BadImageError as exc:  # a sound header over damaged image data
                 return _Bad(key, str(exc), nbytes)
         elif _worker_state["check"] == "decode":
-            from .decode import decode
+            from .imaging.decode import decode
 
             try:
                 decode(data, name=name, max_pixels=None)  # the header check applied the limit
@@ -592,7 +592,7 @@ def _capture_file() -> IO[bytes]:
 
 
 def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:
-    """Refuse the images whose pixels from :func:`seqstore.decode.decode` differ from PIL's.
+    """Refuse the images whose pixels from :func:`seqstore.imaging.decode.decode` differ from PIL's.
 
     16-bit colour PNGs decode alike (both keep the high byte); 16-bit greyscale ones do not
     (PIL's ``convert("RGB")`` clips them to white), nor do 16-bit TIFF and PGM files (PIL
@@ -611,7 +611,7 @@ def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:
 def _reencode(data: bytes, name: str, max_side: int | None, quality: int) -> tuple[bytes, int, int]:
     import cv2
 
-    from .decode import decode
+    from .imaging.decode import decode
 
     rgb = decode(data, name=name, max_pixels=None)  # the header check applied the limit
     height, width = rgb.shape[:2]

@@ -137,7 +137,7 @@ class SampleTransform:
                 return self.pipeline(record.data, rng, name=record.key)
             if self.user is None:  # transform="none": the encoded bytes
                 return record.data
-            from .decode import decode, decode_pil
+            from .imaging.decode import decode, decode_pil
 
             # User transforms draw from torch's and Python's generators (torchvision does):
             # seed both from the record's generator so augmentation is reproducible. Only

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import BadImageError, ConfigError, NotAStoreError
-from ..imageinfo import probe
+from ..imaging.header import probe
 from ..manifest import MANIFEST_NAME, Manifest, Provenance, is_store, read_manifest
 from ..records import Record
 from .base import Backend, Reader, Writer

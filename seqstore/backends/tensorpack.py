@@ -26,7 +26,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import BackendNotFoundError, CorruptStoreError, NotAStoreError, SeqstoreError
-from ..imageinfo import probe
+from ..imaging.header import probe
 from ..manifest import Manifest, Provenance
 from ..records import Record
 from .base import Backend
