@@ -62,5 +62,6 @@ class RankGroup:
         return out
 
     def close(self) -> None:
+        """Destroy the process group, if this object initialised it."""
         if self._owned:
             self._dist.destroy_process_group()
