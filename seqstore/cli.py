@@ -140,7 +140,7 @@ def _verify(reader: Reader) -> list[str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .backends import open_store
     from .convert import convert
-    from .loader import Loader
+    from .pytorch import Loader
     from .testing import make_image_folder
 
     with tempfile.TemporaryDirectory(prefix="seqstore-demo-") as tmp:
