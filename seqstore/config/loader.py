@@ -1,115 +1,15 @@
-"""Validated configuration of seqstore's jobs (pydantic models)."""
+"""Options of a Loader."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError
-from .imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["BenchConfig", "ConvertConfig", "LoaderConfig", "load_config"]
-
-M = TypeVar("M", bound=BaseModel)
-
-
-class ConvertConfig(BaseModel):
-    """Options of :func:`seqstore.convert.convert` and ``seqstore convert``.
-
-    Attributes
-    ----------
-    format : str
-        Backend to write (``lmdb``, ``hdf5``, ``folder`` or a registered plugin).
-    workers : int
-        Processes that read and check source files, or with ``shard_mb`` that each write
-        whole shards; 0 does it in this process. The store is the same whatever this is.
-    shuffle : bool or None
-        Write records in a seeded random order. ``None`` shuffles image-folder training trees
-        (so that local shuffling at load time approximates a global one) and keeps the order
-        of stores and labelled validation folders.
-    seed : int
-        Seed of the write order.
-    max_side : int or None
-        Re-encode images whose longer side exceeds this, scaled down to it.
-    quality : int or None
-        JPEG quality of re-encoded images (default 90); given alone, re-encodes every image.
-    labels : Path or None
-        Label file of a flat validation folder.
-    classes : Path or None
-        Class names: a file with one per line, or the training split's image folder.
-    on_error : {"fail", "skip"}
-        What to do with a source file that is not a decodable image. Skipped files are listed
-        in the manifest and the summary.
-    check : {"decode", "header"}
-        How each source image is checked: ``"decode"`` decodes it with the loader's decoder
-        (:func:`seqstore.imaging.decode.decode`), so what converts also trains; ``"header"`` reads
-        only its header and end marker, faster but blind to damaged image data.
-    max_pixels : int or None
-        Refuse images with more pixels than this, from their header (default: PIL's
-        decompression-bomb limit, 178,956,970); None for no limit of seqstore's own.
-    overwrite : bool
-        Replace a store already at the destination.
-    resume : bool
-        Continue a conversion to the same destination, with the same source and options, that
-        was killed: the records it had made durable are kept, and the result is the same as
-        an uninterrupted run. Without one to continue, start afresh. LMDB and HDF5 only.
-    checkpoint_mb : float
-        Megabytes written between the checkpoints ``resume`` continues from (each costs an
-        fsync).
-    shard_mb : float or None
-        Write a sharded store, shards of about this many MB of source images, written in
-        parallel by the ``workers`` processes (or the ranks of a ``distributed`` run). Which
-        records go into which shard depends on the source alone: a shard holds this many MB
-        over the source's mean record size of consecutive records of the write order. To a
-        URL, each shard is uploaded as soon as it is written, the store's manifest last.
-    distributed : bool
-        Share a sharded conversion among the ranks of a torch.distributed job (``torchrun``;
-        ``seqstore convert`` turns this on by itself under torchrun): rank 0 lists the source
-        and broadcasts it, every rank writes its shards, rank 0 the manifest. Shards of
-        1024 MB unless ``shard_mb`` says otherwise.
-    source_format : str or None
-        Read the source with this backend instead of recognising it.
-    limit : int or None
-        Convert only the first ``limit`` records of the write order (a random subset when
-        shuffling).
-    progress : bool
-        Show a progress bar.
-    storage_options : dict
-        For a destination URL (``s3://bucket/train.h5``, any fsspec URL): the fsspec
-        filesystem's options; by default the environment's (``AWS_ACCESS_KEY_ID``,
-        ``AWS_ENDPOINT_URL`` ...).
-    staging_dir : Path or None
-        For a destination URL: where the store is written before it is uploaded (it needs
-        the store's size free); default: the system's temporary directory.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    format: str
-    workers: int = Field(0, ge=0, le=256)
-    shuffle: bool | None = None
-    seed: int = Field(0, ge=0)
-    max_side: int | None = Field(None, gt=0)
-    quality: int | None = Field(None, ge=1, le=100)
-    labels: Path | None = None
-    classes: Path | None = None
-    on_error: Literal["fail", "skip"] = "fail"
-    check: Literal["decode", "header"] = "decode"
-    # PIL's limit (seqstore.imaging.header.MAX_PIXELS), spelt out to keep this module light.
-    max_pixels: int | None = Field(2 * 89_478_485, gt=0)
-    overwrite: bool = False
-    resume: bool = False
-    checkpoint_mb: float = Field(256.0, gt=0)
-    shard_mb: float | None = Field(None, gt=0)
-    distributed: bool = False
-    source_format: str | None = None
-    limit: int | None = Field(None, ge=1)
-    progress: bool = True
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    staging_dir: Path | None = None
+__all__ = ["LoaderConfig", "check_transform_name"]
 
 
 class LoaderConfig(BaseModel):
@@ -275,7 +175,7 @@ class LoaderConfig(BaseModel):
     @classmethod
     def _known_transform(cls, value: Any) -> Any:
         if isinstance(value, str):
-            _check_transform_name(value)
+            check_transform_name(value)
         if value is not None and not isinstance(value, str) and not callable(value):
             raise ValueError("transform must be a name, a Pipeline or a callable")
         return value
@@ -307,125 +207,16 @@ class LoaderConfig(BaseModel):
         return self
 
 
-class BenchConfig(BaseModel):
-    """Options of ``seqstore bench``.
-
-    Attributes
-    ----------
-    src : Path
-        An image folder or a store; formats it is not in are converted into ``out``.
-    formats : list of str
-        Backends to compare.
-    workers : int
-        Loader worker processes (and processes of the ceiling).
-    batch_size : int
-        Samples per batch.
-    transform : {"imagenet_train", "imagenet_val", "decode", "none"}
-        What each loader does per image.
-    image_size : int
-        Output side of the transforms.
-    limit : int or None
-        Use only this many records (a random subset of a folder).
-    repeat : int
-        Timed repetitions of each measurement; the median is reported.
-    min_seconds : float
-        Each timed repetition runs whole epochs until at least this long, so that a small
-        store is timed over several epochs rather than a fraction of a second.
-    cold : bool
-        Drop the page cache before every timed run (root on Linux).
-    out : Path
-        Working directory: converted stores (reused by the next run), JSON, chart.
-    shuffle_buffer_mb : float
-        The Loader's shuffle buffer under test, in MB of encoded records (as LoaderConfig).
-    block_mb : float
-        The Loader's read size under test, in MB of consecutive records (as LoaderConfig).
-    baselines : bool
-        Also run the torchvision-style and tensorpack pipelines.
-    reencode_max_side : int or None
-        Also measure the first format converted with ``--max-side`` this and ``--quality``
-        ``reencode_quality``, against the original bytes (None: not; ``--reencode-max-side
-        0`` on the command line). Images are then stored no larger than this, re-encoded,
-        as FFCV stores them.
-    reencode_quality : int
-        JPEG quality of that store's re-encoded images.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    src: Path
-    formats: list[str] = Field(default_factory=lambda: ["lmdb", "hdf5", "folder"], min_length=1)
-    workers: int = Field(2, ge=0, le=256)
-    batch_size: int = Field(64, ge=1)
-    transform: str = "imagenet_train"
-    image_size: int = Field(224, ge=1)
-    limit: int | None = Field(None, ge=1)
-    repeat: int = Field(3, ge=1)
-    min_seconds: float = Field(2.0, ge=0)
-    cold: bool = False
-    out: Path = Path("seqstore-bench")
-    shuffle_buffer_mb: float = Field(64.0, gt=0)
-    block_mb: float = Field(4.0, gt=0)
-    baselines: bool = True
-    reencode_max_side: int | None = Field(512, gt=0)
-    reencode_quality: int = Field(90, ge=1, le=100)
-
-    @field_validator("transform")
-    @classmethod
-    def _known_transform(cls, value: str) -> str:
-        _check_transform_name(value)
-        return value
-
-
-def _check_transform_name(name: str) -> None:
-    # Imported here: the transforms need OpenCV, which validating a convert config does not.
-    from .transforms import NAMED_TRANSFORMS
-
-    if name not in NAMED_TRANSFORMS:
-        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(NAMED_TRANSFORMS)}")
-
-
-def load_config(
-    model: type[M], source: M | dict[str, Any] | str | Path | None = None, **overrides: Any
-) -> M:
-    """Build a config from a model instance, a dict, or a JSON/YAML file, plus overrides.
+def check_transform_name(name: str) -> None:
+    """Refuse a transform name that :data:`seqstore.transforms.NAMED_TRANSFORMS` lacks.
 
     Raises
     ------
-    ConfigError
-        A value is invalid; the message names the field and the problem.
+    ValueError
+        The name is unknown; the message lists the known ones.
     """
-    if isinstance(source, model):
-        data = source.model_dump()
-    elif isinstance(source, (str, Path)):
-        data = _read_file(Path(source))
-    else:
-        data = dict(source or {})
-    data.update(overrides)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc, model.__name__)) from None
+    # Imported here: the transforms need OpenCV, which validating a convert config does not.
+    from ..transforms import NAMED_TRANSFORMS
 
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file '{path}': {exc.strerror}") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of option names to values")
-    return data
-
-
-def _one_line(exc: ValidationError, name: str) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or name
-        parts.append(f"{loc}={err.get('input')!r}: {err['msg']}")
-    return f"invalid {name}: " + "; ".join(parts)
+    if name not in NAMED_TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose one of {', '.join(NAMED_TRANSFORMS)}")
