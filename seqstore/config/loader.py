@@ -78,7 +78,10 @@ class LoaderConfig(BaseModel):
     pin_memory : bool or None
         Pin batches in page-locked memory; default: when ``device`` is CUDA.
     device : str
-        Where batches are delivered and normalised: ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+        Where batches are delivered and normalised: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, or
+        ``"auto"``: ``"cuda"`` where ``torch.cuda.is_available()``, else ``"cpu"`` (the
+        validated config holds the device chosen). A CUDA device on a machine without one
+        is a :class:`~seqstore.errors.ConfigError`.
     dtype : {"float32", "float16", "bfloat16", "uint8"}
         Output dtype of images; ``uint8`` skips normalisation.
     normalize : bool
@@ -192,12 +195,19 @@ class LoaderConfig(BaseModel):
     def _valid_device(cls, value: str) -> str:
         import torch
 
+        if value == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
         try:
             device = torch.device(value)
         except RuntimeError:
-            raise ValueError(f"{value!r} is not a torch device (try 'cpu' or 'cuda')") from None
+            raise ValueError(
+                f"{value!r} is not a torch device (try 'cpu', 'cuda' or 'auto')"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {value!r} asked for, but this machine has no CUDA GPU")
+            raise ValueError(
+                f"device {value!r} asked for, but this machine has no CUDA GPU; "
+                "use device='cpu', or device='auto' for CUDA where there is one"
+            )
         return value
 
     @model_validator(mode="after")
