@@ -9,7 +9,7 @@ setup(
             ["seqstore/_jpeg.c"],
             libraries=["jpeg"],
             # Where libjpeg's headers are missing the build goes on without it, and
-            # seqstore decodes whole JPEGs instead of the crop window (seqstore.decode).
+            # seqstore decodes whole JPEGs instead of the crop window (seqstore.imaging.decode).
             optional=True,
         )
     ]

@@ -27,7 +27,7 @@ and shuffling, and yields uint8 batches of 224 x 224 crops:
   user's own doing the peers' work (lmdb).
 
 The peers and the user callable do the same per-image work, with the same code:
-``seqstore.decode.decode`` (OpenCV, as the Loader decodes for a user callable), then
+``seqstore.imaging.decode.decode`` (OpenCV, as the Loader decodes for a user callable), then
 :class:`CropFlip`, torchvision's RandomResizedCrop(224) + horizontal flip with cv2 (draws
 from Python's ``random``, which each library's workers seed). The torchvision-style row
 (PIL, float normalisation in the workers, from seqstore's bench) is there for reference.
@@ -75,7 +75,7 @@ from seqstore.bench.pipelines import seqstore_epoch
 from seqstore.bench.report import cpu_name
 from seqstore.config import BenchConfig
 from seqstore.convert import convert
-from seqstore.decode import decode
+from seqstore.imaging.decode import decode
 from seqstore.transforms import RandomResizedCrop
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"

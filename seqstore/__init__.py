@@ -32,11 +32,11 @@ from .records import Record
 if TYPE_CHECKING:
     from . import transforms
     from .config import LoaderConfig
-    from .loader import Loader
+    from .pytorch import Loader
 
 # The loader imports torch, the transforms OpenCV; the storage layer and the CLI's
 # convert/info need neither.
-_LAZY = {"Loader": "seqstore.loader", "LoaderConfig": "seqstore.config"}
+_LAZY = {"Loader": "seqstore.pytorch", "LoaderConfig": "seqstore.config"}
 _LAZY_MODULES = ("transforms",)
 
 

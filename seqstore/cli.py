@@ -30,7 +30,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     # 0 is how a shell says "no limit"; the model says it with None.
     values["max_pixels"] = values["max_pixels"] or None
     if args.distributed is None:  # a rank that torchrun started shares the conversion
-        from .sharded_convert import under_torchrun
+        from .convert.distributed import under_torchrun
 
         args.distributed = under_torchrun()
     report = convert(
@@ -140,7 +140,7 @@ def _verify(reader: Reader) -> list[str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .backends import open_store
     from .convert import convert
-    from .loader import Loader
+    from .pytorch import Loader
     from .testing import make_image_folder
 
     with tempfile.TemporaryDirectory(prefix="seqstore-demo-") as tmp:

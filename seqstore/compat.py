@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .loader import Loader
+from .pytorch import Loader
 
 __all__ = ["ImagenetLoader", "LMDBLoader"]
 

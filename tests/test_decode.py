@@ -10,8 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from seqstore.decode import HAS_WINDOW_DECODER, decode, decode_pil, decode_window, reduced_size
 from seqstore.errors import BadImageError, ConfigError
+from seqstore.imaging.decode import (
+    HAS_WINDOW_DECODER,
+    decode,
+    decode_pil,
+    decode_window,
+    reduced_size,
+)
 from seqstore.testing.data import make_image
 
 Image = pytest.importorskip("PIL.Image")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from seqstore.errors import BadImageError
-from seqstore.imageinfo import probe
+from seqstore.imaging.header import probe
 
 
 def _jpeg(width: int, height: int, **params: int) -> bytes:

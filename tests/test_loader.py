@@ -248,6 +248,23 @@ def test_invalid_options_fail_before_any_worker(
         Loader(store, **options)
 
 
+def test_device_auto_is_cuda_where_there_is_one_else_cpu(store: Path) -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    loader = _loader(store, device="auto", num_workers=0)
+    assert loader.config.device == expected and loader.device.type == expected
+    x, y, _ = next(iter(loader))
+    assert x.device.type == expected and y.device.type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_a_one_line_error(store: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        Loader(store, device="cuda")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "no CUDA GPU" in message and "device='auto'" in message
+
+
 def test_config_from_yaml_file(store: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "loader.yaml"
     cfg.write_text(f"path: {store}\nbatch_size: 30\nshuffle: false\ntransform: imagenet_val\n")

@@ -20,8 +20,8 @@ from PIL import Image
 import seqstore
 from seqstore.backends import get_backend
 from seqstore.convert import convert
-from seqstore.decode import decode
 from seqstore.errors import BadImageError, ConfigError
+from seqstore.imaging.decode import decode
 from seqstore.records import Record
 from seqstore.testing.odd import KEPT, REFUSED, cmyk_jpeg, jpeg
 

@@ -14,7 +14,6 @@ import torch
 
 import seqstore
 from seqstore import Loader
-from seqstore.batches import Ring, Samples, Slot, join
 from seqstore.convert import convert
 from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order
 from seqstore.engine.quality import (
@@ -27,6 +26,7 @@ from seqstore.engine.quality import (
 )
 from seqstore.errors import OrderWarning
 from seqstore.mixcheck import fit_blocks, label_runs, order_warning
+from seqstore.pytorch.batches import Ring, Samples, Slot, join
 from seqstore.testing import collect_epoch, make_image_folder, one_rank_spec
 
 IMAGENET = 1_281_167

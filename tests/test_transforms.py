@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from seqstore import transforms as T
-from seqstore.decode import decode
 from seqstore.errors import ConfigError
+from seqstore.imaging.decode import decode
 from seqstore.testing.data import make_image
 
 

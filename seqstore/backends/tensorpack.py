@@ -28,7 +28,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import BackendNotFoundError, CorruptStoreError, NotAStoreError, SeqstoreError
-from ..imageinfo import probe
+from ..imaging.header import probe
 from ..io.per_process import ProcessLocal
 from ..io.places import Place
 from ..io.ranges import Source

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..backends import Reader
 from ..config import BenchConfig
-from ..decode import decode
 from ..engine.stream import sample_rng
+from ..imaging.decode import decode
 from ..records import Record
 from ..transforms import IMAGENET_MEAN, IMAGENET_STD
 from .pipelines import named_pipeline

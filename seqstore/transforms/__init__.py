@@ -19,15 +19,8 @@ goes in the room it belongs to and is exported here.
 
 from __future__ import annotations
 
-from .color import (
-    IMAGENET_EIGVAL,
-    IMAGENET_EIGVEC,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    ColorJitter,
-    Lighting,
-    Normalize,
-)
+from ..imaging.imagenet import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD
+from .color import ColorJitter, Lighting, Normalize
 from .geometry import CenterCrop, RandomHorizontalFlip, RandomResizedCrop, Resize
 from .named import NAMED_TRANSFORMS, decode_only, imagenet_train, imagenet_val
 from .pipeline import Compose, DecodePlan, Pipeline, Transform, TransformFn

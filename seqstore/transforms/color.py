@@ -12,27 +12,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..config import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError
+from ..imaging.imagenet import IMAGENET_EIGVAL, IMAGENET_EIGVEC, IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = [
-    "IMAGENET_EIGVAL",
-    "IMAGENET_EIGVEC",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "ColorJitter",
-    "Lighting",
-    "Normalize",
-]
-
-#: Eigenvalues of ImageNet's RGB covariance, for 0..1 images (fb.resnet.torch).
-IMAGENET_EIGVAL = (0.2175, 0.0188, 0.0045)
-#: Eigenvectors (columns) of ImageNet's RGB covariance (fb.resnet.torch).
-IMAGENET_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
+__all__ = ["ColorJitter", "Lighting", "Normalize"]
 
 
 class ColorJitter:

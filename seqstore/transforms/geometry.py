@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..decode import REDUCE_FACTORS
 from ..errors import ConfigError
+from ..imaging.decode import REDUCE_FACTORS
 from .pipeline import DecodePlan
 
 __all__ = ["CenterCrop", "RandomHorizontalFlip", "RandomResizedCrop", "Resize"]

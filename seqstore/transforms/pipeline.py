@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..decode import decode, decode_window, is_jpeg
-from ..imageinfo import probe
+from ..imaging.decode import decode, decode_window, is_jpeg
+from ..imaging.header import probe
 
 __all__ = ["Compose", "DecodePlan", "Pipeline", "Transform", "TransformFn"]
 
@@ -33,10 +33,10 @@ class DecodePlan:
     ----------
     reduce : int
         Decode at ``1/reduce`` of the full size (one of
-        :data:`seqstore.decode.REDUCE_FACTORS`).
+        :data:`seqstore.imaging.decode.REDUCE_FACTORS`).
     window : tuple of 4 int or None
         ``(top, bottom, left, right)`` in the reduced image: decode only this window
-        (:func:`seqstore.decode.decode_window`); None decodes the whole reduced image.
+        (:func:`seqstore.imaging.decode.decode_window`); None decodes the whole reduced image.
     finish : callable
         Turns the reduced (windowed) decode into the transform's output, drawing nothing
         more from the generator.
@@ -130,7 +130,7 @@ class Pipeline:
     :class:`~seqstore.transforms.RandomResizedCrop` do) and the image is a JPEG, the image is
     decoded at the smallest of 1, 1/2, 1/4 and 1/8 of its size that leaves the transform's
     output at full resolution, and, where the plan names a window (a random crop), only that
-    window is decoded (:func:`seqstore.decode.decode_window`). The plan is drawn on the full
+    window is decoded (:func:`seqstore.imaging.decode.decode_window`). The plan is drawn on the full
     size (read from the header), so the random draws are the same as with a full-size
     decode. Other formats, first transforms without ``plan_decode`` and
     ``exif_orientation=True`` (the rotated size is not known before decoding) decode at full
@@ -141,7 +141,7 @@ class Pipeline:
     transforms
         The transforms, in order. :class:`Compose` objects are flattened into the list.
     exif_orientation
-        Apply EXIF orientation tags when decoding (see :mod:`seqstore.decode`).
+        Apply EXIF orientation tags when decoding (see :mod:`seqstore.imaging.decode`).
     """
 
     def __init__(

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..._version import __version__
 from ...errors import BadImageError, ConfigError, NotAStoreError
-from ...imageinfo import probe
+from ...imaging.header import probe
 from ...io.places import Place
 from ...manifest import Manifest, Provenance, is_store, read_manifest
 from ...records import Record

@@ -2,18 +2,17 @@
 
 This is the PyTorch-facing room. The Loader resolves its config and the store, makes the
 epoch spec (:class:`~seqstore.engine.plan.EpochSpec`), and runs a
-``torch.utils.data.DataLoader`` over :class:`~seqstore.workers.EpochDataset`, whose workers
-each read their share of the epoch block by block, shuffle, decode and augment, and return
-uint8 batches (through the shared-memory ring of :mod:`seqstore.batches` when every sample
-has the same shape). Conversion to float and normalisation happen after the batch reaches
-its device (:class:`~seqstore.batches.Delivery`). Here too: epochs, resume
-(:meth:`Loader.state_dict`), bad-record accounting and the death of a worker.
+``torch.utils.data.DataLoader`` over :class:`~seqstore.pytorch.workers.EpochDataset`, whose
+workers each read their share of the epoch block by block, shuffle, decode and augment, and
+return uint8 batches (through the shared-memory ring of :mod:`seqstore.pytorch.batches` when
+every sample has the same shape). Conversion to float and normalisation happen after the
+batch reaches its device (:class:`~seqstore.pytorch.delivery.Delivery`). Here too: epochs,
+resume (:meth:`Loader.state_dict`, with :mod:`seqstore.pytorch.resume`), bad-record
+accounting and the death of a worker.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -24,48 +23,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .backends import Reader, open_store
-from .batches import Delivery, Ring, Slot, join, normalizing_affine
-from .config import LoaderConfig, load_config
-from .engine.order import TABLE_LIMIT, rank_sample_count
-from .engine.plan import SCHEME, EpochSpec, Remaining, remaining_after
-from .errors import ConfigError, OrderWarning, ResumeError, WorkerDiedError
-from .mixcheck import fit_blocks, label_runs, order_warning
-from .splits import resolve_split
-from .workers import (
-    BadRecordLog,
-    EpochDataset,
-    SampleTransform,
-    WorkerFailure,
-    WorkerItem,
-    dead_worker,
-    guard_sigchld,
-)
+from ..backends import Reader, open_store
+from ..config import LoaderConfig, load_config
+from ..engine.order import rank_sample_count
+from ..engine.plan import EpochSpec, Remaining
+from ..errors import ConfigError, OrderWarning, WorkerDiedError
+from ..mixcheck import fit_blocks, label_runs, order_warning
+from ..splits import resolve_split
+from .batches import Slot, join
+from .failures import BadRecordLog, dead_worker, guard_sigchld
+from .placement import default_rank_world
+from .resume import STATE_VERSION, resume_point
+from .transport import plan_transport
+from .workers import EpochDataset, SampleTransform, WorkerFailure, WorkerItem
 
 __all__ = ["Loader", "resolve_split"]
-
-# 2: the store's identity and the epoch's bad-record count joined the state.
-# 3: the epoch spec's fields by their names: shuffle_capacity became capacity.
-# 4: a state resumes on another shape (ranks, workers, batch size); "remaining" holds the
-#    records an epoch resumed so runs over.
-# 5: the shuffle scheme and split batches joined the spec (scheme 2: full buffers; split:
-#    batches made of every worker's part); a version 4 state is of scheme 1, unsplit, and
-#    continues on this seqstore's scheme as an epoch resumed on another shape does.
-_STATE_VERSION = 5
-# Beyond this, batches of a user callable's outputs are shared one by one instead.
-_MAX_RING_BYTES = 2 << 30
-
-
-def _default_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    try:
-        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    except ValueError:
-        raise ConfigError(
-            f"RANK={os.environ.get('RANK')!r} / WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} "
-            "are not integers; fix the environment or pass rank= and world_size="
-        ) from None
 
 
 class Loader:
@@ -156,7 +128,7 @@ class Loader:
         )
         self.where = os.fspath(self.reader.location)
         """The store's path or URL."""
-        rank, world = _default_rank_world()
+        rank, world = default_rank_world()
         rank = cfg.rank if cfg.rank is not None else rank
         world = cfg.world_size if cfg.world_size is not None else world
         if not 0 <= rank < world:
@@ -185,52 +157,19 @@ class Loader:
             warnings.warn(message, OrderWarning, stacklevel=2)
         transform = SampleTransform(cfg)
         transform.verify = self.verifies = cfg.verify and self.reader.stores_checksums
-        pipeline = transform.pipeline
         self.device = torch.device(cfg.device)
-        affine = None
-        sample: tuple[tuple[int, ...], torch.dtype] | None = None
-        if pipeline is not None:
-            size = pipeline.output_size
-            if size is not None and pipeline.output_dtype == np.uint8:
-                sample = ((*size, 3), torch.uint8)
-                if cfg.dtype == "float32" and cfg.normalize and self.device.type == "cpu":
-                    # Normalised in the workers as they stack each batch, in the layout
-                    # asked for: the main process, whose time the training step needs on a
-                    # CPU, hands the batch on as it is.
-                    affine = normalizing_affine(cfg.mean, cfg.std, planar=not cfg.channels_last)
-                    sample = (affine.shape(sample[0]), torch.float32)
-        elif transform.user is not None and cfg.num_workers > 0:
-            sample = transform.probe(self.reader)
-        # Batches of same-shaped samples go through the ring, unless it would be huge.
-        self._ring = None
-        if cfg.num_workers > 0 and sample is not None:
-            slots = cfg.num_workers * (cfg.prefetch_factor + 2)  # see Ring
-            shape, dtype = sample
-            nbytes = slots * cfg.batch_size * math.prod(shape) * dtype.itemsize
-            if nbytes <= _MAX_RING_BYTES:
-                self._ring = Ring(slots, cfg.batch_size, *sample, workers=cfg.num_workers)
+        transport = plan_transport(cfg, transform, self.reader, self.device)
+        self._ring = transport.ring
         self._dataset = EpochDataset(
             self.reader,
             transform,
             self.spec,
             self._ring,
             skip_bad=cfg.on_error == "skip",
-            affine=affine,
+            affine=transport.affine,
         )
-        pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
-        self._pin_batches = pin and self._ring is None
-        self._deliver = Delivery(
-            self.device,
-            # The built-in pipelines make HWC arrays; the workers' planar normalisation, NCHW
-            # batches as the loop gets them.
-            hwc=pipeline is not None and not (affine is not None and affine.planar),
-            pin=pin and self.device.type == "cuda",
-            channels_last=cfg.channels_last,
-            dtype=cfg.dtype,
-            normalize=cfg.normalize,
-            mean=cfg.mean,
-            std=cfg.std,
-        )
+        self._pin_batches = transport.pin_batches
+        self._deliver = transport.deliver
         self._loader = self._make_dataloader()
         max_bad = cfg.max_bad
         if isinstance(max_bad, float):
@@ -414,7 +353,7 @@ class Loader:
         bitmap (at most one bit per record: 160 KB for 1.28M records).
         """
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "store": self.reader.identity,
             "store_path": self.where,
             "epoch": self._epoch,
@@ -444,55 +383,12 @@ class Loader:
             The state comes from a loader of another store, seed or shuffle setting, is
             damaged, or was saved by an older seqstore (state version 1).
         """
-        state = _upgrade_state(state)
-        version = state.get("version")
-        if version != _STATE_VERSION:
-            raise ResumeError(
-                f"loader state version {version!r} is not supported (this seqstore saves and "
-                f"reads version {_STATE_VERSION}); start the epoch afresh with set_epoch()"
-            )
-        if state.get("store") != self.reader.identity:
-            raise ResumeError(
-                f"cannot resume: the saved loader state is of store '{state.get('store_path')}' "
-                f"(id {state.get('store')}), not of '{self.where}' "
-                f"(id {self.reader.identity}); resume on the store it was saved on, or start "
-                "the epoch afresh with set_epoch()"
-            )
-        for key in ("seed", "shuffle"):
-            if state.get(key) != getattr(self.spec, key):
-                raise ResumeError(
-                    f"cannot resume: the saved loader state has {key}={state.get(key)!r}, "
-                    f"this loader {key}={getattr(self.spec, key)!r}; resume with the same "
-                    f"{key}, or start the epoch afresh with set_epoch()"
-                )
-        try:
-            fields = {f.name: state[f.name] for f in dataclasses.fields(EpochSpec)}
-            saved = EpochSpec(**fields)
-            if saved.num_records != self.spec.num_records:
-                raise ValueError(f"num_records {saved.num_records} != {self.spec.num_records}")
-            remaining = state["remaining"]
-            if remaining is not None:
-                remaining = Remaining.from_state(remaining, saved.num_records)
-            epoch, done = int(state["epoch"]), int(state["batches_done"])
-            bad = int(state["bad_in_epoch"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise ResumeError(
-                f"the saved loader state of store '{self.where}' is damaged ({err}); "
-                "start the epoch afresh with set_epoch()"
-            ) from None
-        total = saved.batches_over(remaining)
-        if not 0 <= done <= total:
-            raise ResumeError(f"saved batches_done={done} is outside 0..{total}")
-        if _shape(saved) != _shape(self.spec) and done:
-            remaining, done = remaining_after(saved, epoch, done, remaining), 0
-        if (done or remaining is not None) and done == self.spec.batches_over(remaining):
-            # Nothing left that this loader would yield: the epoch is over.
-            epoch, done, remaining = epoch + 1, 0, None
-        self._epoch = epoch
-        self._batches_done = self._resume_at = done
-        self._bad.in_epoch = bad
-        if remaining is not self._remaining:
-            self._remaining = self._dataset.remaining = remaining
+        point = resume_point(state, self.spec, self.reader.identity, self.where)
+        self._epoch = point.epoch
+        self._batches_done = self._resume_at = point.batches_done
+        self._bad.in_epoch = point.bad_in_epoch
+        if point.remaining is not self._remaining:
+            self._remaining = self._dataset.remaining = point.remaining
             # Workers receive the records as they start: running ones have the old ones.
             self._stop_workers()
             self._loader = self._make_dataloader()
@@ -502,43 +398,3 @@ class Loader:
         shutdown = getattr(running, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-
-
-def _shape(spec: EpochSpec) -> dict[str, Any]:
-    """What must match for an epoch to continue exactly: all but the rank, which a state
-    of any rank tells as well as that rank's own."""
-    return {k: v for k, v in spec.as_dict().items() if k != "rank"}
-
-
-def _upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
-    """A version 2, 3 or 4 state (older seqstore) in the current form; any other state
-    unchanged.
-
-    Raises
-    ------
-    ResumeError
-        A version 3 state of a shuffled store of more than TABLE_LIMIT blocks, whose block
-        order this seqstore no longer draws.
-    """
-    if state.get("version") == 2:
-        state = {**state, "version": 3}
-        capacity = state.pop("shuffle_capacity", None)
-        # Version 2 kept the buffer size an unshuffled loader does not use; the spec's is 1.
-        state["capacity"] = capacity if state.get("shuffle") else 1
-    if state.get("version") == 3:
-        n, block = state.get("num_records"), state.get("block")
-        blocks = -(-n // block) if isinstance(n, int) and isinstance(block, int) and block else 0
-        if state.get("shuffle") and blocks > TABLE_LIMIT:
-            raise ResumeError(
-                f"loader state version 3 is of a store of {blocks} blocks, whose order this "
-                f"seqstore draws differently (beyond {TABLE_LIMIT} blocks); start the epoch "
-                "afresh with set_epoch()"
-            )
-        # Otherwise the order is version 4's: all the state lacks is "remaining".
-        state = {**state, "version": 4, "remaining": None}
-    if state.get("version") == 4:
-        # Its shuffled epochs were drawn by scheme 1: the rest of one is found by replaying
-        # that. Storage order is the same in every scheme.
-        scheme = 1 if state.get("shuffle") else SCHEME
-        state = {**state, "version": _STATE_VERSION, "scheme": scheme, "split": False}
-    return state

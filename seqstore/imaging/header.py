@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadImageError
+from ..errors import BadImageError
 
 __all__ = ["MAX_PIXELS", "ImageInfo", "check_pixels", "header_size", "probe"]
 
@@ -373,13 +373,14 @@ def _tiff_size(mv: memoryview) -> tuple[int, int] | None:
 
 
 def _probe_by_decoding(data: bytes | memoryview, fmt: str, name: str) -> ImageInfo:
-    from .decode import cv2  # seqstore.decode quietens OpenCV's logging before first use
+    # Imported here: probing JPEGs and PNGs, nearly every image, needs no OpenCV.
+    from .opencv import cv2, cv2_reason
 
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # a header OpenCV refuses (say, a size over its own limit)
         raise BadImageError(
-            f"{fmt.upper()} '{name}' cannot be decoded by OpenCV ({_cv2_reason(exc)}); "
+            f"{fmt.upper()} '{name}' cannot be decoded by OpenCV ({cv2_reason(exc)}); "
             "use --on-error skip to leave it out"
         ) from None
     if img is None:
@@ -390,10 +391,3 @@ def _probe_by_decoding(data: bytes | memoryview, fmt: str, name: str) -> ImageIn
     channels = 1 if img.ndim == 2 else int(img.shape[2])
     bits = 8 * img.dtype.itemsize
     return ImageInfo(fmt, int(img.shape[1]), int(img.shape[0]), channels, bits=bits)
-
-
-def _cv2_reason(exc: Exception) -> str:
-    """The one line of a cv2.error that says what failed, without OpenCV's source location."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text.split(" error: ", 1)[-1]

@@ -33,46 +33,24 @@ pixels are identical to cropping a full decode. Other images, and builds without
 extension (it needs libjpeg's headers at install time), decode whole and crop.
 
 Images with more pixels than ``max_pixels`` (by default PIL's decompression-bomb limit,
-:data:`~seqstore.imageinfo.MAX_PIXELS`) are refused from their header, before any decoding;
+:data:`~seqstore.imaging.header.MAX_PIXELS`) are refused from their header, before any decoding;
 anything else OpenCV cannot take, a ``cv2.error`` included, is a :class:`BadImageError`.
 
 OpenCV runs one thread per process once :func:`decode` has been called in it (see
 :func:`_single_threaded`); this setting is process-wide, so it also applies to any other OpenCV
-call made in that process afterwards. Importing this module also sets OpenCV's own logging to
-errors only, unless ``OPENCV_LOG_LEVEL`` is set: libpng and libjpeg warn on stderr about
-harmless things (an sRGB profile, padding after the end marker) once per file, which buries
-a conversion's output under hundreds of lines; the errors that matter reach the caller as
-:class:`BadImageError` instead.
+call made in that process afterwards. OpenCV comes quietened from :mod:`seqstore.imaging.opencv`.
 """
 
 from __future__ import annotations
 
-import os
 from io import BytesIO
 from typing import TYPE_CHECKING
 
-# Read when OpenCV is first imported, here or in a spawned worker process that imports this
-# module; a user's own setting wins.
-_QUIET = "OPENCV_LOG_LEVEL" not in os.environ
-if _QUIET:
-    os.environ["OPENCV_LOG_LEVEL"] = "ERROR"
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .errors import BadImageError, ConfigError, SeqstoreError  # noqa: E402
-from .imageinfo import (  # noqa: E402
-    MAX_PIXELS,
-    ImageInfo,
-    _cv2_reason,
-    check_pixels,
-    header_size,
-    probe,
-)
-
-if _QUIET:
-    # OpenCV may have been imported before this module, when the variable comes too late.
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+from ..errors import BadImageError, ConfigError, SeqstoreError
+from .header import MAX_PIXELS, ImageInfo, check_pixels, header_size, probe
+from .opencv import cv2, cv2_reason
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -108,7 +86,7 @@ JPEG_MAGIC = b"\xff\xd8"
 _threads_set = False
 
 try:
-    from . import _jpeg
+    from .. import _jpeg
 except ImportError:  # built without libjpeg's headers
     _jpeg = None  # type: ignore[assignment]
 
@@ -230,7 +208,7 @@ def decode_window(
     name
         What to call the image in an error message (its file name or key).
     probed
-        The caller has already checked ``data`` with :func:`seqstore.imageinfo.probe` (as
+        The caller has already checked ``data`` with :func:`seqstore.imaging.header.probe` (as
         it must to know the image's size); skip checking it again.
 
     Returns
@@ -345,7 +323,7 @@ def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
         img = cv2.imdecode(buf, flags) if buf.size else None
     except cv2.error as exc:  # a header it refuses (a size over its own limit, ...)
         raise BadImageError(
-            f"image '{name}' cannot be decoded by OpenCV ({_cv2_reason(exc)}); "
+            f"image '{name}' cannot be decoded by OpenCV ({cv2_reason(exc)}); "
             "use --on-error skip to leave it out"
         ) from None
     if img is None:
