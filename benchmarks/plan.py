@@ -22,7 +22,7 @@ Target: >= 120 with 8 workers (scheme 1 gave 36; a uniform shuffle gives 226).
 
 The resume row: an ImageNet-size epoch (1,281,167 records) interrupted halfway on 8 ranks of
 8 workers (256 MB buffers per rank), to be resumed on another shape: the time to find the
-records it had not delivered (:func:`seqstore.engine.plan.remaining_after`, done once by
+records it had not delivered (:func:`seqstore.engine.elastic.remaining_after`, done once by
 each rank as it loads the state) and the size of the saved state that then carries them.
 """
 
@@ -40,8 +40,9 @@ from typing import Any
 import numpy as np
 
 from seqstore.bench.report import cpu_name
+from seqstore.engine.elastic import remaining_after
 from seqstore.engine.order import TABLE_LIMIT
-from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order, remaining_after
+from seqstore.engine.plan import EpochSpec, WorkerEpoch, rank_order
 from seqstore.engine.quality import classes_per_batch, random_classes_per_batch
 
 PER_BLOCK = 36  # 4 MB blocks of 110 KB records

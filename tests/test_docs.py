@@ -377,3 +377,19 @@ def test_readme_stays_short_and_links_pages_that_exist() -> None:
         assert (ROOT / target).is_file(), target
     for page in PAGES[1:]:
         assert f"docs/{page.name}" in readme, f"the README does not link {page.name}"
+
+
+def test_the_readme_layout_names_every_room_of_the_package() -> None:
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout of the code") :]
+    block = layout[layout.index("```") + 3 :]
+    block = block[: block.index("```")]
+    rooms = {
+        p.name for p in (ROOT / "seqstore").iterdir() if p.is_dir() and (p / "__init__.py").exists()
+    }
+    named = set(re.findall(r"^  ([a-z_]+)/", block, re.M))
+    assert named == rooms, (
+        f"rooms in the tree but not the README: {rooms - named}; gone: {named - rooms}"
+    )
+    for name in re.findall(r"\b([a-z_]+\.py)\b", block):
+        assert any((ROOT / "seqstore").rglob(name)) or any((ROOT / "examples").rglob(name)), name

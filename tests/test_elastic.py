@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 import seqstore
 from seqstore import Loader
 from seqstore.convert import convert
-from seqstore.engine.plan import EpochSpec, Remaining, WorkerEpoch, rank_order, remaining_after
+from seqstore.engine.elastic import remaining_after
+from seqstore.engine.plan import EpochSpec, Remaining, WorkerEpoch, rank_order
 from seqstore.errors import ResumeError
 from seqstore.testing import collect_epoch, make_image_folder
 

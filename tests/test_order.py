@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqstore.engine import order
-from seqstore.engine.order import BlockOrder, iter_indices, num_batches, worker_plan
+from seqstore.engine.order import BlockOrder
+from seqstore.engine.shares import num_batches, worker_plan
 from seqstore.engine.shuffle import ShuffleBuffer
+from seqstore.engine.spans import iter_indices
 
 shapes = st.fixed_dictionaries(
     {

@@ -38,33 +38,13 @@ form. Spans are ``(k, 2)`` int64 arrays of ``[start, stop)`` storage ranges.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-__all__ = [
-    "TABLE_LIMIT",
-    "BlockOrder",
-    "EpochSequence",
-    "Span",
-    "Subsequence",
-    "WorkerPlan",
-    "complement",
-    "cut",
-    "intersect",
-    "iter_indices",
-    "iter_spans",
-    "num_batches",
-    "part_bounds",
-    "rank_sample_count",
-    "union",
-    "worker_plan",
-]
+from .spans import cut, intersect
 
-Span = tuple[int, int]
+__all__ = ["TABLE_LIMIT", "BlockOrder", "EpochSequence", "Subsequence", "wrapped"]
 
 TABLE_LIMIT = 1 << 22
 """Most blocks whose order is a table drawn by numpy (the order of every store up to
@@ -264,74 +244,7 @@ class Subsequence:
         return cut(kept, np.array([[skip, skip + hi - lo]]))
 
 
-def _expand(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For items that each stand for ``counts[i]`` pieces: every piece's item, and its
-    number within the item."""
-    owner = np.repeat(np.arange(len(counts)), counts)
-    first = np.cumsum(counts) - counts
-    return owner, np.arange(len(owner)) - first[owner]
-
-
-def intersect(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """The parts of ``spans`` inside the sorted, disjoint ``ranges``, in span order."""
-    lo = np.searchsorted(ranges[:, 1], spans[:, 0], side="right")
-    hi = np.searchsorted(ranges[:, 0], spans[:, 1], side="left")
-    owner, k = _expand(np.maximum(hi - lo, 0))
-    hit = ranges[lo[owner] + k]
-    out = np.stack(
-        [np.maximum(hit[:, 0], spans[owner, 0]), np.minimum(hit[:, 1], spans[owner, 1])], axis=1
-    )
-    return out[out[:, 0] < out[:, 1]]
-
-
-def union(spans: np.ndarray) -> np.ndarray:
-    """The records of any of ``spans``, as sorted, disjoint ranges (touching ones joined)."""
-    spans = spans[spans[:, 0] < spans[:, 1]]
-    if not len(spans):
-        return spans
-    spans = spans[np.argsort(spans[:, 0], kind="stable")]
-    reach = np.maximum.accumulate(spans[:, 1])
-    new = np.ones(len(spans), bool)
-    new[1:] = spans[1:, 0] > reach[:-1]
-    return np.stack([spans[new, 0], reach[np.append(new[1:], True)]], axis=1)
-
-
-def complement(ranges: np.ndarray, n: int) -> np.ndarray:
-    """The records of ``range(n)`` outside the sorted, disjoint ``ranges``."""
-    edges = np.concatenate([[0], ranges.ravel(), [n]]).reshape(-1, 2)
-    return edges[edges[:, 0] < edges[:, 1]]
-
-
-def cut(spans: np.ndarray, pieces: np.ndarray) -> np.ndarray:
-    """Positions ``[a, b)`` of the sequence that ``spans`` concatenate, for each row of
-    ``pieces`` (sorted, disjoint), as spans."""
-    lengths = spans[:, 1] - spans[:, 0]
-    before = np.concatenate([[0], np.cumsum(lengths)])
-    first = np.searchsorted(before, pieces[:, 0], side="right") - 1
-    stop = np.searchsorted(before, pieces[:, 1], side="left")
-    owner, k = _expand(np.maximum(stop - first, 0))
-    i = first[owner] + k
-    out = np.stack(
-        [
-            spans[i, 0] + np.maximum(pieces[owner, 0] - before[i], 0),
-            spans[i, 0] + np.minimum(pieces[owner, 1] - before[i], lengths[i]),
-        ],
-        axis=1,
-    )
-    return out[out[:, 0] < out[:, 1]]
-
-
-def _merge(spans: np.ndarray) -> np.ndarray:
-    """Join spans that continue each other, so a read never stops where it need not."""
-    if len(spans) < 2:
-        return spans
-    new = np.ones(len(spans), bool)
-    new[1:] = spans[1:, 0] != spans[:-1, 1]
-    last = np.append(new[1:], True)
-    return np.stack([spans[new, 0], spans[last, 1]], axis=1)
-
-
-def _wrapped(seq: EpochSequence, lo: int, hi: int) -> np.ndarray:
+def wrapped(seq: EpochSequence, lo: int, hi: int) -> np.ndarray:
     """Positions ``[lo, hi)`` of ``seq`` repeated end to end, as spans."""
     parts = [np.zeros((0, 2), np.int64)]
     while lo < hi:
@@ -340,142 +253,3 @@ def _wrapped(seq: EpochSequence, lo: int, hi: int) -> np.ndarray:
         parts.append(seq.spans(start, stop))
         lo += stop - start
     return np.concatenate(parts)
-
-
-def iter_spans(spans: np.ndarray) -> Iterator[Span]:
-    """The rows of ``spans`` as pairs of Python ints, one at a time."""
-    for start, stop in spans:
-        yield int(start), int(stop)
-
-
-def iter_indices(spans: np.ndarray, skip: int = 0) -> Iterator[int]:
-    """Indices of ``spans`` in read order, starting after the first ``skip``."""
-    for start, stop in iter_spans(spans):
-        if skip >= stop - start:
-            skip -= stop - start
-            continue
-        yield from range(start + skip, stop)
-        skip = 0
-
-
-def rank_sample_count(n: int, world: int, drop_last: bool) -> int:
-    """Samples each rank sees per epoch (the same for every rank)."""
-    return n // world if drop_last else math.ceil(n / world)
-
-
-def num_batches(n: int, *, world: int, batch_size: int, drop_last: bool) -> int:
-    """Batches each rank yields per epoch: ``len(loader)``."""
-    m = rank_sample_count(n, world, drop_last)
-    return m // batch_size if drop_last else math.ceil(m / batch_size)
-
-
-def part_bounds(size: int, workers: int, worker: int) -> Span:
-    """Rows ``[lo, hi)`` of a batch of ``size`` samples that worker ``worker`` makes when
-    every batch is split over ``workers`` workers: nearly equal parts, the first
-    ``size % workers`` of them one sample longer, in worker order."""
-    base, extra = divmod(size, workers)
-    lo = worker * base + min(worker, extra)
-    return lo, lo + base + (worker < extra)
-
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What one worker of one rank does in one epoch.
-
-    Attributes
-    ----------
-    spans : numpy.ndarray
-        ``(k, 2)`` int64 storage ranges to read, in order; their lengths sum to
-        ``num_samples``.
-    num_samples : int
-        Samples this worker yields.
-    batches : range
-        Rank-local indices of the batches this worker yields (whole, or its part of each
-        with ``split``), in order.
-    last_batch_size : int
-        Samples of this worker's final item (the short batch, or its part of it).
-    item_size : int
-        Samples of each of its other items (``batch_size``, or its part of a full batch).
-    """
-
-    spans: np.ndarray
-    num_samples: int
-    batches: range
-    last_batch_size: int
-    item_size: int
-
-    def samples_before(self, batch: int) -> int:
-        """Samples this worker yields in the rank's batches before ``batch``."""
-        done = len(range(self.batches.start, min(batch, self.batches.stop), self.batches.step))
-        short = self.item_size - self.last_batch_size if done == len(self.batches) else 0
-        return max(done * self.item_size - short, 0)
-
-
-def _items(
-    total: int, full: int, last: int, worker: int, workers: int, split: bool
-) -> tuple[range, int, int]:
-    """A worker's items in a rank's epoch of ``total`` batches, ``full`` samples each but
-    the last (``last``): (the batches it yields of, its item size, its last item's size)."""
-    if not split:
-        mine = range(worker, total, workers)
-        owns_last = total and (total - 1) % workers == worker
-        return mine, full, last if owns_last else full
-    lo, hi = part_bounds(full, workers, worker)
-    lo_last, hi_last = part_bounds(last, workers, worker)
-    if hi == lo or not total:
-        return range(0), 0, 0
-    if hi_last == lo_last:  # an empty part of the short last batch is not yielded
-        return range(total - 1), hi - lo, hi - lo
-    return range(total), hi - lo, hi_last - lo_last
-
-
-def worker_plan(
-    seq: EpochSequence,
-    *,
-    shuffle: bool,
-    rank: int,
-    world: int,
-    worker: int,
-    workers: int,
-    batch_size: int,
-    drop_last: bool,
-    split: bool = False,
-) -> WorkerPlan:
-    """The spans and batches of worker ``worker`` of rank ``rank`` over the sequence ``seq``.
-
-    See the module docstring for the scheme; ``split`` (with ``shuffle`` only) makes every
-    batch of parts from every worker. Every argument is validated; the result is the same
-    for the same arguments on any machine.
-    """
-    if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is outside world size {world}")
-    if not 0 <= worker < workers:
-        raise ValueError(f"worker {worker} is outside worker count {workers}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if split and not shuffle:
-        raise ValueError("split batches need shuffle: storage order is whole batches")
-    n = seq.length
-    m = rank_sample_count(n, world, drop_last)
-    total = num_batches(n, world=world, batch_size=batch_size, drop_last=drop_last)
-    # Samples the rank actually yields: whole batches, plus the short last one if kept.
-    used = total * batch_size if drop_last else m
-    last = used - (total - 1) * batch_size if total else 0  # the rank's last batch
-
-    def count(v: int) -> int:
-        mine, size, final = _items(total, batch_size, last, v, workers, split)
-        return len(mine) * size - (size - final) if mine else 0
-
-    mine, size, final = _items(total, batch_size, last, worker, workers, split)
-    if not mine:
-        return WorkerPlan(np.zeros((0, 2), np.int64), 0, mine, 0, 0)
-    if shuffle:
-        start = sum(count(v) for v in range(worker))
-        pieces = np.array([[start, start + count(worker)]], np.int64)
-    else:
-        lo = np.arange(worker, total, workers, dtype=np.int64) * batch_size
-        pieces = np.stack([lo, np.minimum(lo + batch_size, used)], axis=1)
-    # Only the stretch of the rank's slice this worker reads, wrapping around to pad.
-    cover = rank * m + int(pieces[0, 0]), rank * m + int(pieces[-1, 1])
-    spans = cut(_wrapped(seq, *cover), pieces - pieces[0, 0])
-    return WorkerPlan(_merge(spans), count(worker), mine, final, size)

@@ -17,31 +17,19 @@ Pure: no I/O, no torch.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import itertools
-import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
 
-from .order import (
-    BlockOrder,
-    EpochSequence,
-    Subsequence,
-    WorkerPlan,
-    complement,
-    cut,
-    intersect,
-    iter_indices,
-    num_batches,
-    rank_sample_count,
-    union,
-    worker_plan,
-)
+from .order import BlockOrder, EpochSequence, Subsequence
+from .remaining import Remaining
+from .shares import WorkerPlan, num_batches, rank_sample_count, worker_plan
 from .shuffle import ShuffleBuffer
+from .spans import iter_indices
 
 __all__ = [
     "SCHEME",
@@ -51,7 +39,6 @@ __all__ = [
     "WorkerEpoch",
     "epoch_sequence",
     "rank_order",
-    "remaining_after",
     "worker_order",
 ]
 
@@ -111,7 +98,7 @@ class EpochSpec:
         buffered records, one for every two read until the buffer is full.
     split
         Every batch takes one part from each worker's stream
-        (:func:`~seqstore.engine.order.part_bounds`), instead of each worker yielding whole
+        (:func:`~seqstore.engine.shares.part_bounds`), instead of each worker yielding whole
         batches: a batch then draws from the rank's whole buffer. Shuffled loaders over a
         store whose labels come in runs set it (:func:`seqstore.mixcheck.fit_blocks`); a
         store already mixed gains nothing from it, and each item costs the DataLoader the
@@ -223,71 +210,6 @@ class EpochSpec:
     def as_dict(self) -> dict[str, Any]:
         """The fields by name: what a saved loader state must match to be resumed."""
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True, eq=False)
-class Remaining:
-    """The records an interrupted epoch had not delivered: what its resumed run yields.
-
-    Parameters
-    ----------
-    num_records
-        Records in the store.
-    ranges
-        ``(k, 2)`` int64 ``[start, stop)`` storage ranges of the records, sorted and
-        disjoint.
-    """
-
-    num_records: int
-    ranges: np.ndarray
-
-    @cached_property
-    def count(self) -> int:
-        """Records still to deliver (asked for with every batch: see Loader.__len__)."""
-        return int((self.ranges[:, 1] - self.ranges[:, 0]).sum())
-
-    @classmethod
-    def from_mask(cls, mask: np.ndarray) -> Remaining:
-        """The records whose entry in the boolean ``mask`` (one per record) is set."""
-        edges = np.flatnonzero(np.diff(mask.astype(np.int8), prepend=0, append=0))
-        return cls(len(mask), edges.reshape(-1, 2).astype(np.int64))
-
-    def mask(self) -> np.ndarray:
-        """One boolean per record of the store: still to deliver."""
-        edges = np.concatenate([[0], self.ranges.ravel(), [self.num_records]])
-        inside = np.arange(len(edges) - 1) % 2 == 1  # runs alternate: out, in, out, ...
-        return np.repeat(inside, np.diff(edges))
-
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-friendly form: the count, and a bitmap over the records, compressed
-        (at most ``num_records / 8`` bytes, far less when the records form long runs)."""
-        return dict(self._state)
-
-    @cached_property
-    def _state(self) -> dict[str, Any]:
-        # Made once: a loader's state_dict() may be asked for after every batch.
-        packed = zlib.compress(np.packbits(self.mask()).tobytes(), 6)
-        return {"count": self.count, "bitmap": base64.b64encode(packed).decode("ascii")}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], num_records: int) -> Remaining:
-        """The inverse of :meth:`to_state`, for a store of ``num_records`` records.
-
-        Raises
-        ------
-        ValueError
-            The state is damaged: it does not decode, or its count is not its bitmap's.
-        """
-        try:
-            raw = zlib.decompress(base64.b64decode(state["bitmap"], validate=True))
-            bits = np.unpackbits(np.frombuffer(raw, np.uint8), count=num_records)
-            count = int(state["count"])
-        except (KeyError, TypeError, ValueError, zlib.error) as err:
-            raise ValueError(f"the remaining records do not decode ({err})") from None
-        remaining = cls.from_mask(bits.astype(bool))
-        if remaining.count != count:
-            raise ValueError(f"the bitmap holds {remaining.count} records, not {count}")
-        return remaining
 
 
 def epoch_sequence(
@@ -411,75 +333,3 @@ def rank_order(
             k = b // spec.workers
             parts.append(orders[b % spec.workers][k * size : (k + 1) * size])
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
-
-
-def remaining_after(
-    spec: EpochSpec, epoch: int, done: int, remaining: Remaining | None = None
-) -> Remaining:
-    """The records of ``epoch`` not delivered once every rank has yielded ``done`` batches.
-
-    Every rank runs the same number of batches, so the count of any one rank tells what all
-    of them delivered. Each worker's share is replayed on indices only, the way a resume
-    replays it (:meth:`~seqstore.engine.shuffle.ShuffleBuffer.skip`): what it delivered is
-    what it pulled from its spans, less what its shuffle buffer still held. Records an
-    uninterrupted epoch would not deliver at all (the tail ``drop_last`` drops) are not
-    counted as remaining; padding delivered twice counts as delivered.
-
-    Cost: the replay takes time in proportion to the records delivered (0.4 s for half an
-    ImageNet epoch on 8 ranks of 8 workers, on a 2-core AMD EPYC), and memory in proportion
-    to the spans read, never an array over every record.
-
-    Parameters
-    ----------
-    spec
-        The spec of the interrupted loader (its world size, workers, batch size).
-    epoch
-        The interrupted epoch.
-    done
-        Batches each rank had yielded.
-    remaining
-        The records the interrupted epoch ran over, if it was itself a resumed one.
-
-    Returns
-    -------
-    Remaining
-        The records to deliver, each once, in the resumed run.
-
-    Raises
-    ------
-    ValueError
-        ``done`` is outside the epoch.
-    """
-    total = spec.batches_over(remaining)
-    if not 0 <= done <= total:
-        raise ValueError(f"batches done {done} is outside the epoch's 0..{total}")
-    n = spec.num_records
-    read: list[np.ndarray] = []  # every worker's spans: what the whole epoch delivers
-    pulled: list[np.ndarray] = [np.zeros((0, 2), np.int64)]
-    held: list[int] = []
-    for rank in range(spec.world_size):
-        for worker in range(spec.workers):
-            work = WorkerEpoch(spec, epoch, rank, worker, remaining)
-            spans = work.plan.spans
-            if spec.drop_last:
-                read.append(spans)
-            emitted = work.plan.samples_before(done)
-            if emitted == 0:
-                continue
-            buffer = work.shuffle_buffer()
-            buffer.skip(emitted)
-            pulled.append(cut(spans, np.array([[0, buffer.pulled]], np.int64)))
-            held += buffer.buffer
-    if spec.drop_last:
-        whole = union(np.concatenate(read))
-    else:  # every record of the epoch, at least once
-        whole = np.array([[0, n]], np.int64) if remaining is None else remaining.ranges
-    rows = np.concatenate(pulled)
-    # A held record is delivered all the same if another worker (padding) pulled it too.
-    at, holders = np.unique(np.asarray(held, np.int64), return_counts=True)
-    pulled_by = np.searchsorted(np.sort(rows[:, 0]), at, side="right") - np.searchsorted(
-        np.sort(rows[:, 1]), at, side="right"
-    )
-    back = at[pulled_by == holders]
-    rest = intersect(whole, complement(union(rows), n))
-    return Remaining(n, union(np.concatenate([rest, np.stack([back, back + 1], axis=1)])))

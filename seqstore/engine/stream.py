@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from ..records import Record
-from .order import Span, iter_spans, part_bounds
 from .plan import WorkerEpoch
+from .shares import part_bounds
+from .spans import Span, iter_spans
 
 __all__ = ["BlockFetcher", "RawBatch", "iter_batches", "sample_rng"]
 
@@ -180,7 +181,7 @@ class RawBatch:
         Rank-local batch number.
     offset : int
         Where these samples start in the batch: 0 for a whole batch, else this worker's
-        part's first row (:func:`~seqstore.engine.order.part_bounds`).
+        part's first row (:func:`~seqstore.engine.shares.part_bounds`).
     """
 
     samples: list[Any]

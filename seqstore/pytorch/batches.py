@@ -75,7 +75,7 @@ class Ring:
 
     A worker that makes a whole batch writes it into the first free buffer of its own
     (every ``workers``-th); split batches go into buffer ``b % slots`` for batch ``b``,
-    each worker writing its part's rows (:func:`~seqstore.engine.order.part_bounds`) there
+    each worker writing its part's rows (:func:`~seqstore.engine.shares.part_bounds`) there
     if the buffer is free (:meth:`acquire`). The worker sends a :class:`Slot`; the main
     process lends the batch to the training loop (:meth:`lease`), or copies it out and
     frees the buffer (:meth:`release`). The DataLoader hands a worker its next task as soon

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 from ..backends import Reader, open_store
 from ..config import LoaderConfig, load_config
-from ..engine.order import rank_sample_count
 from ..engine.plan import EpochSpec, Remaining
+from ..engine.shares import rank_sample_count
 from ..errors import ConfigError, OrderWarning, WorkerDiedError
 from ..mixcheck import fit_blocks, label_runs, order_warning
 from ..splits import resolve_split

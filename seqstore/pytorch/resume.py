@@ -8,8 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine.elastic import remaining_after
 from ..engine.order import TABLE_LIMIT
-from ..engine.plan import SCHEME, EpochSpec, Remaining, remaining_after
+from ..engine.plan import SCHEME, EpochSpec, Remaining
 from ..errors import ResumeError
 
 __all__ = ["STATE_VERSION", "ResumePoint", "resume_point", "shape", "upgrade_state"]

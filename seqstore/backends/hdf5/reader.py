@@ -43,7 +43,7 @@ __all__ = ["HDF5Reader"]
 
 
 @dataclass
-class _Open:
+class _ProcessHandles:
     """What one process holds of a store's ``data.h5``."""
 
     file: h5py.File
@@ -57,7 +57,7 @@ class _Open:
     index_checked: bool = False
 
 
-def _close(state: _Open) -> None:
+def _close(state: _ProcessHandles) -> None:
     state.file.close()
 
 
@@ -84,7 +84,7 @@ class HDF5Reader(Reader):
         self._manifest = store_manifest(self.place)
         self._direct = direct_io
         self.data: Source = self.open_data(DATA_FILE, direct=direct_io)
-        self._state: ProcessLocal[_Open] = ProcessLocal(_close)
+        self._state: ProcessLocal[_ProcessHandles] = ProcessLocal(_close)
 
     @property
     def manifest(self) -> Manifest:
@@ -99,7 +99,7 @@ class HDF5Reader(Reader):
 
     # -- this process's handles -----------------------------------------------------------
     @property
-    def state(self) -> _Open:
+    def state(self) -> _ProcessHandles:
         """This process's open file and index, opened on first use."""
         return self._state.get(self._open)
 
@@ -108,16 +108,16 @@ class HDF5Reader(Reader):
         """This process's open ``data.h5``."""
         return self.state.file
 
-    def _open(self) -> _Open:
+    def _open(self) -> _ProcessHandles:
         path = self.data.local_path
         if path is not None and self.place.local is not None:
             self.open_data(DATA_FILE).close()  # checked again in each process
         try:
             if path is not None:
                 # The chunk cache only helps re-reads; block reads are sequential and large.
-                return _Open(h5py.File(path, "r", rdcc_nbytes=4 << 20), far=False)
+                return _ProcessHandles(h5py.File(path, "r", rdcc_nbytes=4 << 20), far=False)
             io = SourceFile(self.data)
-            state = _Open(h5py.File(io, "r"), far=self.data.far, io=io)
+            state = _ProcessHandles(h5py.File(io, "r"), far=self.data.far, io=io)
         except OSError as exc:
             raise self._failure(exc, locals().get("io")) from None
         state.chunks = {name: {} for name in (*INDEX, "keys")}
@@ -149,7 +149,7 @@ class HDF5Reader(Reader):
         )
 
     # -- the index ----------------------------------------------------------------------------
-    def _whole_index(self, state: _Open) -> dict[str, np.ndarray]:
+    def _whole_index(self, state: _ProcessHandles) -> dict[str, np.ndarray]:
         n = self.manifest.num_records
         if not state.far:
             if state.index is None:
@@ -189,7 +189,10 @@ class HDF5Reader(Reader):
             raise self._failure(exc) from None
 
     def _fetch(
-        self, state: _Open, wanted: dict[str, tuple[int, int]], extra: Sequence[Extent] = ()
+        self,
+        state: _ProcessHandles,
+        wanted: dict[str, tuple[int, int]],
+        extra: Sequence[Extent] = (),
     ) -> tuple[dict[str, np.ndarray], list[Any]]:
         """Elements ``[lo, hi)`` of each named dataset, and the ``extra`` byte extents of the
         file, in one :meth:`~seqstore.io.ranges.Source.read_extents`: the chunks this
@@ -240,7 +243,7 @@ class HDF5Reader(Reader):
             out[name] = joined[lo - first * per : hi - first * per]
         return out, datas[len(todo) :]
 
-    def _check_if_whole(self, state: _Open) -> None:
+    def _check_if_whole(self, state: _ProcessHandles) -> None:
         """Check the index against the manifest once this process holds all of it."""
         f = state.file
         parts = {}
@@ -267,7 +270,7 @@ class HDF5Reader(Reader):
             return []
         return self._guarded(lambda: self._read_block(self.state, start, stop))
 
-    def _read_block(self, state: _Open, start: int, stop: int) -> list[Record]:
+    def _read_block(self, state: _ProcessHandles, start: int, stop: int) -> list[Record]:
         if not state.far:
             index = self._whole_index(state)
             rows = {n: index[n][start : stop + 1 if "offsets" in n else stop] for n in INDEX}
@@ -293,7 +296,9 @@ class HDF5Reader(Reader):
             images = cut_joined(pieces, 0, hi - lo)
         return cut_records(images, keys_rows["keys"].tobytes(), rows)
 
-    def _near_bytes(self, state: _Open, name: str, offsets: np.ndarray) -> bytes | memoryview:
+    def _near_bytes(
+        self, state: _ProcessHandles, name: str, offsets: np.ndarray
+    ) -> bytes | memoryview:
         """Bytes ``offsets[0]`` to ``offsets[-1] - 1`` of dataset ``name``: its chunks read
         straight from the file with one read per run of neighbouring chunks, rather than one
         read per chunk through libhdf5 (each an I/O of its own on a slow disk)."""

@@ -45,7 +45,7 @@ class ShardedReader(Reader):
     **options
         Passed to each shard's reader (for example ``readahead`` of LMDB). A reader that
         takes ``direct_io`` and is not given it gets the default for the whole store's size
-        (see :func:`~seqstore.backends.ranges.direct_io_default`), not its shard's.
+        (see :func:`~seqstore.io.local.direct_io_default`), not its shard's.
     """
 
     def __init__(
