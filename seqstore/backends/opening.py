@@ -209,8 +209,9 @@ def _manifest(place: Place) -> Manifest | None:
     if local is None:
         return None
     if not local.exists():
-        read_store_manifest(local)  # finishes an interrupted replace, or names a killed write
-        raise NotAStoreError(f"'{local}' does not exist")
+        # Finishes an interrupted replace (the store is there again), or names a killed
+        # write, or says that nothing is there.
+        read_store_manifest(local)
     if local.is_dir() and is_store(local):
         read_store_manifest(local)
         return read_manifest(local)
