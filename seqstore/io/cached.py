@@ -122,6 +122,10 @@ class CachedFile(Source):
     def _download(self, directory: Path) -> None:
         self.remote.download(directory / self._file_name)
 
+    def check(self) -> None:
+        # docstring inherited
+        self._now().source.check()
+
     def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
         # docstring inherited
         return self._now().source.read(offset, length)

@@ -242,6 +242,12 @@ class ObjectStore:
             info = self.call("looking up", url, lambda: self.fs.info(url))
         return info
 
+    def find(self, url: str) -> list[str]:
+        """The URLs of every object under the prefix ``url``, sorted."""
+        protocol = self.protocol
+        found = self.call("listing", url, lambda: self.fs.find(url))
+        return sorted(f if "://" in f else f"{protocol}://{f}" for f in found)
+
     def exists(self, url: str) -> bool:
         """Whether the object ``url`` exists."""
         try:
@@ -317,7 +323,8 @@ class ObjectFile(Source):
         # docstring inherited
         return self.version
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        # docstring inherited
         if self._checked_in == os.getpid():
             return
         if object_version(self.store.info(self.name)) != self.version:
@@ -336,7 +343,7 @@ class ObjectFile(Source):
         # docstring inherited
         if length <= 0:
             return b""
-        self._check()
+        self.check()
         data = self.store.cat(self.name, offset, offset + length)
         if len(data) != length:
             raise self._short(offset, len(data))
@@ -347,7 +354,7 @@ class ObjectFile(Source):
         each."""
         runs = coalesce(extents, gap)
         if runs:
-            self._check()
+            self.check()
         datas = self.store.cat_ranges(self.name, runs) if runs else []
         for (offset, length), data in zip(runs, datas, strict=True):
             if len(data) != length:

@@ -127,6 +127,16 @@ class Source(ABC):
             The file ends first.
         """
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Make sure, before a library is handed this source, that the file is still the
+        one that was opened (a source that may have changed looks it up again).
+
+        Raises
+        ------
+        CorruptStoreError
+            The file was replaced.
+        """
+
     def read_extents(self, extents: Sequence[Extent], gap: int = GAP) -> list[memoryview]:
         """The bytes of each ``(offset, length)`` extent, in the order given, read as
         :func:`coalesce`'s runs, one read each."""

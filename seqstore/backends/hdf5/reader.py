@@ -116,6 +116,9 @@ class HDF5Reader(Reader):
             if path is not None:
                 # The chunk cache only helps re-reads; block reads are sequential and large.
                 return _ProcessHandles(h5py.File(path, "r", rdcc_nbytes=4 << 20), far=False)
+            # A failed read under libhdf5's open leaves it in a state that can crash the
+            # process at exit: the file is checked first.
+            self.data.check()
             io = SourceFile(self.data)
             state = _ProcessHandles(h5py.File(io, "r"), far=self.data.far, io=io)
         except OSError as exc:
