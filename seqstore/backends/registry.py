@@ -70,6 +70,7 @@ _table: dict[str, BackendEntry] = {
     "tensorpack": BackendEntry(
         "seqstore.backends.tensorpack:TensorpackBackend", extra="tensorpack", sniff=True
     ),
+    "webdataset": BackendEntry("seqstore.backends.webdataset:WebDatasetBackend", sniff=True),
     "folder": BackendEntry("seqstore.backends.folder:FolderBackend", sniff=True),
 }
 #: A read-only view of the registry (entry-point plugins appear once a lookup has run).

@@ -80,6 +80,11 @@ class Place(ABC):
         """Whether the file ``name`` is there."""
 
     @abstractmethod
+    def files(self) -> list[str]:
+        """The names of every file under the place, at any depth, sorted (``""`` for a
+        place that is one file)."""
+
+    @abstractmethod
     def child(self, name: str) -> Place:
         """The place ``name`` inside this one (a shard of a sharded store)."""
 
@@ -147,6 +152,17 @@ class LocalPlace(Place):
         # docstring inherited
         return self._file(name).is_file()
 
+    def files(self) -> list[str]:
+        # docstring inherited
+        if self.path.is_file():
+            return [""]
+        out = []
+        for root, dirs, names in os.walk(self.path, followlinks=True):
+            dirs.sort()
+            rel = Path(root).relative_to(self.path)
+            out += [(rel / name).as_posix() for name in names]
+        return sorted(out)
+
     def child(self, name: str) -> LocalPlace:
         # docstring inherited
         return LocalPlace(self.path / name)
@@ -187,6 +203,14 @@ class ObjectPlace(Place):
     def exists(self, name: str) -> bool:
         # docstring inherited
         return self.store.exists(self._url(name))
+
+    def files(self) -> list[str]:
+        # docstring inherited
+        base = self.store.url
+        found = self.store.find(base)
+        if found == [base]:
+            return [""]
+        return sorted(f[len(base) + 1 :] for f in found if f.startswith(base + "/"))
 
     def child(self, name: str) -> ObjectPlace:
         # docstring inherited
