@@ -176,11 +176,13 @@ def open_store(
     if place.local is None:
         raise NotAStoreError(
             f"'{place.where}' does not exist or is not a seqstore store (no {MANIFEST_NAME} "
-            "there) nor a tensorpack LMDB file; convert your data with seqstore convert SRC URL"
+            "there), a tensorpack LMDB file, WebDataset shards nor TFRecord files; convert your "
+            "data with seqstore convert SRC URL"
         )
     raise NotAStoreError(
-        f"'{place.where}' is neither a seqstore store, a tensorpack LMDB file nor an image "
-        "folder (a folder with one sub-folder of images per class)"
+        f"'{place.where}' is neither a seqstore store, a tensorpack LMDB file, WebDataset "
+        "shards, TFRecord files nor an image folder (a folder with one sub-folder of images "
+        "per class)"
     )
 
 

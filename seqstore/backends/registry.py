@@ -71,6 +71,9 @@ _table: dict[str, BackendEntry] = {
         "seqstore.backends.tensorpack:TensorpackBackend", extra="tensorpack", sniff=True
     ),
     "webdataset": BackendEntry("seqstore.backends.webdataset:WebDatasetBackend", sniff=True),
+    "tfrecord": BackendEntry(
+        "seqstore.backends.tfrecord:TFRecordBackend", extra="tfrecord", sniff=True
+    ),
     "folder": BackendEntry("seqstore.backends.folder:FolderBackend", sniff=True),
 }
 #: A read-only view of the registry (entry-point plugins appear once a lookup has run).

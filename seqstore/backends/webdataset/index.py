@@ -14,7 +14,6 @@ A member's name is only ever split into a key and an extension; it is never used
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 from dataclasses import dataclass
@@ -25,8 +24,9 @@ import numpy as np
 from ...errors import CorruptStoreError
 from ...io.fileobj import SourceFile
 from ...io.ranges import Source
+from ..index_cache import index_path
 
-__all__ = ["IMAGE_EXTENSIONS", "SMALL_MEMBER", "TarIndex", "default_index_dir", "shard_index"]
+__all__ = ["IMAGE_EXTENSIONS", "SMALL_MEMBER", "TarIndex", "shard_index"]
 
 #: Member extensions that hold an encoded image.
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -143,21 +143,11 @@ def scan_tar(source: Source, remedy: str) -> TarIndex:
     return TarIndex(names, np.array(offsets, np.int64), np.array(sizes, np.int64), small)
 
 
-def default_index_dir() -> Path:
-    """Where member tables are kept unless told: ``$SEQSTORE_INDEX_DIR``, else
-    ``~/.cache/seqstore/index``."""
-    env = os.environ.get("SEQSTORE_INDEX_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "seqstore" / "index"
-
-
 def shard_index(source: Source, index_dir: Path, remedy: str) -> TarIndex:
     """The member table of the shard ``source``: from ``index_dir`` where it was kept for
     this version of the shard, else scanned (and kept there, when the directory can be
     written)."""
-    identity = f"{source.name}\0{source.identity}"
-    digest = hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    tail = "".join(c if c.isalnum() or c in "._-" else "_" for c in source.name[-40:])
-    path = index_dir / f"{digest}-{tail}.npz"
+    path, identity = index_path(source, index_dir, "tar members")
     found = TarIndex.load(path, identity)
     if found is not None:
         return found

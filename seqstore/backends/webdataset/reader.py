@@ -18,8 +18,9 @@ from ...io.ranges import Source
 from ...manifest import Manifest, Provenance
 from ...records import Record
 from ..folder.tree import load_classes
+from ..index_cache import default_index_dir
 from ..reader import Reader
-from .index import IMAGE_EXTENSIONS, TarIndex, default_index_dir, shard_index
+from .index import IMAGE_EXTENSIONS, TarIndex, shard_index
 
 __all__ = ["WebDatasetReader", "sample_key"]
 
@@ -53,7 +54,7 @@ class WebDatasetReader(Reader):
         root); shards record none.
     index_dir
         Where the member tables of the shards are kept (default:
-        :func:`~seqstore.backends.webdataset.index.default_index_dir`).
+        :func:`~seqstore.backends.index_cache.default_index_dir`).
 
     Notes
     -----
