@@ -227,16 +227,16 @@ def test_window_decode_equals_cropping_a_full_decode(encode: Any, reduce: int) -
         assert got.flags.writeable
 
 
-@pytest.mark.skipif(not HAS_WINDOW_DECODER, reason="seqstore._jpeg was built without libjpeg")
+@pytest.mark.skipif(not HAS_WINDOW_DECODER, reason="the window decoder was built without libjpeg")
 def test_window_decoder_takes_ycbcr_and_grey_and_leaves_the_rest() -> None:
-    from seqstore import _jpeg
+    from seqstore.imaging import libjpeg_window
 
     img = Image.fromarray(make_image(np.random.default_rng(6), 64, 48))
     ycc, grey = _pil_bytes(img, "JPEG"), _pil_bytes(img.convert("L"), "JPEG")
 
     def crop(data: bytes, top: int, left: int, height: int, width: int, scale: int) -> bool:
         out = np.zeros((height, width, 3), np.uint8)
-        return _jpeg.crop(data, out, top, left, height, width, scale)
+        return libjpeg_window.crop(data, out, top, left, height, width, scale)
 
     assert crop(ycc, 8, 8, 16, 16, 1) and crop(grey, 8, 8, 16, 16, 2)
     assert not crop(_pil_bytes(img.convert("CMYK"), "JPEG"), 8, 8, 16, 16, 1)
@@ -245,7 +245,7 @@ def test_window_decoder_takes_ycbcr_and_grey_and_leaves_the_rest() -> None:
     assert not crop(ycc, 2**31 - 5, 0, 9, 8, 1)  # no overflow
     assert not crop(b"not a jpeg", 0, 0, 1, 1, 1)
     with pytest.raises(ValueError, match="out must be"):
-        _jpeg.crop(ycc, np.zeros((4, 4, 3), np.uint8), 0, 0, 5, 4, 1)
+        libjpeg_window.crop(ycc, np.zeros((4, 4, 3), np.uint8), 0, 0, 5, 4, 1)
 
 
 def test_window_decode_of_bad_input() -> None:

@@ -27,8 +27,8 @@ with area interpolation to the same size, so callers can rely on it for every fo
 
 :func:`decode_window` decodes only a window of the image, which is what a random crop keeps:
 for JPEGs in greyscale or YCbCr (nearly all photographs) the small C extension
-``seqstore._jpeg`` has libjpeg skip the inverse DCT, upsampling and colour conversion outside
-the window and stop after its last row, about 1.3x faster over ImageNet-style crops; the
+:mod:`.libjpeg_window` has libjpeg skip the inverse DCT, upsampling and colour conversion
+outside the window and stop after its last row, about 1.3x faster over ImageNet-style crops; the
 pixels are identical to cropping a full decode. Other images, and builds without the
 extension (it needs libjpeg's headers at install time), decode whole and crop.
 
@@ -86,12 +86,12 @@ JPEG_MAGIC = b"\xff\xd8"
 _threads_set = False
 
 try:
-    from .. import _jpeg
+    from . import libjpeg_window
 except ImportError:  # built without libjpeg's headers
-    _jpeg = None  # type: ignore[assignment]
+    libjpeg_window = None  # type: ignore[assignment]
 
 #: Whether :func:`decode_window` decodes JPEG windows directly (the C extension is built).
-HAS_WINDOW_DECODER = _jpeg is not None
+HAS_WINDOW_DECODER = libjpeg_window is not None
 
 
 def _single_threaded() -> None:
@@ -240,9 +240,9 @@ def _decode_window(
     if not (0 <= top < bottom and 0 <= left < right):
         raise ConfigError(f"window {window!r} of image '{name}' is empty or negative")
     _check_size(buf, name, MAX_PIXELS)
-    if _jpeg is not None and reduce in _REDUCE_BITS and is_jpeg(buf):
+    if libjpeg_window is not None and reduce in _REDUCE_BITS and is_jpeg(buf):
         out = np.empty((bottom - top, right - left, 3), np.uint8)
-        if _jpeg.crop(buf, out.data, top, left, bottom - top, right - left, reduce):
+        if libjpeg_window.crop(buf, out.data, top, left, bottom - top, right - left, reduce):
             return out
     # Not a JPEG, not greyscale or YCbCr, or damaged: the full decoder handles and reports it.
     img = decode(buf, reduce=reduce, name=name)

@@ -123,8 +123,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_jpeg", "Partial JPEG decoding through libjpeg.", -1, methods,
+    PyModuleDef_HEAD_INIT, "libjpeg_window", "Partial JPEG decoding through libjpeg.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_libjpeg_window(void) { return PyModule_Create(&module); }
