@@ -71,6 +71,9 @@ _table: dict[str, BackendEntry] = {
         "seqstore.backends.tensorpack:TensorpackBackend", extra="tensorpack", sniff=True
     ),
     "webdataset": BackendEntry("seqstore.backends.webdataset:WebDatasetBackend", sniff=True),
+    "parquet": BackendEntry(
+        "seqstore.backends.parquet:ParquetBackend", extra="parquet", sniff=True
+    ),
     "tfrecord": BackendEntry(
         "seqstore.backends.tfrecord:TFRecordBackend", extra="tfrecord", sniff=True
     ),

@@ -1,0 +1,300 @@
+"""Parquet files of images read in place, as Hugging Face ``datasets`` writes them and the
+Hub serves them (``data/train-00000-of-00004.parquet``).
+
+A dataset is a directory (or a prefix in object storage) of ``.parquet`` files, at any depth,
+read in sorted order, or one file. pyarrow reads each file through a file object over its
+byte source (:class:`~seqstore.io.fileobj.SourceFile`), so a file in object storage is read
+by ranged requests: the footer once, then the columns of the row groups a block needs.
+
+- The image is a column of encoded images: a struct ``{bytes, path}`` (``datasets``'
+  ``Image`` feature) or plain binary. The label is an integer column. Where the schema's
+  ``huggingface`` metadata names an ``Image`` and a ``ClassLabel`` feature, those are the
+  columns and the ``ClassLabel``'s names the classes; otherwise the only such columns,
+  or those ``image_field=`` and ``label_field=`` name (one line lists the columns when it
+  cannot be told). A dataset without a label column has label -1.
+- The labels of every row are read at open (one column: a few bytes per row); a block's
+  images come from the row groups that hold it, one row group kept per process, so that
+  consecutive blocks of one row group read it once.
+- Parquet pages carry no checksum seqstore can check: ``verify`` says there is nothing to
+  check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import BackendNotFoundError, ConfigError, CorruptStoreError, NotAStoreError
+from ..imaging.header import probe
+from ..io.fileobj import SourceFile
+from ..io.per_process import ProcessLocal
+from ..io.places import Place
+from ..io.ranges import Source
+from ..manifest import Manifest, Provenance
+from ..records import Record
+from .base import Backend
+from .folder.tree import load_classes
+from .reader import Reader
+
+__all__ = ["ParquetBackend", "ParquetReader"]
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BackendNotFoundError(
+            "reading Parquet files needs the package 'pyarrow', which is not installed; "
+            "run: pip install 'seqstore[parquet]'"
+        ) from None
+    return pq
+
+
+class _Open:
+    """What one process holds of a dataset: its open files and the last row group read."""
+
+    def __init__(self) -> None:
+        self.files: dict[int, Any] = {}
+        self.group: tuple[int, int, list[bytes | None]] | None = None
+
+
+class ParquetReader(Reader):
+    """Reader of Parquet files of encoded images, in place, on a local disk or in object
+    storage (see the module docstring).
+
+    Parameters
+    ----------
+    location
+        A directory (or prefix) of ``.parquet`` files, one file, or their
+        :class:`~seqstore.io.places.Place`.
+    image_field, label_field
+        The columns of the image and of the integer label, where they cannot be told.
+    classes
+        Class names for the labels, where the schema has no ``ClassLabel``.
+    """
+
+    stores_checksums: ClassVar[bool] = False
+    labels_apart = True
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str] | Place,
+        *,
+        image_field: str | None = None,
+        label_field: str | None = None,
+        classes: str | os.PathLike[str] | Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(location)
+        pq = _pyarrow()
+        where = self.place.where
+        files = self.place.files()
+        names = [""] if files == [""] else [n for n in files if n.endswith(".parquet")]
+        if not names:
+            raise NotAStoreError(f"'{where}' holds no .parquet files")
+        self.files = names
+        self.sources: list[Source] = [self.place.source(name) for name in names]
+        labels: list[np.ndarray] = []
+        groups: list[list[int]] = []
+        found_classes: list[str] = []
+        for source in self.sources:
+            try:
+                meta = pq.ParquetFile(SourceFile(source))
+            except Exception as exc:  # pyarrow's own errors: ArrowInvalid, OSError ...
+                raise CorruptStoreError(
+                    f"Parquet file '{source.name}' does not read ({exc}); write it again"
+                ) from None
+            image, label, names_of = _columns(meta, source.name, image_field, label_field)
+            self._image, self._label = image, label
+            found_classes = found_classes or names_of
+            groups.append([meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)])
+            if label is None:
+                labels.append(np.full(meta.metadata.num_rows, -1, np.int64))
+            else:
+                column = meta.read(columns=[label]).column(0)
+                labels.append(np.asarray(column.fill_null(-1).to_numpy(), np.int64))
+        self._labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
+        self._groups = groups
+        per_file = [sum(g) for g in groups]
+        self._bounds = np.cumsum([0, *per_file]).astype(np.int64)
+        self._state: ProcessLocal[_Open] = ProcessLocal()
+        self._manifest = Manifest(
+            format="parquet",
+            format_version=1,
+            num_records=int(self._bounds[-1]),
+            total_bytes=int(sum(s.size for s in self.sources)),
+            classes=load_classes(classes) if classes is not None else found_classes,
+            provenance=Provenance(seqstore_version=__version__, source=where),
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        # docstring inherited
+        return self._manifest
+
+    @property
+    def shard_bounds(self) -> np.ndarray:
+        # docstring inherited
+        return self._bounds.copy()
+
+    def labels(self) -> np.ndarray:
+        # docstring inherited
+        return self._labels.copy()
+
+    def _group(self, state: _Open, f: int, g: int) -> list[bytes | None]:
+        """The images of row group ``g`` of file ``f`` (the last one read is kept)."""
+        if state.group is not None and state.group[:2] == (f, g):
+            return state.group[2]
+        pf = state.files.get(f)
+        if pf is None:
+            pf = state.files[f] = _pyarrow().ParquetFile(SourceFile(self.sources[f]))
+        try:
+            column = pf.read_row_group(g, columns=[self._image]).column(0)
+        except Exception as exc:
+            raise CorruptStoreError(
+                f"row group {g} of Parquet file '{self.sources[f].name}' does not read ({exc}); "
+                "write it again"
+            ) from None
+        values = column.combine_chunks()
+        if hasattr(values, "field") and values.type.num_fields:  # {bytes, path}
+            values = values.field("bytes")
+        images = values.to_pylist()
+        state.group = (f, g, images)
+        return images
+
+    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+        # docstring inherited
+        self._check_range(start, stop)
+        state = self._state.get(_Open)
+        out: list[tuple[str, int, bytes]] = []
+        i = start
+        while i < stop:
+            f = int(np.searchsorted(self._bounds, i, side="right")) - 1
+            row = i - int(self._bounds[f])
+            ends = np.cumsum(self._groups[f])
+            g = int(np.searchsorted(ends, row, side="right"))
+            first = int(ends[g] - self._groups[f][g])
+            images = self._group(state, f, g)
+            take = min(stop - i, int(ends[g]) - row)
+            name = self.files[f] or self.sources[f].name.rsplit("/", 1)[-1]
+            for k in range(row, row + take):
+                data = images[k - first]
+                if data is None:
+                    raise CorruptStoreError(
+                        f"row {k} of Parquet file '{self.sources[f].name}' has no image bytes "
+                        "(only a path?); seqstore reads images stored in the file"
+                    )
+                out.append((f"{name}#{k}", int(self._labels[i + k - row]), data))
+            i += take
+        return out
+
+    def read_block(self, start: int, stop: int) -> list[Record]:
+        # docstring inherited
+        out = []
+        for key, label, data in self.read_raw_block(start, stop):
+            info = probe(data, f"{self.place.where}:{key}")
+            out.append(Record.make(key, label, data, info.width, info.height))
+        return out
+
+    def close(self) -> None:
+        # docstring inherited
+        self._state.close()
+        for source in self.sources:
+            source.close()
+
+
+def _columns(
+    meta: Any, where: str, image_field: str | None, label_field: str | None
+) -> tuple[str, str | None, list[str]]:
+    """The image column, the label column (None: no labels) and the class names of a file."""
+    import pyarrow as pa
+
+    schema = meta.schema_arrow
+    features: dict[str, Any] = {}
+    raw = (schema.metadata or {}).get(b"huggingface")
+    if raw:
+        try:
+            features = json.loads(raw).get("info", {}).get("features", {}) or {}
+        except (ValueError, AttributeError):
+            features = {}
+    listing = ", ".join(f"{f.name} ({f.type})" for f in schema)
+
+    def is_image(field: Any) -> bool:
+        t = field.type
+        if pa.types.is_struct(t):
+            return t.get_field_index("bytes") >= 0
+        return bool(pa.types.is_binary(t) or pa.types.is_large_binary(t))
+
+    image = image_field
+    if image is None:
+        named = [
+            n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "Image"
+        ]
+        candidates = named or [f.name for f in schema if is_image(f)]
+        if len(candidates) != 1:
+            raise ConfigError(
+                f"cannot tell the image column of Parquet file '{where}' (its columns: "
+                f"{listing}); choose it with image_field="
+            )
+        image = candidates[0]
+    if schema.get_field_index(image) < 0:
+        raise ConfigError(
+            f"Parquet file '{where}' has no column '{image}' (its columns: {listing})"
+        )
+    label = label_field
+    if label is None:
+        named = [
+            n for n, f in features.items() if isinstance(f, dict) and f.get("_type") == "ClassLabel"
+        ]
+        ints = [f.name for f in schema if pa.types.is_integer(f.type)]
+        candidates = named or ints
+        if len(candidates) > 1:
+            raise ConfigError(
+                f"cannot tell the label column of Parquet file '{where}' (its columns: "
+                f"{listing}); choose it with label_field="
+            )
+        label = candidates[0] if candidates else None
+    elif schema.get_field_index(label) < 0:
+        raise ConfigError(
+            f"Parquet file '{where}' has no column '{label}' (its columns: {listing})"
+        )
+    names = features.get(label or "", {}) if label else {}
+    classes = list(names.get("names", [])) if isinstance(names, dict) else []
+    return image, label, classes
+
+
+class ParquetBackend(Backend):
+    """Parquet files of encoded images (Hugging Face datasets' layout), read in place."""
+
+    name: ClassVar[str] = "parquet"
+    description: ClassVar[str] = "Parquet files of images, as HF datasets writes them (read only)"
+    reader_cls = ParquetReader
+
+    @classmethod
+    def sniff(cls, place: Place) -> bool:
+        # docstring inherited
+        local = place.local
+        if local is not None:
+            if local.is_file():
+                return local.name.endswith(".parquet")
+            if not local.is_dir():
+                return False
+            # The top level and data/ only: a large image folder is not walked to tell.
+            tops = [local, local / "data"]
+            return any(
+                p.name.endswith(".parquet") and p.is_file()
+                for top in tops
+                if top.is_dir()
+                for p in top.iterdir()
+            )
+        try:
+            return any(
+                n.endswith(".parquet") or n == "" and place.where.endswith(".parquet")
+                for n in place.files()
+            )
+        except OSError:
+            return False
