@@ -28,18 +28,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .._version import __version__
-from ..errors import BackendNotFoundError, ConfigError, CorruptStoreError, NotAStoreError
-from ..imaging.header import probe
+from ..errors import BackendNotFoundError, ConfigError, CorruptStoreError
 from ..io.fileobj import SourceFile
 from ..io.per_process import ProcessLocal
 from ..io.places import Place
-from ..io.ranges import Source
-from ..manifest import Manifest, Provenance
-from ..records import Record
 from .base import Backend
-from .folder.tree import load_classes
-from .reader import Reader
+from .in_place import FilesReader
 
 __all__ = ["ParquetBackend", "ParquetReader"]
 
@@ -63,7 +57,7 @@ class _Open:
         self.group: tuple[int, int, list[bytes | None]] | None = None
 
 
-class ParquetReader(Reader):
+class ParquetReader(FilesReader):
     """Reader of Parquet files of encoded images, in place, on a local disk or in object
     storage (see the module docstring).
 
@@ -78,8 +72,7 @@ class ParquetReader(Reader):
         Class names for the labels, where the schema has no ``ClassLabel``.
     """
 
-    stores_checksums: ClassVar[bool] = False
-    labels_apart = True
+    format_name: ClassVar[str] = "parquet"
 
     def __init__(
         self,
@@ -91,13 +84,7 @@ class ParquetReader(Reader):
     ) -> None:
         super().__init__(location)
         pq = _pyarrow()
-        where = self.place.where
-        files = self.place.files()
-        names = [""] if files == [""] else [n for n in files if n.endswith(".parquet")]
-        if not names:
-            raise NotAStoreError(f"'{where}' holds no .parquet files")
-        self.files = names
-        self.sources: list[Source] = [self.place.source(name) for name in names]
+        self.open_files(lambda name: name.endswith(".parquet"), ".parquet files")
         labels: list[np.ndarray] = []
         groups: list[list[int]] = []
         found_classes: list[str] = []
@@ -122,28 +109,7 @@ class ParquetReader(Reader):
         per_file = [sum(g) for g in groups]
         self._bounds = np.cumsum([0, *per_file]).astype(np.int64)
         self._state: ProcessLocal[_Open] = ProcessLocal()
-        self._manifest = Manifest(
-            format="parquet",
-            format_version=1,
-            num_records=int(self._bounds[-1]),
-            total_bytes=int(sum(s.size for s in self.sources)),
-            classes=load_classes(classes) if classes is not None else found_classes,
-            provenance=Provenance(seqstore_version=__version__, source=where),
-        )
-
-    @property
-    def manifest(self) -> Manifest:
-        # docstring inherited
-        return self._manifest
-
-    @property
-    def shard_bounds(self) -> np.ndarray:
-        # docstring inherited
-        return self._bounds.copy()
-
-    def labels(self) -> np.ndarray:
-        # docstring inherited
-        return self._labels.copy()
+        self.describe(int(sum(s.size for s in self.sources)), classes, found_classes)
 
     def _group(self, state: _Open, f: int, g: int) -> list[bytes | None]:
         """The images of row group ``g`` of file ``f`` (the last one read is kept)."""
@@ -166,45 +132,34 @@ class ParquetReader(Reader):
         state.group = (f, g, images)
         return images
 
-    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+    def read_run(self, file: int, start: int, stop: int) -> list[tuple[str, int, bytes]]:
         # docstring inherited
-        self._check_range(start, stop)
         state = self._state.get(_Open)
         out: list[tuple[str, int, bytes]] = []
+        ends = np.cumsum(self._groups[file])
+        name = self.files[file] or self.sources[file].name.rsplit("/", 1)[-1]
         i = start
         while i < stop:
-            f = int(np.searchsorted(self._bounds, i, side="right")) - 1
-            row = i - int(self._bounds[f])
-            ends = np.cumsum(self._groups[f])
+            row = i - int(self._bounds[file])
             g = int(np.searchsorted(ends, row, side="right"))
-            first = int(ends[g] - self._groups[f][g])
-            images = self._group(state, f, g)
+            first = int(ends[g] - self._groups[file][g])
+            images = self._group(state, file, g)
             take = min(stop - i, int(ends[g]) - row)
-            name = self.files[f] or self.sources[f].name.rsplit("/", 1)[-1]
             for k in range(row, row + take):
                 data = images[k - first]
                 if data is None:
                     raise CorruptStoreError(
-                        f"row {k} of Parquet file '{self.sources[f].name}' has no image bytes "
-                        "(only a path?); seqstore reads images stored in the file"
+                        f"row {k} of Parquet file '{self.sources[file].name}' has no image "
+                        "bytes (only a path?); seqstore reads images stored in the file"
                     )
                 out.append((f"{name}#{k}", int(self._labels[i + k - row]), data))
             i += take
         return out
 
-    def read_block(self, start: int, stop: int) -> list[Record]:
-        # docstring inherited
-        out = []
-        for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, f"{self.place.where}:{key}")
-            out.append(Record.make(key, label, data, info.width, info.height))
-        return out
-
     def close(self) -> None:
         # docstring inherited
         self._state.close()
-        for source in self.sources:
-            source.close()
+        super().close()
 
 
 def _columns(

@@ -28,7 +28,6 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import BackendNotFoundError, CorruptStoreError, NotAStoreError, SeqstoreError
-from ..imaging.header import probe
 from ..io.per_process import ProcessLocal
 from ..io.places import Place
 from ..io.ranges import Source
@@ -36,6 +35,7 @@ from ..manifest import Manifest, Provenance
 from ..records import Record
 from .base import Backend
 from .folder import load_classes
+from .in_place import probed
 from .lmdb.env import SharedEnvReader
 from .lmdb.pages import PageTree
 from .lmdb.reader import read_values
@@ -241,11 +241,7 @@ class TensorpackReader(SharedEnvReader):
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
-        out = []
-        for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, f"{self.place.where}:{key}")
-            out.append(Record.make(key, label, data, info.width, info.height))
-        return out
+        return probed(self.read_raw_block(start, stop), self.place.where)
 
 
 class TensorpackBackend(Backend):

@@ -7,20 +7,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
-from ..._version import __version__
-from ...errors import ConfigError, CorruptStoreError, NotAStoreError
-from ...imaging.header import probe
+from ...errors import ConfigError, CorruptStoreError
 from ...io.fileobj import SourceFile
 from ...io.places import Place
 from ...io.ranges import Source
-from ...manifest import Manifest, Provenance
-from ...records import Record
-from ..folder.tree import load_classes
+from ..in_place import FilesReader
 from ..index_cache import default_index_dir, index_path
-from ..reader import Reader
 from .example import HEADER, Feature, masked_crc, parse_example
 
 __all__ = ["IMAGE_NAMES", "LABEL_NAMES", "TFRecordReader", "is_tfrecord_name"]
@@ -39,7 +35,7 @@ def is_tfrecord_name(name: str) -> bool:
     return bool(_NAME.search(name.rsplit("/", 1)[-1]))
 
 
-class TFRecordReader(Reader):
+class TFRecordReader(FilesReader):
     """Reader of TFRecord files of ``tf.train.Example`` images, in place, on a local disk
     or in object storage.
 
@@ -70,7 +66,8 @@ class TFRecordReader(Reader):
     damaged record is one error naming the file and the record.
     """
 
-    labels_apart = True
+    stores_checksums: ClassVar[bool] = True  # every record's CRC-32C, checked as it is read
+    format_name: ClassVar[str] = "tfrecord"
 
     def __init__(
         self,
@@ -83,13 +80,7 @@ class TFRecordReader(Reader):
         index_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__(location)
-        where = self.place.where
-        files = self.place.files()
-        names = [""] if files == [""] else [n for n in files if is_tfrecord_name(n)]
-        if not names:
-            raise NotAStoreError(f"'{where}' holds no TFRecord files (*.tfrecord*, *-of-NNNNN)")
-        self.files = names
-        self.sources: list[Source] = [self.place.source(name) for name in names]
+        self.open_files(is_tfrecord_name, "TFRecord files (*.tfrecord*, *-of-NNNNN)")
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         fields = (image_field, label_field)
         tables = [_table(source, directory, fields) for source in self.sources]
@@ -98,70 +89,30 @@ class TFRecordReader(Reader):
         self._images = np.concatenate([t["images"] for t in tables]).reshape(-1, 2)
         self._labels = np.concatenate([t["labels"] for t in tables]) + label_offset
         self._bounds = np.cumsum([0] + [len(t["starts"]) for t in tables]).astype(np.int64)
-        self._manifest = Manifest(
-            format="tfrecord",
-            format_version=1,
-            num_records=len(self._starts),
-            total_bytes=int((self._images[:, 1] - self._images[:, 0]).sum()),
-            classes=load_classes(classes) if classes is not None else [],
-            provenance=Provenance(seqstore_version=__version__, source=where),
-        )
+        self.describe(int((self._images[:, 1] - self._images[:, 0]).sum()), classes)
 
-    @property
-    def manifest(self) -> Manifest:
+    def read_run(self, file: int, start: int, stop: int) -> list[tuple[str, int, bytes]]:
         # docstring inherited
-        return self._manifest
-
-    @property
-    def shard_bounds(self) -> np.ndarray:
-        # docstring inherited
-        return self._bounds.copy()
-
-    def labels(self) -> np.ndarray:
-        # docstring inherited
-        return self._labels.copy()
-
-    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
-        # docstring inherited
-        self._check_range(start, stop)
-        out: list[tuple[str, int, bytes]] = []
-        f = int(np.searchsorted(self._bounds, start, side="right")) - 1
-        while start < stop:
-            end = min(stop, int(self._bounds[f + 1]))
-            if end > start:
-                source, first = self.sources[f], int(self._bounds[f])
-                starts = self._starts[start:end].tolist()
-                lengths = self._lengths[start:end].tolist()
-                # Each record's data and the CRC that follows it.
-                pieces = source.read_extents(
-                    [(s, n + 4) for s, n in zip(starts, lengths, strict=True)]
-                )
-                for i, piece, n in zip(range(start, end), pieces, lengths, strict=True):
-                    data = piece[:n]
-                    if masked_crc(data) != int.from_bytes(piece[n:], "little"):
-                        raise CorruptStoreError(
-                            f"record {i - first} of TFRecord file '{source.name}' fails its "
-                            f"CRC-32C (damaged); {_REMEDY}"
-                        )
-                    lo, hi = self._images[i].tolist()
-                    key = f"{self.files[f] or source.name.rsplit('/', 1)[-1]}#{i - first}"
-                    out.append((key, int(self._labels[i]), bytes(data[lo:hi])))
-                start = end
-            f += 1
-        return out
-
-    def read_block(self, start: int, stop: int) -> list[Record]:
-        # docstring inherited
+        source, first = self.sources[file], int(self._bounds[file])
+        lengths = self._lengths[start:stop].tolist()
+        # Each record's data and the CRC that follows it.
+        extents = [
+            (s, n + 4) for s, n in zip(self._starts[start:stop].tolist(), lengths, strict=True)
+        ]
         out = []
-        for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, f"{self.place.where}:{key}")
-            out.append(Record.make(key, label, data, info.width, info.height))
+        for i, piece, n in zip(
+            range(start, stop), source.read_extents(extents), lengths, strict=True
+        ):
+            data = piece[:n]
+            if masked_crc(data) != int.from_bytes(piece[n:], "little"):
+                raise CorruptStoreError(
+                    f"record {i - first} of TFRecord file '{source.name}' fails its CRC-32C "
+                    f"(damaged); {_REMEDY}"
+                )
+            lo, hi = self._images[i].tolist()
+            key = f"{self.files[file] or source.name.rsplit('/', 1)[-1]}#{i - first}"
+            out.append((key, int(self._labels[i]), bytes(data[lo:hi])))
         return out
-
-    def close(self) -> None:
-        # docstring inherited
-        for source in self.sources:
-            source.close()
 
 
 def _choose(

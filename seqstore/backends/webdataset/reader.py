@@ -10,16 +10,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..._version import __version__
 from ...errors import ConfigError, CorruptStoreError, NotAStoreError
-from ...imaging.header import probe
 from ...io.places import Place
-from ...io.ranges import Source
-from ...manifest import Manifest, Provenance
-from ...records import Record
-from ..folder.tree import load_classes
+from ..in_place import FilesReader
 from ..index_cache import default_index_dir
-from ..reader import Reader
 from .index import IMAGE_EXTENSIONS, TarIndex, shard_index
 
 __all__ = ["WebDatasetReader", "sample_key"]
@@ -35,7 +29,7 @@ def sample_key(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), (ext.lower() if dot else "")
 
 
-class WebDatasetReader(Reader):
+class WebDatasetReader(FilesReader):
     """Reader of WebDataset tar shards, in place, on a local disk or in object storage.
 
     Parameters
@@ -62,8 +56,7 @@ class WebDatasetReader(Reader):
     ``verify`` reports that nothing could be checked.
     """
 
-    stores_checksums: ClassVar[bool] = False
-    labels_apart = True
+    format_name: ClassVar[str] = "webdataset"
 
     def __init__(
         self,
@@ -76,13 +69,10 @@ class WebDatasetReader(Reader):
     ) -> None:
         super().__init__(location)
         where = self.place.where
-        names = [n for n in self.place.files() if n == "" or n.endswith(".tar")]
-        if names == [""] and not where.endswith(".tar"):
-            names = []
-        if not names:
-            raise NotAStoreError(f"'{where}' holds no .tar shards")
-        self.shards = names
-        self.sources: list[Source] = [self.place.source(name) for name in names]
+        if where.endswith(".tar") or self.place.local is None or not self.place.local.is_file():
+            self.open_files(lambda name: name.endswith(".tar"), ".tar shards")
+        else:
+            raise NotAStoreError(f"'{where}' is not a .tar shard")
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         keys: list[str] = []
         labels: list[int] = []
@@ -102,63 +92,18 @@ class WebDatasetReader(Reader):
         self._offsets = np.array(offsets, np.int64)
         self._sizes = np.array(sizes, np.int64)
         self._bounds = np.array(bounds, np.int64)
-        self._manifest = Manifest(
-            format="webdataset",
-            format_version=1,
-            num_records=len(keys),
-            total_bytes=int(self._sizes.sum()),
-            classes=load_classes(classes) if classes is not None else [],
-            provenance=Provenance(seqstore_version=__version__, source=where),
+        self.describe(int(self._sizes.sum()), classes)
+
+    def read_run(self, file: int, start: int, stop: int) -> list[tuple[str, int, bytes]]:
+        # docstring inherited
+        extents = list(
+            zip(self._offsets[start:stop].tolist(), self._sizes[start:stop].tolist(), strict=True)
         )
-
-    @property
-    def manifest(self) -> Manifest:
-        # docstring inherited
-        return self._manifest
-
-    @property
-    def shard_bounds(self) -> np.ndarray:
-        # docstring inherited
-        return self._bounds.copy()
-
-    def labels(self) -> np.ndarray:
-        # docstring inherited
-        return self._labels.copy()
-
-    def read_raw_block(self, start: int, stop: int) -> list[tuple[str, int, bytes]]:
-        # docstring inherited
-        self._check_range(start, stop)
-        out: list[tuple[str, int, bytes]] = []
-        shard = int(np.searchsorted(self._bounds, start, side="right")) - 1
-        while start < stop:
-            end = min(stop, int(self._bounds[shard + 1]))
-            if end > start:
-                extents = list(
-                    zip(
-                        self._offsets[start:end].tolist(),
-                        self._sizes[start:end].tolist(),
-                        strict=True,
-                    )
-                )
-                pieces = self.sources[shard].read_extents(extents)
-                for i, piece in zip(range(start, end), pieces, strict=True):
-                    out.append((self._keys[i], int(self._labels[i]), bytes(piece)))
-                start = end
-            shard += 1
-        return out
-
-    def read_block(self, start: int, stop: int) -> list[Record]:
-        # docstring inherited
-        out = []
-        for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, f"{self.place.where}:{key}")
-            out.append(Record.make(key, label, data, info.width, info.height))
-        return out
-
-    def close(self) -> None:
-        # docstring inherited
-        for source in self.sources:
-            source.close()
+        pieces = self.sources[file].read_extents(extents)
+        return [
+            (self._keys[i], int(self._labels[i]), bytes(piece))
+            for i, piece in zip(range(start, stop), pieces, strict=True)
+        ]
 
 
 def _samples(
