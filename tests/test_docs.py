@@ -63,6 +63,10 @@ EXERCISED: dict[str, str] = {
         "tests/test_example.py::test_readme_torchrun_line_and_its_checkpoint_on_one_and_two_ranks"
     ),
     # docs/scaling-out.md
+    "seqstore convert --format --shard-mb": (
+        "tests/test_webdataset.py::"
+        "test_a_folder_converted_to_webdataset_is_read_back_by_webdataset_itself"
+    ),
     "seqstore convert --format --shard-mb --workers": (
         "tests/test_sharded.py::test_cli_convert_and_info_of_a_sharded_store"
     ),

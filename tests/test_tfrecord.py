@@ -25,8 +25,8 @@ CUTS = (0, 19, 37)  # not a multiple of the 4 classes: a label off by a file sho
 
 
 @pytest.fixture(autouse=True)
-def _index_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SEQSTORE_INDEX_DIR", str(tmp_path / "index"))
+def _index_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQSTORE_INDEX_DIR", str(tmp_path_factory.mktemp("index")))
 
 
 def write_files(

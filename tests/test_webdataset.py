@@ -5,6 +5,7 @@ epoch and its exact resume over them."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import seqstore
 from seqstore import Loader
 from seqstore.errors import ConfigError, CorruptStoreError
+from seqstore.imaging.header import probe
 from seqstore.records import Record
 from seqstore.testing import collect_epoch
 from seqstore.testing.backend import BackendSuite, OverS3
@@ -26,9 +28,9 @@ SHARD_CUTS = (0, 15, 15, 37)  # three shards, the second one empty
 
 
 @pytest.fixture(autouse=True)
-def _index_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _index_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Member tables go under the test's own directory, not the user's cache.
-    monkeypatch.setenv("SEQSTORE_INDEX_DIR", str(tmp_path / "index"))
+    monkeypatch.setenv("SEQSTORE_INDEX_DIR", str(tmp_path_factory.mktemp("index")))
 
 
 def _ext(record: Record) -> str:
@@ -36,14 +38,15 @@ def _ext(record: Record) -> str:
 
 
 def write_shards(path: Path, records: Sequence[Record], cuts: Sequence[int] = SHARD_CUTS) -> None:
-    """``records`` as WebDataset shards written by webdataset's TarWriter: sample ``s<i>``
-    holds the image under its own extension and the label as ``cls``."""
+    """``records`` as WebDataset shards written by webdataset's TarWriter: sample
+    ``{i:09d}`` (the key seqstore's writer gives) holds the image under its own extension
+    and the label as ``cls``."""
     path.mkdir(parents=True)
     for n, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
         with wds.TarWriter(str(path / f"train-{n:06d}.tar")) as sink:
             for i in range(a, b):
                 r = records[i]
-                sink.write({"__key__": f"s{i:05d}", _ext(r): r.data, "cls": r.label})
+                sink.write({"__key__": f"{i:09d}", _ext(r): r.data, "cls": r.label})
 
 
 class TestWebDataset(BackendSuite):
@@ -53,10 +56,20 @@ class TestWebDataset(BackendSuite):
         del classes  # shards record no class names
         write_shards(path, records)
 
+    def read_raw(self, path: Path) -> list[Record]:
+        shards = sorted(str(p) for p in path.glob("*.tar"))
+        out = []
+        for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+            image = next(v for k, v in sample.items() if k in ("jpg", "png", "webp"))
+            info = probe(image, sample["__key__"])
+            label = int(sample["cls"]) if "cls" in sample else -1
+            out.append(Record.make(sample["__key__"], label, image, info.width, info.height))
+        return out
+
     def expected(self, records: Sequence[Record]) -> list[Record]:
         # Keys are the samples'; checksums are computed as records are read.
         return [
-            Record.make(f"s{i:05d}", r.label, r.data, r.width, r.height)
+            Record.make(f"{i:09d}", r.label, r.data, r.width, r.height)
             for i, r in enumerate(records)
         ]
 
@@ -106,16 +119,17 @@ def test_the_member_table_is_kept_and_made_again_for_a_changed_shard(
     shards: tuple[Path, list[Record]], tmp_path: Path
 ) -> None:
     path, records = shards
+    index = Path(os.environ["SEQSTORE_INDEX_DIR"])
     seqstore.open(path)
-    kept = sorted((tmp_path / "index").iterdir())
+    kept = sorted(index.iterdir())
     assert len(kept) == 2
     stamps = [p.stat().st_mtime_ns for p in kept]
     seqstore.open(path)
-    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "index").iterdir())] == stamps
+    assert [p.stat().st_mtime_ns for p in sorted(index.iterdir())] == stamps
     write_shards(tmp_path / "other", records[:3], (0, 3))
     (tmp_path / "other" / "train-000000.tar").replace(path / "train-000000.tar")
     reader = seqstore.open(path)
-    assert len(reader) == 3 + 35 and len(list((tmp_path / "index").iterdir())) == 3
+    assert len(reader) == 3 + 35 and len(list(index.iterdir())) == 3
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:
@@ -170,3 +184,26 @@ def test_convert_to_lmdb_keeps_bytes_and_labels(
 def test_labels_are_kept_apart(shards: tuple[Path, list[Record]]) -> None:
     path, records = shards
     assert np.array_equal(seqstore.open(path).labels(), [r.label for r in records])
+
+
+def test_a_folder_converted_to_webdataset_is_read_back_by_webdataset_itself(
+    tmp_path: Path,
+) -> None:
+    from seqstore.cli import main
+    from seqstore.testing import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", classes=3, per_class=8, max_side=48)
+    out = tmp_path / "wds"
+    argv = ["convert", str(images), str(out), "--format", "webdataset", "--shard-mb", "0.01"]
+    assert main([*argv, "-q"]) == 0
+    shards = sorted(out.glob("*.tar"))
+    assert len(shards) > 1  # --shard-mb cut the tar files, not a sharded store
+    folder = seqstore.open(images)
+    source = sorted((r.data, r.label) for r in folder.read_block(0, len(folder)))
+    samples = list(wds.WebDataset([str(p) for p in shards], shardshuffle=False))
+    ext = ("jpg", "png", "webp")
+    got = [(next(v for k, v in s.items() if k in ext), int(s["cls"])) for s in samples]
+    assert sorted(got) == source
+    back = seqstore.open(out)
+    assert back.manifest.format == "webdataset" and back.classes == folder.classes
+    assert sorted((r.data, r.label) for r in back.read_block(0, len(back))) == source

@@ -84,6 +84,12 @@ class Backend:
         return cls.writer_cls(path, **options)
 
     @classmethod
+    def writer_shards(cls) -> bool:
+        """Whether the format's writer splits its own files into shards of a size
+        (:attr:`Writer.writes_shards`)."""
+        return cls.writer_cls is not None and cls.writer_cls.writes_shards
+
+    @classmethod
     def sniff(cls, place: Place) -> bool:
         """Whether ``place`` holds data of this format that carries no seqstore manifest
         (read only what telling it takes: a header, a file's name)."""

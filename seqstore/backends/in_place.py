@@ -18,13 +18,14 @@ from typing import ClassVar
 import numpy as np
 
 from .._version import __version__
-from ..errors import NotAStoreError
+from ..errors import CorruptStoreError, NotAStoreError
 from ..imaging.header import probe
 from ..io.ranges import Source
-from ..manifest import Manifest, Provenance
+from ..manifest import MANIFEST_NAME, Manifest, Provenance
 from ..records import Record
 from .folder.tree import load_classes
-from .reader import Reader
+from .reader import Reader, store_manifest
+from .staging import read_store_manifest
 
 __all__ = ["FilesReader", "probed"]
 
@@ -66,7 +67,12 @@ class FilesReader(Reader):
         ------
         NotAStoreError
             None is there (``what`` names the files looked for).
+        PartialStoreError
+            Nothing is there but the files a killed write left.
         """
+        local = self.place.local
+        if local is not None and not local.exists():
+            read_store_manifest(local)  # names a write of files still running or killed
         found = self.place.files()
         names = [""] if found == [""] else [name for name in found if keep(name)]
         if not names:
@@ -81,15 +87,41 @@ class FilesReader(Reader):
         found: Sequence[str] = (),
     ) -> None:
         """Make the manifest: the record count from ``_bounds``, the class names given, else
-        those the data names (``found``)."""
+        those the data names (``found``). Files that seqstore wrote carry their manifest
+        beside them: that one is kept, once its record count is checked.
+
+        Raises
+        ------
+        CorruptStoreError
+            The files hold another number of records than their manifest says.
+        """
+        n = int(self._bounds[-1])
+        stored = self._stored()
+        if stored is not None:
+            if stored.num_records != n:
+                raise CorruptStoreError(
+                    f"'{self.place.where}' holds {n} records, not the {stored.num_records} its "
+                    f"{MANIFEST_NAME} records (files missing or added); {self.place.remedy}"
+                )
+            if classes is not None:
+                stored = stored.model_copy(update={"classes": load_classes(classes)})
+            self._manifest = stored
+            return
         self._manifest = Manifest(
             format=self.format_name,
             format_version=1,
-            num_records=int(self._bounds[-1]),
+            num_records=n,
             total_bytes=total_bytes,
             classes=load_classes(classes) if classes is not None else list(found),
             provenance=Provenance(seqstore_version=__version__, source=self.place.where),
         )
+
+    def _stored(self) -> Manifest | None:
+        """The manifest seqstore wrote beside the files, if it wrote them."""
+        if self.files == [""] or not self.place.exists(MANIFEST_NAME):
+            return None
+        manifest = store_manifest(self.place)
+        return manifest if manifest.format == self.format_name else None
 
     @property
     def manifest(self) -> Manifest:

@@ -86,6 +86,9 @@ class Writer(ABC):
     #: Whether :meth:`checkpoint` and ``resume`` work (the format implements ``_sync`` and
     #: ``_reopen``).
     resumable: ClassVar[bool] = False
+    #: Whether the format's own files are shards of a size (WebDataset's tar files): then
+    #: ``convert --shard-mb`` is the writer's ``shard_bytes``, not a sharded store.
+    writes_shards: ClassVar[bool] = False
 
     def __init__(
         self,

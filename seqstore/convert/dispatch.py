@@ -6,6 +6,7 @@ import os
 import shutil
 from typing import Any
 
+from ..backends import get_backend
 from ..config import ConvertConfig, load_config
 from ..errors import ConfigError, SeqstoreError
 from ..io.places import is_url
@@ -60,9 +61,17 @@ def convert(
             f"storage_options apply to a destination URL (s3://, gs:// ...), and '{dst}' is "
             "a local path; leave them out, or give the store's URL"
         )
-    if cfg.shard_mb is not None or cfg.distributed:
+    if sharded_store(cfg):
         return convert_sharded(src, dst, cfg)
     return convert_one(src, dst, cfg)
+
+
+def sharded_store(cfg: ConvertConfig) -> bool:
+    """Whether the conversion makes a sharded store: with ``shard_mb`` or ``distributed``,
+    unless the format's own files are shards (``shard_mb`` is then their size)."""
+    if cfg.distributed:
+        return True
+    return cfg.shard_mb is not None and not get_backend(cfg.format).writer_shards()
 
 
 def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -> ConvertReport:
@@ -79,7 +88,7 @@ def _convert_to_url(src: str | os.PathLike[str], url: str, cfg: ConvertConfig) -
     # The staging path is this conversion's own: a finished store left there by a convert
     # whose upload failed is replaced.
     local_cfg = cfg.model_copy(update={"overwrite": True, "storage_options": {}})
-    if cfg.shard_mb is not None:
+    if sharded_store(cfg):
         try:
             report = convert_sharded(src, local, local_cfg, on_shard=upload.put_shard)
         except SeqstoreError as exc:

@@ -87,12 +87,15 @@ def convert_one(
     """
     plan = plan_conversion(src, dst, cfg)
     start = time.perf_counter()
-    with get_backend(cfg.format).open_writer(
+    backend = get_backend(cfg.format)
+    shards = {} if cfg.shard_mb is None else {"shard_bytes": int(cfg.shard_mb * 1e6)}
+    with backend.open_writer(
         dst,
         classes=plan.classes,
         overwrite=cfg.overwrite,
         provenance=plan.provenance,
         resume=cfg.resume,
+        **(shards if backend.writer_shards() else {}),
     ) as writer:
         with tqdm(
             total=len(plan.order),

@@ -12,6 +12,8 @@ prefix in object storage) of such shards, read in sorted name order, or one ``.t
 Each shard's member table is made by one sequential pass over its headers and kept
 (:mod:`.index`); a block of samples is then a run of members of one shard, read as a few
 large reads (one ranged GET in object storage). Shards carry no checksums.
+
+:mod:`.writer` writes shards that WebDataset itself reads (``convert --format webdataset``).
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from ...io.places import Place
 from ...manifest import MANIFEST_NAME
 from ..base import Backend
 from .reader import WebDatasetReader
+from .writer import WebDatasetWriter
 
-__all__ = ["WebDatasetBackend", "WebDatasetReader"]
+__all__ = ["WebDatasetBackend", "WebDatasetReader", "WebDatasetWriter"]
 
 
 class WebDatasetBackend(Backend):
     """WebDataset tar shards, read in place."""
 
     name: ClassVar[str] = "webdataset"
-    description: ClassVar[str] = "WebDataset tar shards, read in place (read only)"
+    description: ClassVar[str] = "WebDataset tar shards, read in place"
     reader_cls = WebDatasetReader
+    writer_cls = WebDatasetWriter
     keeps_order: ClassVar[bool] = True
 
     @classmethod
