@@ -7,11 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import seqstore
 from seqstore import Loader
 from seqstore.errors import ConfigError
+from seqstore.imaging.header import probe
 from seqstore.records import Record
 from seqstore.testing import collect_epoch
 from seqstore.testing.backend import CLASSES, BackendSuite, OverS3
@@ -19,11 +21,23 @@ from seqstore.testing.data import make_records
 
 datasets = pytest.importorskip("datasets")
 
-CUTS = (0, 19, 37)  # not a multiple of the 4 classes: a label off by a file shows
+SHARD_BYTES = 20_000
+
+
+def cuts(records: Sequence[Record], shard_bytes: int = SHARD_BYTES) -> list[int]:
+    """Where seqstore's writer starts a new file: once the last holds ``shard_bytes`` of
+    images (one image at least)."""
+    out, held = [0], 0
+    for i, r in enumerate(records):
+        if held and held + len(r.data) > shard_bytes:
+            out.append(i)
+            held = 0
+        held += len(r.data)
+    return [*out, len(records)]
 
 
 def write_parquet(
-    path: Path, records: Sequence[Record], classes: Sequence[str], cuts: Sequence[int] = CUTS
+    path: Path, records: Sequence[Record], classes: Sequence[str], bounds: Sequence[int]
 ) -> None:
     """``records`` as datasets writes a split to the Hub: ``data/train-NNNNN-of-MMMMM.parquet``
     with an ``Image`` and a ``ClassLabel`` feature, written by ``Dataset.to_parquet``."""
@@ -31,7 +45,7 @@ def write_parquet(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))}
     )
     (path / "data").mkdir(parents=True)
-    for n, (a, b) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+    for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         part = records[a:b]
         ds = datasets.Dataset.from_dict(
             {
@@ -40,20 +54,40 @@ def write_parquet(
             },
             features=features,
         )
-        name = f"train-{n:05d}-of-{len(cuts) - 1:05d}.parquet"
+        name = f"train-{n:05d}-of-{len(bounds) - 1:05d}.parquet"
         ds.to_parquet(str(path / "data" / name), batch_size=8)  # row groups of 8 rows
 
 
 class TestParquet(BackendSuite):
+    """Files cut where seqstore's writer (``shard_bytes``) cuts them, so that the raw files
+    and the written ones hold the same records under the same keys."""
+
     backend_name = "parquet"
+    writer_options = {"shard_bytes": SHARD_BYTES}
 
     def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
-        write_parquet(path, records, classes)
+        write_parquet(path, records, classes, cuts(records))
+
+    def read_raw(self, path: Path) -> list[Record]:
+        files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
+        ds = datasets.load_dataset("parquet", data_files=files, split="train")
+        assert isinstance(ds.features["image"], datasets.Image)
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+        out = []
+        bounds = cuts([Record.make("", 0, row["image"]["bytes"], 1, 1) for row in ds])
+        for i, row in enumerate(ds):
+            n = int(np.searchsorted(bounds, i, side="right")) - 1
+            key = f"data/train-{n:05d}-of-{len(bounds) - 1:05d}.parquet#{i - bounds[n]}"
+            data = row["image"]["bytes"]
+            info = probe(data, key)
+            out.append(Record.make(key, row["label"], data, info.width, info.height))
+        return out
 
     def expected(self, records: Sequence[Record]) -> list[Record]:
+        bounds = cuts(records)
         out = []
-        for n, (a, b) in enumerate(zip(CUTS[:-1], CUTS[1:], strict=True)):
-            name = f"data/train-{n:05d}-of-00002.parquet"
+        for n, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            name = f"data/train-{n:05d}-of-{len(bounds) - 1:05d}.parquet"
             out += [
                 Record.make(f"{name}#{i - a}", r.label, r.data, r.width, r.height)
                 for i, r in zip(range(a, b), records[a:b], strict=True)
@@ -93,3 +127,23 @@ def test_a_file_without_an_image_column_is_one_line(tmp_path: Path) -> None:
     ds.to_parquet(str(tmp_path / "t" / "x.parquet"))
     with pytest.raises(ConfigError, match=r"cannot tell the image column .*text \(string\)"):
         seqstore.open(tmp_path / "t")
+
+
+def test_a_folder_converted_to_parquet_loads_in_datasets_with_its_features(
+    tmp_path: Path,
+) -> None:
+    from seqstore.cli import main
+    from seqstore.testing import make_image_folder
+
+    images = make_image_folder(tmp_path / "images", classes=3, per_class=8, max_side=48)
+    out = tmp_path / "hf"
+    assert main(["convert", str(images), str(out), "--format", "parquet", "-q"]) == 0
+    folder = seqstore.open(images)
+    files = sorted(str(p) for p in (out / "data").glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train")
+    assert ds.features["label"].names == folder.classes
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    got = sorted((row["image"]["bytes"], row["label"]) for row in ds)
+    assert got == sorted((r.data, r.label) for r in folder.read_block(0, len(folder)))
+    back = seqstore.open(out)
+    assert back.manifest.format == "parquet" and back.classes == folder.classes

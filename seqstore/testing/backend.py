@@ -88,8 +88,9 @@ def _checksums_of(reader: Reader, start: int, stop: int) -> list[tuple[str, int]
 
 def _writer(backend: type[Backend], path: Path, **options: Any) -> Writer:
     """The backend's writer of a new store at ``path``; with ``shard_bytes`` among the
-    options, the writer of a sharded store of the backend."""
-    if "shard_bytes" in options:
+    options, the writer of a sharded store of the backend (or the backend's own, where its
+    files are shards of a size)."""
+    if "shard_bytes" in options and not backend.writer_shards():
         return sharded_writer_cls(backend)(path, **options)
     return backend.open_writer(path, **options)
 

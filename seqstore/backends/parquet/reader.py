@@ -1,23 +1,4 @@
-"""Parquet files of images read in place, as Hugging Face ``datasets`` writes them and the
-Hub serves them (``data/train-00000-of-00004.parquet``).
-
-A dataset is a directory (or a prefix in object storage) of ``.parquet`` files, at any depth,
-read in sorted order, or one file. pyarrow reads each file through a file object over its
-byte source (:class:`~seqstore.io.fileobj.SourceFile`), so a file in object storage is read
-by ranged requests: the footer once, then the columns of the row groups a block needs.
-
-- The image is a column of encoded images: a struct ``{bytes, path}`` (``datasets``'
-  ``Image`` feature) or plain binary. The label is an integer column. Where the schema's
-  ``huggingface`` metadata names an ``Image`` and a ``ClassLabel`` feature, those are the
-  columns and the ``ClassLabel``'s names the classes; otherwise the only such columns,
-  or those ``image_field=`` and ``label_field=`` name (one line lists the columns when it
-  cannot be told). A dataset without a label column has label -1.
-- The labels of every row are read at open (one column: a few bytes per row); a block's
-  images come from the row groups that hold it, one row group kept per process, so that
-  consecutive blocks of one row group read it once.
-- Parquet pages carry no checksum seqstore can check: ``verify`` says there is nothing to
-  check.
-"""
+"""Reading Parquet files of images in place (see :mod:`seqstore.backends.parquet`)."""
 
 from __future__ import annotations
 
@@ -28,17 +9,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import BackendNotFoundError, ConfigError, CorruptStoreError
-from ..io.fileobj import SourceFile
-from ..io.per_process import ProcessLocal
-from ..io.places import Place
-from .base import Backend
-from .in_place import FilesReader
+from ...errors import BackendNotFoundError, ConfigError, CorruptStoreError
+from ...io.fileobj import SourceFile
+from ...io.per_process import ProcessLocal
+from ...io.places import Place
+from ..in_place import FilesReader
 
-__all__ = ["ParquetBackend", "ParquetReader"]
+__all__ = ["ParquetReader", "pyarrow_parquet"]
 
 
-def _pyarrow() -> Any:
+def pyarrow_parquet() -> Any:
+    """``pyarrow.parquet``, or one line naming the extra that installs it."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -83,7 +64,7 @@ class ParquetReader(FilesReader):
         classes: str | os.PathLike[str] | Sequence[str] | None = None,
     ) -> None:
         super().__init__(location)
-        pq = _pyarrow()
+        pq = pyarrow_parquet()
         self.open_files(lambda name: name.endswith(".parquet"), ".parquet files")
         labels: list[np.ndarray] = []
         groups: list[list[int]] = []
@@ -117,7 +98,7 @@ class ParquetReader(FilesReader):
             return state.group[2]
         pf = state.files.get(f)
         if pf is None:
-            pf = state.files[f] = _pyarrow().ParquetFile(SourceFile(self.sources[f]))
+            pf = state.files[f] = pyarrow_parquet().ParquetFile(SourceFile(self.sources[f]))
         try:
             column = pf.read_row_group(g, columns=[self._image]).column(0)
         except Exception as exc:
@@ -220,36 +201,3 @@ def _columns(
     names = features.get(label or "", {}) if label else {}
     classes = list(names.get("names", [])) if isinstance(names, dict) else []
     return image, label, classes
-
-
-class ParquetBackend(Backend):
-    """Parquet files of encoded images (Hugging Face datasets' layout), read in place."""
-
-    name: ClassVar[str] = "parquet"
-    description: ClassVar[str] = "Parquet files of images, as HF datasets writes them (read only)"
-    reader_cls = ParquetReader
-
-    @classmethod
-    def sniff(cls, place: Place) -> bool:
-        # docstring inherited
-        local = place.local
-        if local is not None:
-            if local.is_file():
-                return local.name.endswith(".parquet")
-            if not local.is_dir():
-                return False
-            # The top level and data/ only: a large image folder is not walked to tell.
-            tops = [local, local / "data"]
-            return any(
-                p.name.endswith(".parquet") and p.is_file()
-                for top in tops
-                if top.is_dir()
-                for p in top.iterdir()
-            )
-        try:
-            return any(
-                n.endswith(".parquet") or n == "" and place.where.endswith(".parquet")
-                for n in place.files()
-            )
-        except OSError:
-            return False
