@@ -13,9 +13,10 @@ from ...errors import BackendNotFoundError, ConfigError, CorruptStoreError
 from ...io.fileobj import SourceFile
 from ...io.per_process import ProcessLocal
 from ...io.places import Place
+from ...io.ranges import Source
 from ..in_place import FilesReader
 
-__all__ = ["ParquetReader", "pyarrow_parquet"]
+__all__ = ["ParquetReader", "parquet_file", "pyarrow_parquet"]
 
 
 def pyarrow_parquet() -> Any:
@@ -30,12 +31,23 @@ def pyarrow_parquet() -> Any:
     return pq
 
 
+def parquet_file(source: Source) -> Any:
+    """A ``pyarrow.parquet.ParquetFile`` of ``source``: by its path where it is a file on
+    this machine (pyarrow's own reads, memory-mapped), else through a file object over the
+    source (ranged requests)."""
+    pq = pyarrow_parquet()
+    path = source.local_path
+    if path is not None:
+        return pq.ParquetFile(str(path), memory_map=True)
+    return pq.ParquetFile(SourceFile(source))
+
+
 class _Open:
     """What one process holds of a dataset: its open files and the last row group read."""
 
     def __init__(self) -> None:
         self.files: dict[int, Any] = {}
-        self.group: tuple[int, int, list[bytes | None]] | None = None
+        self.group: tuple[int, int, Any] | None = None
 
 
 class ParquetReader(FilesReader):
@@ -64,14 +76,14 @@ class ParquetReader(FilesReader):
         classes: str | os.PathLike[str] | Sequence[str] | None = None,
     ) -> None:
         super().__init__(location)
-        pq = pyarrow_parquet()
+        pyarrow_parquet()
         self.open_files(lambda name: name.endswith(".parquet"), ".parquet files")
         labels: list[np.ndarray] = []
         groups: list[list[int]] = []
         found_classes: list[str] = []
         for source in self.sources:
             try:
-                meta = pq.ParquetFile(SourceFile(source))
+                meta = parquet_file(source)
             except Exception as exc:  # pyarrow's own errors: ArrowInvalid, OSError ...
                 raise CorruptStoreError(
                     f"Parquet file '{source.name}' does not read ({exc}); write it again"
@@ -92,13 +104,14 @@ class ParquetReader(FilesReader):
         self._state: ProcessLocal[_Open] = ProcessLocal()
         self.describe(int(sum(s.size for s in self.sources)), classes, found_classes)
 
-    def _group(self, state: _Open, f: int, g: int) -> list[bytes | None]:
-        """The images of row group ``g`` of file ``f`` (the last one read is kept)."""
+    def _group(self, state: _Open, f: int, g: int) -> Any:
+        """The image bytes of row group ``g`` of file ``f``, an Arrow binary array (the last
+        one read is kept; a row's bytes become a Python object only when it is read)."""
         if state.group is not None and state.group[:2] == (f, g):
             return state.group[2]
         pf = state.files.get(f)
         if pf is None:
-            pf = state.files[f] = pyarrow_parquet().ParquetFile(SourceFile(self.sources[f]))
+            pf = state.files[f] = parquet_file(self.sources[f])
         try:
             column = pf.read_row_group(g, columns=[self._image]).column(0)
         except Exception as exc:
@@ -109,9 +122,8 @@ class ParquetReader(FilesReader):
         values = column.combine_chunks()
         if hasattr(values, "field") and values.type.num_fields:  # {bytes, path}
             values = values.field("bytes")
-        images = values.to_pylist()
-        state.group = (f, g, images)
-        return images
+        state.group = (f, g, values)
+        return values
 
     def read_run(self, file: int, start: int, stop: int) -> list[tuple[str, int, bytes]]:
         # docstring inherited
@@ -127,7 +139,7 @@ class ParquetReader(FilesReader):
             images = self._group(state, file, g)
             take = min(stop - i, int(ends[g]) - row)
             for k in range(row, row + take):
-                data = images[k - first]
+                data = images[k - first].as_py()
                 if data is None:
                     raise CorruptStoreError(
                         f"row {k} of Parquet file '{self.sources[file].name}' has no image "

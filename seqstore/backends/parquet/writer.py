@@ -7,7 +7,8 @@ struct of the encoded ``bytes`` and a null ``path`` (``datasets``' ``Image`` fea
 ``label`` (int64; -1 for a record without one). The schema's ``huggingface`` metadata
 names the features, the ``ClassLabel``'s names being the store's classes, so that
 ``datasets.load_dataset("parquet", data_files=...)`` gives them back typed. Row groups
-hold at most 64 MB of images. The store's manifest sits beside ``data/``.
+hold 100 rows, as ``datasets`` writes image datasets, and at most 4 MB of images. The
+store's manifest sits beside ``data/``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ from .reader import pyarrow_parquet
 
 __all__ = ["ParquetWriter"]
 
-_GROUP_BYTES = 64 << 20
+# Row groups as datasets writes them for images (100 rows), and never over 4 MB (the Loader's
+# default block): a block of records is read as the row groups that hold it, so a group much
+# larger than a block would be read once per block.
+_GROUP_ROWS = 100
+_GROUP_BYTES = 4 << 20
 
 
 class ParquetWriter(Writer):
@@ -79,7 +84,13 @@ class ParquetWriter(Writer):
         self._close_file()
         name = f"data/part-{len(self._names):05d}.parquet"
         self._names.append(name)
-        self._file = pyarrow_parquet().ParquetWriter(self.directory / name, self._schema())
+        # Encoded images do not compress: their column is stored as it is, which spares the
+        # readers a decompression of every byte (the labels are compressed).
+        self._file = pyarrow_parquet().ParquetWriter(
+            self.directory / name,
+            self._schema(),
+            compression={"image.bytes": "none", "image.path": "snappy", "label": "snappy"},
+        )
         self._held = 0
 
     def _close_file(self) -> None:
@@ -110,7 +121,7 @@ class ParquetWriter(Writer):
         self._rows.append(record)
         self._row_bytes += len(record.data)
         self._held += len(record.data)
-        if self._row_bytes >= _GROUP_BYTES:
+        if len(self._rows) >= _GROUP_ROWS or self._row_bytes >= _GROUP_BYTES:
             self._flush()
 
     def _finish(self) -> None:
