@@ -84,6 +84,9 @@ EXERCISED: dict[str, str] = {
     ),
     # docs/benchmarks.md, docs/object-storage.md, docs/guarantees.md, docs/shuffle.md
     "seqstore bench --repeat": "tests/test_bench.py::test_table_and_json_hold_every_figure",
+    "seqstore bench --formats --repeat": (
+        "tests/test_bench.py::test_table_and_json_hold_every_figure"
+    ),
     "python benchmarks/loader.py --repeat": (
         "tests/test_benchmark_scripts.py::test_loader_benchmark_prints_throughput_first_batch_and_memory"
     ),
