@@ -21,6 +21,7 @@ from seqstore.records import Record
 from seqstore.testing import collect_epoch
 from seqstore.testing.backend import BackendSuite, OverS3
 from seqstore.testing.data import make_records
+from seqstore.testing.s3server import S3Server
 
 wds = pytest.importorskip("webdataset")
 
@@ -207,3 +208,41 @@ def test_a_folder_converted_to_webdataset_is_read_back_by_webdataset_itself(
     back = seqstore.open(out)
     assert back.manifest.format == "webdataset" and back.classes == folder.classes
     assert sorted((r.data, r.label) for r in back.read_block(0, len(back))) == source
+
+
+def test_brace_patterns_expand_as_webdataset_expands_them() -> None:
+    from seqstore.io.patterns import expand_braces, split_pattern
+
+    assert expand_braces("train-{000008..000011}.tar") == [
+        f"train-{i:06d}.tar" for i in range(8, 12)
+    ]
+    assert expand_braces("{a,b}-{0..1}.tar") == ["a-0.tar", "a-1.tar", "b-0.tar", "b-1.tar"]
+    assert split_pattern("s3://bucket/wds/train-{0..3}.tar") == (
+        "s3://bucket/wds",
+        "train-{0..3}.tar",
+    )
+    assert split_pattern("/data/wds") is None
+
+
+def test_a_brace_pattern_or_a_glob_names_the_shards_to_read(
+    shards: tuple[Path, list[Record]], s3_server: S3Server
+) -> None:
+    path, records = shards
+    first = seqstore.open(path / "train-{000000..000000}.tar")
+    assert first.manifest.format == "webdataset" and len(first) == 25
+    both = seqstore.open(path / "train-{000000..000001}.tar")
+    assert [r.data for r in both.read_block(0, 60)] == [r.data for r in records]
+    assert len(seqstore.open(path / "train-*1.tar")) == 35
+    with pytest.raises(seqstore.NotAStoreError, match="no file matches"):
+        seqstore.open(path / "val-{000000..000003}.tar")
+    # The same pattern at a URL.
+    bucket = f"wds-{os.getpid()}-{len(records)}"
+    s3_server.make_bucket(bucket)
+    fs = s3_server.filesystem()
+    for tar in sorted(path.glob("*.tar")):
+        fs.put_file(str(tar), f"s3://{bucket}/wds/{tar.name}")
+    options = s3_server.storage_options()
+    remote = seqstore.open(
+        f"s3://{bucket}/wds/train-{{000001..000001}}.tar", storage_options=options
+    )
+    assert [r.data for r in remote.read_block(0, len(remote))] == [r.data for r in records[25:]]

@@ -118,7 +118,9 @@ class FilesReader(Reader):
 
     def _stored(self) -> Manifest | None:
         """The manifest seqstore wrote beside the files, if it wrote them."""
-        if self.files == [""] or not self.place.exists(MANIFEST_NAME):
+        if self.files == [""] or self.place.pattern is not None:
+            return None
+        if not self.place.exists(MANIFEST_NAME):
             return None
         manifest = store_manifest(self.place)
         return manifest if manifest.format == self.format_name else None

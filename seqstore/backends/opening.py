@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import ConfigError, NotAStoreError, PartialStoreError
 from ..io.cache import ShardCache
 from ..io.object import ObjectStore
+from ..io.patterns import split_pattern
 from ..io.places import LocalPlace, ObjectPlace, Place, is_url
 from ..io.retry import RetryPolicy
 from ..manifest import MANIFEST_NAME, Manifest, is_store, parse_manifest, read_manifest
@@ -74,11 +75,15 @@ def place_for(
     ConfigError
         Options of object storage given with a local path.
     """
+    pattern = split_pattern(os.fspath(location))
+    if pattern is not None:  # the files under a directory that a pattern names
+        location = pattern[0]
+    named = pattern[1] if pattern is not None else None
     if is_url(location):
         store = ObjectStore(
             os.fspath(location), dict(storage_options or {}), retry or RetryPolicy()
         )
-        return ObjectPlace(store, make_cache(cache_dir, cache_limit_gb))
+        return ObjectPlace(store, make_cache(cache_dir, cache_limit_gb), named)
     given = [
         name
         for name, value in (
@@ -93,7 +98,7 @@ def place_for(
             f"{', '.join(given)} apply to stores at a URL (s3://, gs://, https:// ...), and "
             f"'{os.fspath(location)}' is a local path; leave them out, or give the store's URL"
         )
-    return LocalPlace(location)
+    return LocalPlace(location, named)
 
 
 def open_store(
@@ -145,7 +150,7 @@ def open_store(
         cache_limit_gb=cache_limit_gb,
         retry=retry,
     )
-    manifest = _manifest(place)
+    manifest = None if place.pattern is not None else _manifest(place)
     if manifest is not None:
         if backend is not None and backend != manifest.format:
             raise ConfigError(
@@ -155,8 +160,15 @@ def open_store(
         return _open(get_backend(manifest.format), place, manifest, options)
     if backend is not None:
         return _open(get_backend(backend), place, None, options)
-    orphans = [name for name in data_file_names() if place.exists(name)]
-    if place.local is None and not orphans and place.exists(f"{shard_name(0)}/{MANIFEST_NAME}"):
+    if place.pattern is not None and not place.files():
+        raise NotAStoreError(f"no file matches '{place.where}'")
+    orphans = [name for name in data_file_names() if place.pattern is None and place.exists(name)]
+    if (
+        place.local is None
+        and place.pattern is None
+        and not orphans
+        and place.exists(f"{shard_name(0)}/{MANIFEST_NAME}")
+    ):
         orphans = [shard_name(0)]
     if orphans and place.local is None:
         raise PartialStoreError(

@@ -24,6 +24,7 @@ from .cache import ShardCache
 from .cached import CachedFile
 from .local import LocalFile
 from .object import ObjectFile, ObjectStore
+from .patterns import matching
 from .ranges import Source
 
 __all__ = ["LocalPlace", "ObjectPlace", "Place", "is_url"]
@@ -47,6 +48,9 @@ class Place(ABC):
 
     where: str
     remedy: str
+    #: Where set, the place stands for the files under it that this pattern names
+    #: (:mod:`seqstore.io.patterns`), and :meth:`files` lists only those.
+    pattern: str | None = None
 
     @property
     def local(self) -> Path | None:
@@ -126,11 +130,12 @@ class LocalPlace(Place):
 
     remedy = "re-create the store with seqstore convert"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], pattern: str | None = None) -> None:
         if is_url(path):
             raise NotAStoreError(f"'{os.fspath(path)}' is a URL, not a local path")
         self.path = Path(path)
-        self.where = str(self.path)
+        self.pattern = pattern
+        self.where = str(self.path / pattern) if pattern else str(self.path)
 
     @property
     def local(self) -> Path:
@@ -154,14 +159,15 @@ class LocalPlace(Place):
 
     def files(self) -> list[str]:
         # docstring inherited
-        if self.path.is_file():
+        if self.path.is_file() and self.pattern is None:
             return [""]
         out = []
         for root, dirs, names in os.walk(self.path, followlinks=True):
             dirs.sort()
             rel = Path(root).relative_to(self.path)
             out += [(rel / name).as_posix() for name in names]
-        return sorted(out)
+        out.sort()
+        return out if self.pattern is None else matching(out, self.pattern)
 
     def child(self, name: str) -> LocalPlace:
         # docstring inherited
@@ -182,10 +188,13 @@ class ObjectPlace(Place):
 
     remedy = "upload the store again with seqstore convert"
 
-    def __init__(self, store: ObjectStore, cache: ShardCache | None = None) -> None:
+    def __init__(
+        self, store: ObjectStore, cache: ShardCache | None = None, pattern: str | None = None
+    ) -> None:
         self.store = store
         self.cache = cache
-        self.where = store.url
+        self.pattern = pattern
+        self.where = f"{store.url}/{pattern}" if pattern else store.url
 
     def _url(self, name: str) -> str:
         return self.store.join(name) if name else self.store.url
@@ -208,9 +217,10 @@ class ObjectPlace(Place):
         # docstring inherited
         base = self.store.url
         found = self.store.find(base)
-        if found == [base]:
+        if found == [base] and self.pattern is None:
             return [""]
-        return sorted(f[len(base) + 1 :] for f in found if f.startswith(base + "/"))
+        out = sorted(f[len(base) + 1 :] for f in found if f.startswith(base + "/"))
+        return out if self.pattern is None else matching(out, self.pattern)
 
     def child(self, name: str) -> ObjectPlace:
         # docstring inherited

@@ -53,4 +53,6 @@ class FolderBackend(Backend):
     def sniff(cls, place: Place) -> bool:
         # docstring inherited
         path = place.local
+        if place.pattern is not None:  # a folder is a directory, not files named by a pattern
+            return False
         return path is not None and path.is_dir() and not (path / MANIFEST_NAME).exists()

@@ -46,6 +46,8 @@ class ParquetBackend(Backend):
     @classmethod
     def sniff(cls, place: Place) -> bool:
         # docstring inherited
+        if place.pattern is not None:
+            return any(name.endswith(".parquet") for name in place.files())
         local = place.local
         if local is not None:
             if local.is_file():

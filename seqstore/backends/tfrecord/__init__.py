@@ -30,7 +30,12 @@ class TFRecordBackend(Backend):
     def sniff(cls, place: Place) -> bool:
         # docstring inherited
         local = place.local
-        if local is not None:
+        if place.pattern is not None:
+            found = [n for n in place.files() if is_tfrecord_name(n)]
+            if not found:
+                return False
+            name = found[0]
+        elif local is not None:
             if local.is_dir():
                 found = sorted(
                     p.name for p in local.iterdir() if p.is_file() and is_tfrecord_name(p.name)

@@ -41,6 +41,8 @@ class WebDatasetBackend(Backend):
     @classmethod
     def sniff(cls, place: Place) -> bool:
         # docstring inherited
+        if place.pattern is not None:
+            return any(name.endswith(".tar") for name in place.files())
         local = place.local
         if local is not None:
             if local.is_file():
