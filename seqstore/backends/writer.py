@@ -40,7 +40,7 @@ from ..manifest import (
 from ..records import Record
 from . import staging
 
-__all__ = ["Writer", "ensure_space"]
+__all__ = ["ShardFilesWriter", "Writer", "ensure_space"]
 
 _SPACE_MARGIN = 16 << 20
 
@@ -358,3 +358,35 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+class ShardFilesWriter(Writer):
+    """A writer whose format splits its records over files of a size (WebDataset's tar
+    shards, Parquet files): ``convert --shard-mb`` is their size (:attr:`writes_shards`).
+
+    Parameters
+    ----------
+    path, classes, overwrite, provenance
+        See :class:`Writer`.
+    shard_bytes
+        Bytes of records per file, at most (a file holds one record at least).
+    """
+
+    writes_shards: ClassVar[bool] = True
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, shard_bytes: int = 1 << 30, **kwargs: Any
+    ) -> None:
+        if shard_bytes < 1:
+            raise ConfigError(f"shard_bytes must be >= 1, got {shard_bytes}")
+        self.shard_bytes = shard_bytes
+        self._held = 0
+        super().__init__(path, **kwargs)
+
+    def starts_new_file(self, size: int, has_file: bool) -> bool:
+        """Whether a record of ``size`` bytes begins a new file (and counts it in that
+        file): the first record, or one that would take the current file past
+        :attr:`shard_bytes`."""
+        new = not has_file or (self._held > 0 and self._held + size > self.shard_bytes)
+        self._held = size if new else self._held + size
+        return new

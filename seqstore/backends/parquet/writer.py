@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, ClassVar
+from typing import Any
 
-from ...errors import ConfigError
 from ...records import Record
-from ..writer import Writer, ensure_space
+from ..writer import ShardFilesWriter, ensure_space
 from .reader import pyarrow_parquet
 
 __all__ = ["ParquetWriter"]
@@ -31,28 +30,17 @@ _GROUP_ROWS = 100
 _GROUP_BYTES = 4 << 20
 
 
-class ParquetWriter(Writer):
+class ParquetWriter(ShardFilesWriter):
     """Writer of Parquet files in Hugging Face datasets' layout (see the module docstring).
 
     Parameters
     ----------
-    path, classes, overwrite, provenance
-        See :class:`~seqstore.backends.writer.Writer`.
-    shard_bytes
-        Bytes of images per file, at most (a file holds one image at least).
+    path, classes, overwrite, provenance, shard_bytes
+        See :class:`~seqstore.backends.writer.ShardFilesWriter`.
     """
 
     format = "parquet"
     format_version = 1
-    writes_shards: ClassVar[bool] = True
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, shard_bytes: int = 1 << 30, **kwargs: Any
-    ) -> None:
-        if shard_bytes < 1:
-            raise ConfigError(f"shard_bytes must be >= 1, got {shard_bytes}")
-        self.shard_bytes = shard_bytes
-        super().__init__(path, **kwargs)
 
     def _schema(self) -> Any:
         import pyarrow as pa
@@ -76,7 +64,6 @@ class ParquetWriter(Writer):
         (self.directory / "data").mkdir()
         self._file: Any = None
         self._names: list[str] = []
-        self._held = 0
         self._rows: list[Record] = []
         self._row_bytes = 0
 
@@ -91,7 +78,6 @@ class ParquetWriter(Writer):
             self._schema(),
             compression={"image.bytes": "none", "image.path": "snappy", "label": "snappy"},
         )
-        self._held = 0
 
     def _close_file(self) -> None:
         self._flush()
@@ -116,11 +102,10 @@ class ParquetWriter(Writer):
         self._rows, self._row_bytes = [], 0
 
     def _write(self, record: Record) -> None:
-        if self._file is None or (self._held and self._held + len(record.data) > self.shard_bytes):
+        if self.starts_new_file(len(record.data), self._file is not None):
             self._next_file()
         self._rows.append(record)
         self._row_bytes += len(record.data)
-        self._held += len(record.data)
         if len(self._rows) >= _GROUP_ROWS or self._row_bytes >= _GROUP_BYTES:
             self._flush()
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-from typing import Any, ClassVar
 
 from ...errors import ConfigError
 from ...records import Record
-from ..writer import Writer, ensure_space
+from ..writer import ShardFilesWriter, ensure_space
 
 __all__ = ["WebDatasetWriter", "image_extension"]
 
@@ -34,32 +33,20 @@ def image_extension(data: bytes) -> str | None:
     return None
 
 
-class WebDatasetWriter(Writer):
+class WebDatasetWriter(ShardFilesWriter):
     """Writer of WebDataset shards (see the module docstring).
 
     Parameters
     ----------
-    path, classes, overwrite, provenance
-        See :class:`~seqstore.backends.writer.Writer`.
-    shard_bytes
-        Bytes of images per shard, at most (a shard holds one image at least).
+    path, classes, overwrite, provenance, shard_bytes
+        See :class:`~seqstore.backends.writer.ShardFilesWriter`.
     """
 
     format = "webdataset"
     format_version = 1
-    writes_shards: ClassVar[bool] = True
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, shard_bytes: int = 1 << 30, **kwargs: Any
-    ) -> None:
-        if shard_bytes < 1:
-            raise ConfigError(f"shard_bytes must be >= 1, got {shard_bytes}")
-        self.shard_bytes = shard_bytes
-        super().__init__(path, **kwargs)
 
     def _open(self) -> None:
         self._tar: tarfile.TarFile | None = None
-        self._held = 0
         self._names: list[str] = []
 
     def _next_shard(self) -> tarfile.TarFile:
@@ -67,7 +54,6 @@ class WebDatasetWriter(Writer):
             self._tar.close()
         name = f"shard-{len(self._names):06d}.tar"
         self._names.append(name)
-        self._held = 0
         self._tar = tarfile.open(self.directory / name, "w", format=tarfile.USTAR_FORMAT)
         return self._tar
 
@@ -85,14 +71,13 @@ class WebDatasetWriter(Writer):
                 "shards hold here; convert the source to lmdb or hdf5, which keep any image"
             )
         tar = self._tar
-        if tar is None or (self._held and self._held + len(record.data) > self.shard_bytes):
+        if self.starts_new_file(len(record.data), tar is not None) or tar is None:
             tar = self._next_shard()
         ensure_space(self.directory, len(record.data) + 2048)
         key = f"{self.num_records:09d}"
         self._member(tar, f"{key}.{ext}", record.data)
         if record.label >= 0:
             self._member(tar, f"{key}.cls", str(record.label).encode())
-        self._held += len(record.data)
 
     def _finish(self) -> None:
         if self._tar is None:  # no records: one empty shard, which readers read as such
