@@ -1,0 +1,104 @@
+"""The formats people already hold, made from the same 1000 real photos
+(../shared/data/imagen200) by each project's own writer, read in place by seqstore with no
+``backend=``: the same bytes and labels as the folder, a Loader epoch that covers every
+record once on 1 and on 2 ranks, and a conversion to LMDB that holds the folder's records.
+Skips cleanly without ../shared/data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import seqstore
+from seqstore import Loader
+from seqstore.convert import convert
+from seqstore.records import Record
+from seqstore.testing import collect_epoch
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[list[Record], list[str]]:
+    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
+    if not root.is_dir():
+        pytest.skip("../shared/data is not present")
+    folder = seqstore.open(root)
+    return folder.read_block(0, len(folder)), folder.classes
+
+
+def _webdataset(path: Path, records: list[Record], classes: list[str]) -> None:
+    wds = pytest.importorskip("webdataset")
+    path.mkdir()
+    with wds.ShardWriter(str(path / "train-%06d.tar"), maxsize=30e6) as sink:
+        for i, r in enumerate(records):
+            sink.write({"__key__": f"{i:06d}", "jpg": r.data, "cls": r.label})
+
+
+def _parquet(path: Path, records: list[Record], classes: list[str]) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)}
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": r.data, "path": None} for r in records],
+            "label": [r.label for r in records],
+        },
+        features=features,
+    )
+    (path / "data").mkdir(parents=True)
+    ds.to_parquet(str(path / "data" / "train-00000-of-00001.parquet"))
+
+
+def _tfrecord(path: Path, records: list[Record], classes: list[str]) -> None:
+    tfrecord = pytest.importorskip("tfrecord")
+    path.mkdir()
+    for n in range(2):
+        writer = tfrecord.TFRecordWriter(str(path / f"train-{n:05d}-of-00002"))
+        for r in records[n::2]:
+            writer.write(
+                {"image/encoded": (r.data, "byte"), "image/class/label": (r.label + 1, "int")}
+            )
+        writer.close()
+
+
+WRITERS: dict[str, tuple[Callable[[Path, list[Record], list[str]], None], dict[str, int]]] = {
+    "webdataset": (_webdataset, {}),
+    "parquet": (_parquet, {}),
+    "tfrecord": (_tfrecord, {"label_offset": -1}),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_each_format_reads_in_place_as_the_folder(
+    fmt: str,
+    photos: tuple[list[Record], list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SEQSTORE_INDEX_DIR", str(tmp_path / "index"))
+    records, classes = photos
+    write, options = WRITERS[fmt]
+    path = tmp_path / fmt
+    write(path, records, classes)
+    reader = seqstore.open(path, **options)
+    assert reader.manifest.format == fmt and len(reader) == len(records)
+    expected = sorted((r.data, r.label) for r in records)
+    assert sorted((r.data, r.label) for r in reader.read_block(0, len(reader))) == expected
+
+    opts = dict(
+        batch_size=50, image_size=32, num_workers=2, with_indices=True, reader_options=options
+    )
+    one = collect_epoch(Loader(path, **opts))[0]
+    assert sorted(one) == list(range(len(records)))
+    ranks = [collect_epoch(Loader(path, rank=r, world_size=2, **opts))[0] for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(records) // 2
+    assert sorted(ranks[0] + ranks[1]) == list(range(len(records)))
+
+    # convert takes no reader options: a TFRecord file's labels convert as stored (from 1).
+    convert(path, tmp_path / "lmdb", format="lmdb", progress=False)
+    out = seqstore.open(tmp_path / "lmdb")
+    shift = options.get("label_offset", 0)
+    got = sorted((r.data, r.label + shift) for r in out.read_block(0, len(out)))
+    assert got == expected
