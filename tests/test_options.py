@@ -36,6 +36,7 @@ def test_every_model_field_but_the_few_is_an_option() -> None:
         "progress",  # -q/--quiet says it the other way round
         "distributed",  # --distributed/--no-distributed, by default when under torchrun
         "storage_options",  # credentials come from the environment on the command line
+        "reader_options",  # the source's own reader's options: Python only
     }
     assert set(ConvertConfig.model_fields) - set(CONVERT_OPTIONS) == handled_apart
     assert set(BenchConfig.model_fields) - set(BENCH_OPTIONS) == {

@@ -66,6 +66,10 @@ class ConvertConfig(BaseModel):
         1024 MB unless ``shard_mb`` says otherwise.
     source_format : str or None
         Read the source with this backend instead of recognising it.
+    reader_options : dict
+        Options of the source's reader, as ``seqstore.open`` takes them
+        (``label_offset=-1`` for the TFRecord files of TF's ImageNet scripts,
+        ``image_field=`` ...).
     limit : int or None
         Convert only the first ``limit`` records of the write order (a random subset when
         shuffling).
@@ -100,6 +104,7 @@ class ConvertConfig(BaseModel):
     shard_mb: float | None = Field(None, gt=0)
     distributed: bool = False
     source_format: str | None = None
+    reader_options: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(None, ge=1)
     progress: bool = True
     storage_options: dict[str, Any] = Field(default_factory=dict)

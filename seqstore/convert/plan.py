@@ -61,7 +61,7 @@ def plan_conversion(
     if src_path.exists() and dst_path.exists() and src_path.resolve() == dst_path.resolve():
         raise ConfigError(f"source and destination are the same path '{src_path}'")
     get_backend(cfg.format)  # an unknown format fails before the source is read
-    reader_options: dict[str, Any] = {}
+    reader_options: dict[str, Any] = dict(cfg.reader_options)
     if cfg.labels is not None:
         reader_options["labels"] = cfg.labels
     if cfg.classes is not None and cfg.labels is not None:
