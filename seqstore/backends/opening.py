@@ -28,7 +28,7 @@ from ..io.object import ObjectStore
 from ..io.patterns import split_pattern
 from ..io.places import LocalPlace, ObjectPlace, Place, is_url
 from ..io.retry import RetryPolicy
-from ..manifest import MANIFEST_NAME, Manifest, is_store, parse_manifest, read_manifest
+from ..manifest import MANIFEST_NAME, Manifest, is_store, parse_manifest
 from .base import Backend, Reader
 from .reader import options_taken
 from .registry import data_file_names, get_backend, sniffing_backends
@@ -227,8 +227,7 @@ def _manifest(place: Place) -> Manifest | None:
         # write, or says that nothing is there.
         read_store_manifest(local)
     if local.is_dir() and is_store(local):
-        read_store_manifest(local)
-        return read_manifest(local)
+        return read_store_manifest(local)
     return None
 
 

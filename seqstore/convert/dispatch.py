@@ -35,7 +35,8 @@ def convert(
     config, **options
         A :class:`~seqstore.config.ConvertConfig` (or dict), and/or its fields as keywords.
         With ``shard_mb`` or ``distributed`` the store is sharded and written in parallel
-        (see :mod:`seqstore.convert.sharded`).
+        (see :mod:`seqstore.convert.sharded`), unless the format's own files are shards of
+        a size (WebDataset, Parquet): ``shard_mb`` is then their size.
 
     Returns
     -------

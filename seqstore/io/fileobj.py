@@ -107,7 +107,3 @@ class SourceFile(io.RawIOBase):
             self._pages.popitem(last=False)
         joined = b"".join(parts) if len(parts) > 1 else parts[0]
         return joined[offset - first * size : end - first * size]
-
-    def drop_pages(self) -> None:
-        """Forget every cached page."""
-        self._pages.clear()

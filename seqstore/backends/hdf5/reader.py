@@ -37,7 +37,15 @@ from ...io.ranges import Extent, Source, cut_joined
 from ...manifest import Manifest
 from ...records import Record
 from ..reader import Reader, store_manifest
-from .layout import DATA_FILE, INDEX, chunk_table, cut_records, index_digest_of, within_chunks
+from .layout import (
+    DATA_FILE,
+    INDEX,
+    chunk_table,
+    cut_records,
+    index_digest_of,
+    read_slice,
+    within_chunks,
+)
 
 __all__ = ["HDF5Reader"]
 
@@ -82,7 +90,6 @@ class HDF5Reader(Reader):
     ) -> None:
         super().__init__(location)
         self._manifest = store_manifest(self.place)
-        self._direct = direct_io
         self.data: Source = self.open_data(DATA_FILE, direct=direct_io)
         self._state: ProcessLocal[_ProcessHandles] = ProcessLocal(_close)
 
@@ -310,10 +317,7 @@ class HDF5Reader(Reader):
             state.tables = {n: chunk_table(state.file[n]) for n in ("images", "keys")}
         table = state.tables[name]
         if table is None or stop <= start:
-            out = np.empty(max(stop - start, 0), np.uint8)
-            if stop > start:
-                state.file[name].read_direct(out, np.s_[start:stop])
-            return out.tobytes()
+            return read_slice(state.file[name], start, stop)
         size, chunk_offsets = table
         first, last = start // size, (stop - 1) // size
         extents = within_chunks(chunk_offsets[first : last + 1].tolist(), first, size, start, stop)

@@ -27,7 +27,7 @@ from ...records import Record
 from ..reader import store_manifest
 from .env import SharedEnvReader
 from .layout import CHECKSUMS_KEY, DATA_FILE, LABELS_KEY, decode_record, index_key
-from .pages import PageTree, Value, cursor_extent
+from .pages import HEAD_BYTES, PageTree, Value, cursor_extent, read_meta
 
 __all__ = ["LMDBReader", "read_values"]
 
@@ -102,15 +102,12 @@ class LMDBReader(SharedEnvReader):
         # Pages through the map of the file, a view made per page: a view kept would keep the
         # map from closing. (The file is the LocalFile, not this reader: no cycle.)
         local = self.data
-        psize = int(self.env.stat()["psize"])
+        head = bytes(local.map[:HEAD_BYTES])  # type: ignore[attr-defined]
+        psize, root, pages = read_meta(head, local.size, local.name, self.place.remedy)
 
         def read_page(pgno: int) -> bytes:
             return bytes(local.map[pgno * psize : (pgno + 1) * psize])  # type: ignore[attr-defined]
 
-        head = read_page(0) + read_page(1)
-        metas = [struct.unpack_from("<QQQ", head, page * psize + 128) for page in (0, 1)]
-        root, last, _ = max(metas, key=lambda meta: meta[2])
-        pages = min(local.size // psize, last + 1)
         return PageTree(read_page, psize, root, pages)
 
     def _env_options(self) -> dict[str, Any]:
