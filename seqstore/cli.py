@@ -107,11 +107,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for warning in p.warnings:
         print(f"  warning: {warning}")
     if args.verify:
+        hashed = reader.verify_files()
+        if hashed is not None:
+            checked, failed = hashed
+            print(f"   verify: {checked - len(failed)} of {checked} files match their stored hash")
+            for name in failed[:20]:
+                print(f"  corrupt: {name}")
+            if failed:
+                return 1
         if not reader.stores_checksums:
-            print(
-                f"   verify: nothing to check: {m.format} data stores no checksums (convert it "
-                "to lmdb or hdf5 for a store that can be verified)"
-            )
+            if hashed is None:
+                print(
+                    f"   verify: nothing to check: {m.format} data stores no checksums (convert "
+                    "it to lmdb or hdf5 for a store that can be verified)"
+                )
             return 0
         reader.check_index()
         bad = _verify(reader)

@@ -282,6 +282,13 @@ class Reader(ABC):
             The index was damaged or edited. The default checks nothing (no index).
         """
 
+    def verify_files(self) -> tuple[int, list[str]] | None:
+        """Check each data file against the hash the format stores for it (MDS shards' sha1
+        or xxh64), reading each whole: how many files were checked, and the names of those
+        that fail; None where the format stores no file hashes (or none this machine can
+        compute). The default: None."""
+        return None
+
     def open_data(self, name: str, *, direct: bool | None = False) -> Source:
         """The data file ``name`` of the store, once its layout is known and the file is the
         size its manifest records (see :meth:`seqstore.io.places.Place.open`).

@@ -77,6 +77,8 @@ _table: dict[str, BackendEntry] = {
     "tfrecord": BackendEntry(
         "seqstore.backends.tfrecord:TFRecordBackend", extra="tfrecord", sniff=True
     ),
+    "mds": BackendEntry("seqstore.backends.mds:MDSBackend", sniff=True),
+    "litdata": BackendEntry("seqstore.backends.litdata:LitdataBackend", sniff=True),
     "folder": BackendEntry("seqstore.backends.folder:FolderBackend", sniff=True),
 }
 #: A read-only view of the registry (entry-point plugins appear once a lookup has run).

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-__all__ = ["GAP", "Extent", "Source", "coalesce", "cut_joined", "split_runs"]
+__all__ = ["GAP", "Extent", "Source", "Window", "coalesce", "cut_joined", "split_runs"]
 
 #: Extents less than this far apart are read as one run.
 GAP = 1 << 20
@@ -148,3 +148,23 @@ class Source(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.name}')"
+
+
+class Window(Source):
+    """``size`` bytes of ``source`` from ``start`` on, as a file of their own (a file that
+    another format embeds, such as the Arrow file at the end of a litdata chunk)."""
+
+    def __init__(self, source: Source, start: int, size: int) -> None:
+        self.source, self.start, self.size = source, start, size
+        self.name = source.name
+        self.far = source.far  # type: ignore[misc]
+
+    @property
+    def identity(self) -> str:
+        # docstring inherited
+        return f"{self.source.identity}@{self.start}+{self.size}"
+
+    def read(self, offset: int, length: int) -> bytes | bytearray | memoryview:
+        # docstring inherited
+        length = max(0, min(length, self.size - offset))
+        return self.source.read(self.start + offset, length)

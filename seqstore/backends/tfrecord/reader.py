@@ -16,7 +16,7 @@ from ...io.fileobj import SourceFile
 from ...io.places import Place
 from ...io.ranges import Source
 from ..in_place import FilesReader
-from ..index_cache import default_index_dir, index_path
+from ..index_cache import default_index_dir, kept_table
 from .example import HEADER, Feature, masked_crc, parse_example
 
 __all__ = ["IMAGE_NAMES", "LABEL_NAMES", "TFRecordReader", "is_tfrecord_name"]
@@ -83,7 +83,10 @@ class TFRecordReader(FilesReader):
         self.open_files(is_tfrecord_name, "TFRecord files (*.tfrecord*, *-of-NNNNN)")
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         fields = (image_field, label_field)
-        tables = [_table(source, directory, fields) for source in self.sources]
+        tables = [
+            kept_table(source, directory, f"tfrecord {fields}", lambda s=source: _scan(s, fields))
+            for source in self.sources
+        ]
         self._starts = np.concatenate([t["starts"] for t in tables])
         self._lengths = np.concatenate([t["lengths"] for t in tables])
         self._images = np.concatenate([t["images"] for t in tables]).reshape(-1, 2)
@@ -149,37 +152,6 @@ def _choose(
             )
         label = labels[0] if labels else None
     return image, label
-
-
-def _table(
-    source: Source, directory: Path, fields: tuple[str | None, str | None]
-) -> dict[str, np.ndarray]:
-    """The record table of one file: each record's data offset and length, its image's
-    span within the record, its label; kept in ``directory``."""
-    path, identity = index_path(source, directory, f"tfrecord {fields}")
-    try:
-        with np.load(path) as z:
-            if z["identity"].tobytes() == identity.encode("utf-8", "surrogateescape"):
-                return {k: z[k] for k in ("starts", "lengths", "images", "labels")}
-    except (OSError, ValueError, KeyError):
-        pass
-    table = _scan(source, fields)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                identity=np.frombuffer(identity.encode("utf-8", "surrogateescape"), np.uint8),
-                starts=table["starts"],
-                lengths=table["lengths"],
-                images=table["images"],
-                labels=table["labels"],
-            )
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache: scanned again next time
-        pass
-    return table
 
 
 def _scan(source: Source, fields: tuple[str | None, str | None]) -> dict[str, np.ndarray]:
