@@ -52,7 +52,7 @@ def kept_table(
         index_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, identity=tag, **table)
+            np.savez(f, identity=tag, **table)  # type: ignore[arg-type]
         os.replace(tmp, path)
     except OSError:
         pass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -84,7 +85,7 @@ class TFRecordReader(FilesReader):
         directory = Path(index_dir) if index_dir is not None else default_index_dir()
         fields = (image_field, label_field)
         tables = [
-            kept_table(source, directory, f"tfrecord {fields}", lambda s=source: _scan(s, fields))
+            kept_table(source, directory, f"tfrecord {fields}", partial(_scan, source, fields))
             for source in self.sources
         ]
         self._starts = np.concatenate([t["starts"] for t in tables])

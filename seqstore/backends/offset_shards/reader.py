@@ -1,253 +1,30 @@
-"""Shard files that open with a table of their samples' offsets: MosaicML Streaming's MDS
-shards and litdata's chunks, read in place.
-
-Both projects lay a shard out as::
-
-    uint32 n | uint32 offsets[n + 1] | ... | sample 0 | sample 1 | ... | sample n-1
-
-(offsets from the start of the file; ``offsets[n]`` is where the last sample ends), and a
-sample as a header of uint32 sizes followed by its fields' bytes, in order. MDS puts in the
-header the sizes of the columns that have no fixed size (its columns sorted by name); litdata
-those of every leaf of its pytree. :class:`Fields` describes a format's samples and finds a
-field in one; :class:`OffsetShardsReader` reads the shards: a block is one read of a run of
-samples, each image sliced out of its sample.
-
-Labels are read at open, one small read per sample (from the sample's start or end where the
-fields around the label have fixed sizes, else after its header), and kept with the offsets
-in the index directory, tied to each shard's identity, as a tar shard's members are.
-
-Compressed shards cannot be read in place: each is unpacked whole on first use, into a
-local directory shared by processes (:class:`~seqstore.io.cache.ShardCache`), as both
-projects' own loaders unpack them into their cache; its hash is checked then, where the
-index records one.
-"""
+"""Reading MDS shards and litdata chunks in place (see
+:mod:`seqstore.backends.offset_shards`)."""
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import hashlib
 import os
 import pickle
 import struct
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from ..errors import BackendNotFoundError, ConfigError, CorruptStoreError
-from ..io.cache import ShardCache, cache_key
-from ..io.local import LocalFile
-from ..io.ranges import Source
-from .in_place import FilesReader
-from .index_cache import default_index_dir, kept_table
+from ...errors import ConfigError, CorruptStoreError
+from ...io.cache import ShardCache
+from ...io.local import LocalFile
+from ...io.ranges import Source
+from ..in_place import FilesReader
+from ..index_cache import default_index_dir, kept_table
+from .layout import Fields, Shard, encoding_kind, fields_of_kind, locate
+from .packing import check_hashes, file_pieces, unpack
 
-__all__ = ["Fields", "OffsetShardsReader", "Shard", "hasher", "unpack"]
+__all__ = ["OffsetShardsReader"]
 
 _U32 = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Fields:
-    """The fields of a dataset's samples.
-
-    Attributes
-    ----------
-    names, encodings
-        Each field's name and the writer's name for its encoding, in sample order.
-    sizes
-        Each field's fixed size in bytes; None where it varies.
-    headed
-        Whether the sample's header holds the field's size.
-    """
-
-    names: list[str]
-    encodings: list[str]
-    sizes: list[int | None]
-    headed: list[bool]
-
-    @property
-    def header_bytes(self) -> int:
-        """The length of a sample's header."""
-        return 4 * sum(self.headed)
-
-    def listing(self) -> str:
-        """The fields and their encodings, for messages."""
-        return ", ".join(f"{n} ({e})" for n, e in zip(self.names, self.encodings, strict=True))
-
-    def span(self, sample: bytes | memoryview, i: int) -> tuple[int, int]:
-        """Where field ``i`` is in ``sample`` (a whole sample's bytes)."""
-        heads = struct.unpack_from(f"<{sum(self.headed)}I", sample, 0)
-        pos, k = self.header_bytes, 0
-        for j in range(i + 1):
-            size = self.sizes[j]
-            if self.headed[j]:
-                size = heads[k]
-                k += 1
-            assert size is not None
-            if j == i:
-                return pos, pos + size
-            pos += size
-        raise IndexError(i)
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One shard as its dataset's index records it.
-
-    Attributes
-    ----------
-    name
-        The file as stored (the compressed one, where it is compressed), relative to the
-        dataset.
-    size
-        Its size in bytes; None where the index does not record it.
-    compression
-        The compression of the whole file (``"zstd"``, ``"gz"``, ``"bz2"``, ``"br"``,
-        ``"snappy"``, with or without ``":level"``); None for none.
-    hashes
-        Hex digests of the stored file by algorithm (``sha1``, ``xxh64`` ...).
-    samples
-        Its sample count, as the index records it.
-    fields
-        Its samples' fields.
-    """
-
-    name: str
-    size: int | None
-    compression: str | None
-    hashes: dict[str, str]
-    samples: int
-    fields: Fields
-
-
-def _decompressor(algo: str, where: str) -> Callable[[bytes], bytes]:
-    """The function that decompresses a whole file of ``algo``, or one line naming the
-    package to install."""
-    family = algo.split(":", 1)[0]
-    if family == "gz":
-        return gzip.decompress
-    if family == "bz2":
-        return bz2.decompress
-    packages = {"zstd": ("zstandard", "zstandard"), "br": ("brotli", "brotli")}
-    packages["snappy"] = ("snappy", "python-snappy")
-    if family not in packages:
-        raise ConfigError(f"'{where}' is compressed with '{algo}', which seqstore does not read")
-    module, package = packages[family]
-    try:
-        lib: Any = __import__(module)
-    except ImportError:
-        raise BackendNotFoundError(
-            f"'{where}' is compressed with {family}: install the package '{package}' "
-            f"(pip install {package}) to read it"
-        ) from None
-    if family == "zstd":
-        return lambda data: lib.ZstdDecompressor().decompressobj().decompress(data)
-    return lib.decompress  # type: ignore[no-any-return]
-
-
-def hasher(algo: str) -> Any:
-    """A hash object of ``algo`` (a hashlib name, or xxhash's ``xxh32``, ``xxh64``,
-    ``xxh3_64``, ``xxh3_128``, ``xxh128``, as MDS names them); None where no installed
-    package computes it."""
-    if algo in hashlib.algorithms_available:
-        return hashlib.new(algo)
-    try:
-        import xxhash
-    except ImportError:
-        return None
-    make = getattr(xxhash, algo, None)
-    return make() if make is not None else None
-
-
-def _pieces(source: Source, step: int = 8 << 20) -> Iterator[bytes | bytearray | memoryview]:
-    for offset in range(0, source.size, step):
-        yield source.read(offset, min(step, source.size - offset))
-
-
-def unpack(source: Source, shard: Shard, cache: ShardCache, remedy: str) -> Path:
-    """The unpacked copy of a compressed shard in ``cache``, made on first use; the stored
-    file's hashes are checked as it is unpacked.
-
-    Raises
-    ------
-    CorruptStoreError
-        A hash does not match, or the file does not decompress.
-    """
-    assert shard.compression is not None
-    decompress = _decompressor(shard.compression, source.name)
-    key = cache_key(source.name, source.identity)
-
-    def populate(directory: Path) -> None:
-        data = bytes(source.read(0, source.size))
-        _check_hashes(source.name, shard.hashes, [data], remedy)
-        try:
-            raw = decompress(data)
-        except Exception as exc:  # each library has its own error
-            raise CorruptStoreError(
-                f"shard '{source.name}' does not decompress ({shard.compression}: {exc}); {remedy}"
-            ) from None
-        (directory / "shard").write_bytes(raw)
-
-    found = cache.fill(key, 2 * source.size, populate)
-    if found is None:
-        raise ConfigError(f"no room to unpack '{source.name}' in {cache.directory}")
-    return found / "shard"
-
-
-def _check_hashes(
-    name: str, hashes: dict[str, str], chunks: Iterable[bytes | bytearray | memoryview], remedy: str
-) -> bool:
-    """Check, in one pass over ``chunks``, the hashes of ``hashes`` that can be computed
-    here; whether any could."""
-    found = {algo: hasher(algo) for algo in sorted(hashes)}
-    found = {algo: h for algo, h in found.items() if h is not None}
-    if not found:
-        return False
-    for chunk in chunks:
-        for h in found.values():
-            h.update(chunk)
-    for algo, h in found.items():
-        if h.hexdigest() != hashes[algo]:
-            raise CorruptStoreError(
-                f"shard '{name}' fails its {algo} hash (damaged or replaced); {remedy}"
-            )
-    return True
-
-
-def _locate(
-    source: Source, fields: Fields, offsets: np.ndarray, i: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where field ``i`` of each sample of a shard (``offsets``: its table) is in the file:
-    offsets and lengths. Reads nothing where the fields before it, or those after it, all
-    have fixed sizes; else reads each sample's header."""
-    starts, ends = offsets[:-1], offsets[1:]
-    before, after = fields.sizes[:i], fields.sizes[i + 1 :]
-    own = fields.sizes[i]
-    if own is not None and None not in before:
-        at = starts + fields.header_bytes + sum(s for s in before if s)
-        return at, np.full_like(starts, own)
-    if own is not None and None not in after:
-        return ends - sum(s for s in after if s) - own, np.full_like(starts, own)
-    heads = source.read_extents([(int(s), fields.header_bytes) for s in starts.tolist()])
-    at, lengths = [], []
-    for start, head in zip(starts.tolist(), heads, strict=True):
-        lo, hi = fields.span(head, i)
-        at.append(start + lo)
-        lengths.append(hi - lo)
-    return np.array(at, np.int64), np.array(lengths, np.int64)
-
-
-def _kind(encoding: str) -> str:
-    """An encoding's family (litdata's ``image:png`` is an ``image``)."""
-    return encoding.split(":", 1)[0]
-
-
-def _having(fields: Fields, kinds: Iterable[str]) -> list[int]:
-    """The fields whose encoding is of one of ``kinds``."""
-    return [i for i, e in enumerate(fields.encodings) if _kind(e) in kinds]
 
 
 class OffsetShardsReader(FilesReader):
@@ -308,7 +85,7 @@ class OffsetShardsReader(FilesReader):
                 source,
                 directory,
                 f"{self.format_name} samples {self._label}",
-                lambda s=source, sh=shard: self._scan(s, sh),  # type: ignore[misc]
+                partial(self._scan, source, shard),
             )
             for source, shard in zip(self.sources, shards, strict=True)
         ]
@@ -333,14 +110,14 @@ class OffsetShardsReader(FilesReader):
     def _choose_image(self, fields: Fields, chosen: str | None, allow_pickle: bool) -> int:
         where = self.place.where
         if chosen is None:
-            found = _having(fields, self.image_encodings)
+            found = fields_of_kind(fields, self.image_encodings)
             if len(found) == 1:
                 return found[0]
             if not found:
-                pixels = _having(fields, self.pixel_encodings)
+                pixels = fields_of_kind(fields, self.pixel_encodings)
                 if len(pixels) == 1:
                     self._refuse_pixels(fields, pixels[0])
-                pickles = _having(fields, self.pickle_encodings)
+                pickles = fields_of_kind(fields, self.pickle_encodings)
                 if len(pickles) == 1 and allow_pickle:
                     return pickles[0]
             raise ConfigError(
@@ -348,7 +125,7 @@ class OffsetShardsReader(FilesReader):
                 f"{fields.listing()}); choose it with image_field="
             )
         i = self._index(fields, chosen)
-        encoding = _kind(fields.encodings[i])
+        encoding = encoding_kind(fields.encodings[i])
         if encoding in self.pixel_encodings:
             self._refuse_pixels(fields, i)
         if encoding in self.pickle_encodings and not allow_pickle:
@@ -362,7 +139,7 @@ class OffsetShardsReader(FilesReader):
 
     def _choose_label(self, fields: Fields, chosen: str | None, allow_pickle: bool) -> int | None:
         if chosen is None:
-            found = _having(fields, self.int_encodings)
+            found = fields_of_kind(fields, self.int_encodings)
             if len(found) > 1:
                 raise ConfigError(
                     f"cannot tell the label field of {self.writer} dataset '{self.place.where}' "
@@ -370,7 +147,7 @@ class OffsetShardsReader(FilesReader):
                 )
             return found[0] if found else None
         i = self._index(fields, chosen)
-        encoding = _kind(fields.encodings[i])
+        encoding = encoding_kind(fields.encodings[i])
         if encoding in self.pickle_encodings and not allow_pickle:
             self._refuse_pickle(fields, i)
         if encoding not in self.int_encodings and encoding not in self.pickle_encodings:
@@ -433,8 +210,8 @@ class OffsetShardsReader(FilesReader):
 
     def _read_labels(self, source: Source, fields: Fields, offsets: np.ndarray) -> np.ndarray:
         assert self._label is not None
-        encoding = _kind(fields.encodings[self._label])
-        where, n = _locate(source, fields, offsets, self._label)
+        encoding = encoding_kind(fields.encodings[self._label])
+        where, n = locate(source, fields, offsets, self._label)
         values = source.read_extents(list(zip(where.tolist(), n.tolist(), strict=True)))
         dtype = self.int_encodings.get(encoding)
         if dtype is not None and dtype != "str":
@@ -469,7 +246,7 @@ class OffsetShardsReader(FilesReader):
         starts = self._starts[start:stop].tolist()
         lengths = (self._ends[start:stop] - self._starts[start:stop]).tolist()
         name = self.shards[file].name
-        pickled = _kind(fields.encodings[self._image]) in self.pickle_encodings
+        pickled = encoding_kind(fields.encodings[self._image]) in self.pickle_encodings
         out = []
         for i, sample in zip(
             range(start, stop),
@@ -508,7 +285,7 @@ class OffsetShardsReader(FilesReader):
                 continue
             source = self.place.source(shard.name)
             try:
-                checked += _check_hashes(source.name, shard.hashes, _pieces(source), "")
+                checked += check_hashes(source.name, shard.hashes, file_pieces(source), "")
             except CorruptStoreError:
                 checked += 1
                 bad.append(shard.name)
