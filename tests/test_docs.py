@@ -38,6 +38,7 @@ EXERCISED: dict[str, str] = {
     # README: set-up
     "pip install torch==2.13.0 -e": ".ci/run",
     "python -m pytest -q": ".ci/run",
+    "pip install litdata==0.2.76 mosaicml-streaming==0.13.0 --no-deps": ".ci/run",
     "seqstore demo": "tests/test_convert.py::test_cli_demo",
     # README: quick start, the CLI table
     "seqstore demo --workdir": QUICK_START,

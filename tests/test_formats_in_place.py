@@ -1,8 +1,8 @@
 """The formats people already hold, made from the same 1000 real photos
 (../shared/data/imagen200) by each project's own writer, read in place by seqstore with no
 ``backend=``: the same bytes and labels as the folder, a Loader epoch that covers every
-record once on 1 and on 2 ranks, and a conversion to LMDB that holds the folder's records.
-Each epoch also resumes exactly. Skips cleanly without ../shared/data."""
+record once on 1 and on 2 ranks, and conversions to LMDB and HDF5 that hold the folder's
+records. Each epoch also resumes exactly. Skips cleanly without ../shared/data."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from seqstore import Loader
 from seqstore.convert import convert
 from seqstore.records import Record
 from seqstore.testing import collect_epoch
+from seqstore.testing.peers import litdata_optimize, mds_writer
+
+ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
 
 
 @pytest.fixture(scope="module")
 def photos() -> tuple[list[Record], list[str]]:
-    root = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagen200"
-    if not root.is_dir():
+    if not ROOT.is_dir():
         pytest.skip("../shared/data is not present")
-    folder = seqstore.open(root)
+    folder = seqstore.open(ROOT)
     return folder.read_block(0, len(folder)), folder.classes
 
 
@@ -51,6 +53,21 @@ def _parquet(path: Path, records: list[Record], classes: list[str]) -> None:
     ds.to_parquet(str(path / "data" / "train-00000-of-00001.parquet"))
 
 
+def _saved(path: Path, records: list[Record], classes: list[str]) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)}
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": r.data, "path": None} for r in records],
+            "label": [r.label for r in records],
+        },
+        features=features,
+    )
+    ds.save_to_disk(str(path), num_shards=2)
+
+
 def _tfrecord(path: Path, records: list[Record], classes: list[str]) -> None:
     tfrecord = pytest.importorskip("tfrecord")
     path.mkdir()
@@ -63,10 +80,45 @@ def _tfrecord(path: Path, records: list[Record], classes: list[str]) -> None:
         writer.close()
 
 
+def _mds(path: Path, records: list[Record], classes: list[str]) -> None:
+    """As MDS's ImageNet examples write it: each photo opened with PIL into a ``jpeg``
+    column (MDS keeps the file's bytes), shards of 16 MB, with hashes."""
+    try:
+        writer = mds_writer()
+    except ImportError:
+        pytest.skip("mosaicml-streaming is not installed")
+    from PIL import Image
+
+    columns = {"image": "jpeg", "label": "int"}
+    with writer(out=str(path), columns=columns, size_limit=1 << 24, hashes=["xxh64"]) as out:
+        for r in records:
+            with Image.open(ROOT / r.key) as image:
+                out.write({"image": image, "label": r.label})
+
+
+def _photo(key_label: tuple[str, int]) -> dict[str, object]:
+    from PIL import Image
+
+    return {"image": Image.open(ROOT / key_label[0]), "label": key_label[1]}
+
+
+def _litdata(path: Path, records: list[Record], classes: list[str]) -> None:
+    """As litdata's docs write images: PIL images (litdata keeps a JPEG file's bytes)."""
+    try:
+        optimize = litdata_optimize()
+    except ImportError:
+        pytest.skip("litdata is not installed")
+    inputs = [(r.key, r.label) for r in records]
+    optimize(fn=_photo, inputs=inputs, output_dir=str(path), chunk_bytes="16MB", num_workers=2)
+
+
 WRITERS: dict[str, tuple[Callable[[Path, list[Record], list[str]], None], dict[str, int]]] = {
     "webdataset": (_webdataset, {}),
     "parquet": (_parquet, {}),
+    "arrow": (_saved, {}),
     "tfrecord": (_tfrecord, {"label_offset": -1}),
+    "mds": (_mds, {}),
+    "litdata": (_litdata, {}),
 }
 
 
@@ -107,6 +159,7 @@ def test_each_format_reads_in_place_as_the_folder(
     got = [int(i) for batch in head + list(resumed) for i in batch[2]]
     assert got == collect_epoch(Loader(path, seed=4, **opts))[0]
 
-    convert(path, tmp_path / "lmdb", format="lmdb", progress=False, reader_options=options)
-    out = seqstore.open(tmp_path / "lmdb")
-    assert sorted((r.data, r.label) for r in out.read_block(0, len(out))) == expected
+    for to in ("lmdb", "hdf5"):
+        convert(path, tmp_path / to, format=to, progress=False, reader_options=options)
+        out = seqstore.open(tmp_path / to)
+        assert sorted((r.data, r.label) for r in out.read_block(0, len(out))) == expected

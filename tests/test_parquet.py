@@ -4,6 +4,7 @@ local disk and from the S3 test server."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,3 +148,56 @@ def test_a_folder_converted_to_parquet_loads_in_datasets_with_its_features(
     assert got == sorted((r.data, r.label) for r in folder.read_block(0, len(folder)))
     back = seqstore.open(out)
     assert back.manifest.format == "parquet" and back.classes == folder.classes
+
+
+def save_to_disk(path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
+    """``records`` as ``Dataset.save_to_disk`` writes them, in 3 Arrow files."""
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=list(classes))}
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": r.data, "path": None} for r in records],
+            "label": [r.label for r in records],
+        },
+        features=features,
+    )
+    ds.save_to_disk(str(path), num_shards=3)
+
+
+class TestSavedToDisk(BackendSuite):
+    """The directory of ``Dataset.save_to_disk``: its Arrow files, in state.json's order."""
+
+    backend_name = "arrow"
+
+    def write_raw(self, path: Path, records: Sequence[Record], classes: Sequence[str]) -> None:
+        save_to_disk(path, records, classes)
+        self.path = path
+
+    def expected(self, records: Sequence[Record]) -> list[Record]:
+        state = json.loads((self.path / "state.json").read_text())
+        names = [f["filename"] for f in state["_data_files"]]
+        out, i = [], 0
+        for name in names:
+            n = len(datasets.Dataset.from_file(str(self.path / name)))
+            for k in range(n):
+                r = records[i]
+                out.append(Record.make(f"{name}#{k}", r.label, r.data, r.width, r.height))
+                i += 1
+        return out
+
+
+class TestSavedToDiskOverS3(OverS3, TestSavedToDisk):
+    pass
+
+
+def test_a_saved_dataset_has_its_class_names_and_loads_an_epoch(tmp_path: Path) -> None:
+    records = make_records(30, classes=4, seed=8)
+    save_to_disk(tmp_path / "saved", records, CLASSES)
+    reader = seqstore.open(tmp_path / "saved")
+    assert reader.manifest.format == "arrow" and reader.classes == list(CLASSES)
+    indices, labels, _ = collect_epoch(
+        Loader(tmp_path / "saved", batch_size=4, image_size=32, num_workers=2, with_indices=True)
+    )
+    assert sorted(indices) == list(range(30))
+    assert labels == [records[i].label for i in indices]

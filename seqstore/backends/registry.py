@@ -77,6 +77,9 @@ _table: dict[str, BackendEntry] = {
     "tfrecord": BackendEntry(
         "seqstore.backends.tfrecord:TFRecordBackend", extra="tfrecord", sniff=True
     ),
+    "arrow": BackendEntry(
+        "seqstore.backends.parquet.arrow:ArrowBackend", extra="parquet", sniff=True
+    ),
     "mds": BackendEntry("seqstore.backends.mds:MDSBackend", sniff=True),
     "litdata": BackendEntry("seqstore.backends.litdata:LitdataBackend", sniff=True),
     "folder": BackendEntry("seqstore.backends.folder:FolderBackend", sniff=True),

@@ -16,7 +16,7 @@ from ...io.places import Place
 from ...io.ranges import Source
 from ..in_place import FilesReader
 
-__all__ = ["ParquetReader", "parquet_file", "pyarrow_parquet"]
+__all__ = ["ParquetReader", "columns_of", "parquet_file", "pyarrow_parquet"]
 
 
 def pyarrow_parquet() -> Any:
@@ -88,7 +88,9 @@ class ParquetReader(FilesReader):
                 raise CorruptStoreError(
                     f"Parquet file '{source.name}' does not read ({exc}); write it again"
                 ) from None
-            image, label, names_of = _columns(meta, source.name, image_field, label_field)
+            image, label, names_of = columns_of(
+                meta.schema_arrow, source.name, image_field, label_field
+            )
             self._image, self._label = image, label
             found_classes = found_classes or names_of
             groups.append([meta.metadata.row_group(i).num_rows for i in range(meta.num_row_groups)])
@@ -155,13 +157,19 @@ class ParquetReader(FilesReader):
         super().close()
 
 
-def _columns(
-    meta: Any, where: str, image_field: str | None, label_field: str | None
+def columns_of(
+    schema: Any, where: str, image_field: str | None, label_field: str | None
 ) -> tuple[str, str | None, list[str]]:
-    """The image column, the label column (None: no labels) and the class names of a file."""
+    """The image column, the label column (None: no labels) and the class names of a file
+    of the Arrow schema ``schema`` (Parquet or Arrow).
+
+    Raises
+    ------
+    ConfigError
+        The columns cannot be told, or those named are not there (one line lists them).
+    """
     import pyarrow as pa
 
-    schema = meta.schema_arrow
     features: dict[str, Any] = {}
     raw = (schema.metadata or {}).get(b"huggingface")
     if raw:
@@ -185,14 +193,12 @@ def _columns(
         candidates = named or [f.name for f in schema if is_image(f)]
         if len(candidates) != 1:
             raise ConfigError(
-                f"cannot tell the image column of Parquet file '{where}' (its columns: "
+                f"cannot tell the image column of file '{where}' (its columns: "
                 f"{listing}); choose it with image_field="
             )
         image = candidates[0]
     if schema.get_field_index(image) < 0:
-        raise ConfigError(
-            f"Parquet file '{where}' has no column '{image}' (its columns: {listing})"
-        )
+        raise ConfigError(f"file '{where}' has no column '{image}' (its columns: {listing})")
     label = label_field
     if label is None:
         named = [
@@ -202,14 +208,12 @@ def _columns(
         candidates = named or ints
         if len(candidates) > 1:
             raise ConfigError(
-                f"cannot tell the label column of Parquet file '{where}' (its columns: "
+                f"cannot tell the label column of file '{where}' (its columns: "
                 f"{listing}); choose it with label_field="
             )
         label = candidates[0] if candidates else None
     elif schema.get_field_index(label) < 0:
-        raise ConfigError(
-            f"Parquet file '{where}' has no column '{label}' (its columns: {listing})"
-        )
+        raise ConfigError(f"file '{where}' has no column '{label}' (its columns: {listing})")
     names = features.get(label or "", {}) if label else {}
     classes = list(names.get("names", [])) if isinstance(names, dict) else []
     return image, label, classes
