@@ -86,13 +86,28 @@ PEERS = {
     "MosaicML Streaming (MDS)": ("streaming", "mosaicml-streaming"),
     "WebDataset": ("webdataset", "webdataset"),
     "litdata": ("litdata", "litdata"),
+    "HF datasets (Parquet)": ("datasets", "datasets"),
+    "tfrecord (TFRecord)": ("tfrecord", "tfrecord"),
     "FFCV (own decoder, threads)": ("ffcv", "ffcv"),
 }
+#: The peers whose files seqstore also reads in place, each in a row of its own.
+IN_PLACE = (
+    "MosaicML Streaming (MDS)",
+    "WebDataset",
+    "litdata",
+    "HF datasets (Parquet)",
+    "tfrecord (TFRecord)",
+)
 BUILTIN = "seqstore lmdb, built-in pipeline"
 USER = "seqstore lmdb, user callable (cv2)"
 TORCHVISION = "torchvision-style (PIL, float)"
 # The peers doing the same per-image work as the user callable, for the targets
 SAME_WORK_PEERS = ("MosaicML Streaming (MDS)", "WebDataset", "litdata")
+
+
+def in_place_row(peer: str) -> str:
+    """The row of seqstore reading ``peer``'s own files in place."""
+    return f"seqstore in place: {peer.split(' (')[-1].rstrip(')') if '(' in peer else peer}"
 
 
 class CropFlip:
@@ -173,6 +188,42 @@ def write_litdata(records: list[tuple[bytes, int]], dst: Path, shard_bytes: int)
     )
 
 
+def write_parquet(records: list[tuple[bytes, int]], dst: Path, shard_bytes: int) -> None:
+    """As ``datasets`` writes a split to the Hub: ``data/train-NNNNN-of-MMMMM.parquet`` with
+    ``Image`` and ``ClassLabel`` features."""
+    import datasets
+
+    names = [str(c) for c in range(max(label for _, label in records) + 1)]
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}
+    )
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": [{"bytes": data, "path": None} for data, _ in records],
+            "label": [label for _, label in records],
+        },
+        features=features,
+    )
+    (dst / "data").mkdir(parents=True)
+    for i in range(SHARDS):
+        part = ds.shard(SHARDS, i, contiguous=True)
+        part.to_parquet(str(dst / "data" / f"train-{i:05d}-of-{SHARDS:05d}.parquet"))
+
+
+def write_tfrecord(records: list[tuple[bytes, int]], dst: Path, shard_bytes: int) -> None:
+    """One file of tf.train.Example records in TF's ImageNet layout, with the index that
+    the tfrecord package's PyTorch dataset needs to split it among workers."""
+    import tfrecord
+    from tfrecord.tools.tfrecord2idx import create_index
+
+    dst.mkdir()
+    writer = tfrecord.TFRecordWriter(str(dst / "train-00000-of-00001"))
+    for data, label in records:
+        writer.write({"image/encoded": (data, "byte"), "image/class/label": (label, "int")})
+    writer.close()
+    create_index(str(dst / "train-00000-of-00001"), str(dst / "train.idx"))
+
+
 class _Decoded:
     """The records as (RGB array, label), which is what FFCV's writer takes."""
 
@@ -201,6 +252,8 @@ WRITERS: dict[str, Callable[[list[tuple[bytes, int]], Path, int], None]] = {
     "MosaicML Streaming (MDS)": write_mds,
     "WebDataset": write_webdataset,
     "litdata": write_litdata,
+    "HF datasets (Parquet)": write_parquet,
+    "tfrecord (TFRecord)": write_tfrecord,
     "FFCV (own decoder, threads)": write_ffcv,
 }
 
@@ -263,6 +316,91 @@ def litdata_epoch(path: Path, cfg: BenchConfig) -> Epoch:
     return lambda: iter(loader)
 
 
+class _HFWork:
+    """``datasets``' on-the-fly transform (``set_transform``): a batch of rows in, the same
+    per-image work as every other pipeline."""
+
+    def __init__(self, size: int) -> None:
+        self.crop_flip = CropFlip(size)
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        images = [decode_crop_flip(x["bytes"], self.crop_flip) for x in batch["image"]]
+        return {"image": images, "label": batch["label"]}
+
+
+def hf_parquet_epoch(path: Path, cfg: BenchConfig) -> Epoch:
+    """HF datasets' PyTorch path: ``load_dataset("parquet")`` (made into Arrow once, in its
+    cache beside the files), the images left encoded (``Image(decode=False)``) and read by a
+    ``set_transform``, in a shuffling torch DataLoader."""
+    import datasets
+    import torch
+
+    files = sorted(str(p) for p in (path / "data").glob("*.parquet"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=files, split="train", cache_dir=str(path.parent / "hf-cache")
+    )
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    ds.set_transform(_HFWork(cfg.image_size))
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.workers,
+        persistent_workers=True,
+        collate_fn=_stack,
+    )
+    return lambda: iter(loader)
+
+
+def _stack(rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[int]]:
+    return np.stack([r["image"] for r in rows]), [r["label"] for r in rows]
+
+
+class _TFWork:
+    def __init__(self, size: int) -> None:
+        self.crop_flip = CropFlip(size)
+
+    def __call__(self, features: dict[str, Any]) -> tuple[np.ndarray, int]:
+        data = features["image/encoded"]
+        return decode_crop_flip(data, self.crop_flip), int(
+            features["image/class/label"][0]
+        )
+
+
+def tfrecord_epoch(path: Path, cfg: BenchConfig, buffer: int) -> Epoch:
+    """The tfrecord package's PyTorch dataset: its index splits the file among the workers,
+    a shuffle queue of the size WebDataset's buffer has.
+
+    Its ``__iter__`` seeds NumPy with the worker's seed, which persistent workers keep: every
+    epoch would come in the same order. The epoch's number is added to that seed here.
+    """
+    import torch
+    from tfrecord.torch.dataset import TFRecordDataset
+
+    class EachEpoch(TFRecordDataset):  # type: ignore[misc]
+        epoch = 0
+
+        def __iter__(self) -> Iterator[Any]:
+            it = super().__iter__()  # seeds NumPy; its shuffle draws once iterated
+            self.epoch += 1
+            info = torch.utils.data.get_worker_info()
+            seed = info.seed if info is not None else 0
+            np.random.seed((seed + self.epoch) % (1 << 32))
+            return it
+
+    dataset = EachEpoch(
+        str(path / "train-00000-of-00001"),
+        str(path / "train.idx"),
+        description={"image/encoded": "byte", "image/class/label": "int"},
+        shuffle_queue_size=buffer,
+        transform=_TFWork(cfg.image_size),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.workers, persistent_workers=True
+    )
+    return lambda: iter(loader)
+
+
 def ffcv_epoch(path: Path, cfg: BenchConfig) -> Epoch:
     from ffcv.fields.decoders import IntDecoder, RandomResizedCropRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
@@ -310,6 +448,24 @@ def installed(distribution: str) -> str | None:
         return version(distribution)
     except PackageNotFoundError:
         return None
+
+
+def usable(name: str) -> tuple[str | None, str]:
+    """Peer ``name``'s version where its loader imports here, else None and why not (not
+    installed; or installed without the dependencies its loader needs, as the tests install
+    mosaicml-streaming and litdata for their writers only)."""
+    module, dist = PEERS[name]
+    found = installed(dist) if importlib.util.find_spec(module) else None
+    if found is None:
+        return None, "is not installed"
+    try:
+        if module == "streaming":
+            import_streaming()
+        else:
+            importlib.import_module(module)
+    except Exception as exc:  # a dependency missing, or broken, in any way
+        return None, f"does not import ({type(exc).__name__}: {exc})"
+    return found, ""
 
 
 def main() -> None:
@@ -375,9 +531,9 @@ def run(src: Path, work: Path, repeat: int, min_seconds: float) -> None:
         versions[dist] = installed(dist) or "-"
     notes: list[str] = []
     for name, (module, dist) in PEERS.items():
-        found = installed(dist) if importlib.util.find_spec(module) else None
+        found, why = usable(name)
         if found is None:
-            notes.append(f"{name} is not installed: left out")
+            notes.append(f"{name} {why}: left out")
             continue
         versions[dist] = found
         dst = write_once(name, records, work / module, shard_bytes)
@@ -387,8 +543,14 @@ def run(src: Path, work: Path, repeat: int, min_seconds: float) -> None:
             plans[name] = own(webdataset_epoch, dst, cfg, buffer)
         elif module == "litdata":
             plans[name] = own(litdata_epoch, dst, cfg)
+        elif module == "datasets":
+            plans[name] = own(hf_parquet_epoch, dst, cfg)
+        elif module == "tfrecord":
+            plans[name] = own(tfrecord_epoch, dst, cfg, buffer)
         else:
             plans[name] = own(ffcv_epoch, dst, cfg)
+        if name in IN_PLACE:
+            plans[in_place_row(name)] = own(user_callable_epoch, dst, cfg)
     if seqstore.open(src).source_files is not None:  # an image folder
         if importlib.util.find_spec("PIL") is not None:
             versions["pillow"] = installed("pillow") or "-"
@@ -440,6 +602,16 @@ def run(src: Path, work: Path, repeat: int, min_seconds: float) -> None:
                 f"{name} / fastest peer: {ratio:.2f}x (target >= {target}x); "
                 f"median of each round's ratio to its fastest peer: {per_round:.2f}x"
             )
+    for peer in IN_PLACE:
+        row = in_place_row(peer)
+        if row not in rates:
+            continue
+        lmdb_ratio = rates[row] / rates[USER]
+        peer_ratio = rates[row] / rates[peer]
+        print(
+            f"{row} (user callable): {lmdb_ratio:.2f}x seqstore's own lmdb (target >= 0.9x), "
+            f"{peer_ratio:.2f}x {peer}'s own loader (target >= 1.1x)"
+        )
     for note in notes:
         print(f"note: {note}")
 

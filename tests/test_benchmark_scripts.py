@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -89,8 +89,19 @@ PEERS = {  # row -> module
     "MosaicML Streaming (MDS)": "streaming",
     "WebDataset": "webdataset",
     "litdata": "litdata",
+    "HF datasets (Parquet)": "datasets",
+    "tfrecord (TFRecord)": "tfrecord",
     "FFCV (own decoder, threads)": "ffcv",
 }
+
+
+def _peers() -> types.ModuleType:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import peers
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return peers
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +139,19 @@ def test_peers_benchmark_prints_every_installed_peer_beside_seqstore(
     ):
         assert row in rows, row
     assert float(rows["seqstore lmdb, built-in pipeline"][1]) == 1.0  # "vs seqstore"
-    for row, module in PEERS.items():
-        if importlib.util.find_spec(module) is None:
-            assert f"note: {row} is not installed: left out" in printed
+    peers = _peers()
+    for row in PEERS:
+        found, why = peers.usable(row)
+        if found is None:
+            assert f"note: {row} {why}: left out" in printed
         else:
             assert row in rows, row
             assert float(rows[row][0]) > 0
+            if row in peers.IN_PLACE:
+                assert float(rows[peers.in_place_row(row)][0]) > 0
+                assert f"{peers.in_place_row(row)} (user callable): " in printed
     assert "CPU: " in printed and "versions: seqstore" in printed
-    if any(importlib.util.find_spec(PEERS[row]) for row in list(PEERS)[:3]):
+    if any(peers.usable(row)[0] for row in list(PEERS)[:3]):
         assert "seqstore lmdb, user callable (cv2) / fastest peer: " in printed
 
 
@@ -144,11 +160,7 @@ def test_every_pipeline_of_the_peers_benchmark_yields_each_image_once_per_epoch(
 ) -> None:
     """What the benchmark times is a real epoch: every record once, as 224 x 224 uint8 crops,
     in another order each epoch."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import peers
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    peers = _peers()
     from seqstore.config import BenchConfig
 
     work, _ = peers_run
@@ -160,10 +172,14 @@ def test_every_pipeline_of_the_peers_benchmark_yields_each_image_once_per_epoch(
         ("MosaicML Streaming (MDS)", lambda: peers.mds_epoch(work / "streaming", cfg)),
         ("WebDataset", lambda: peers.webdataset_epoch(work / "webdataset", cfg, 10)),
         ("litdata", lambda: peers.litdata_epoch(work / "litdata", cfg)),
+        ("HF datasets (Parquet)", lambda: peers.hf_parquet_epoch(work / "datasets", cfg)),
+        ("tfrecord (TFRecord)", lambda: peers.tfrecord_epoch(work / "tfrecord", cfg, 10)),
         ("FFCV (own decoder, threads)", lambda: peers.ffcv_epoch(work / "ffcv", cfg)),
     ):
-        if importlib.util.find_spec(PEERS[row]) is not None:
+        if peers.usable(row)[0] is not None:
             epochs[row] = make()
+            if row in peers.IN_PLACE:
+                epochs[peers.in_place_row(row)] = peers.user_callable_epoch(work / PEERS[row], cfg)
     for name, epoch in epochs.items():
         orders = []
         for _ in range(2):
