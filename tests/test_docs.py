@@ -49,6 +49,9 @@ EXERCISED: dict[str, str] = {
     "seqstore info": "tests/test_remote.py::test_convert_uploads_a_whole_store",
     "seqstore bench": "tests/test_bench.py::test_table_and_json_hold_every_figure",
     # docs/formats.md
+    "seqstore convert --format --reader-option": (
+        "tests/test_tfrecord.py::test_cli_convert_takes_the_readers_options"
+    ),
     "seqstore convert --classes --format --labels": (
         "tests/test_folder.py::test_readme_val_convert_command"
     ),

@@ -5,6 +5,7 @@ S3 test server; and the one-line refusals of what seqstore does not read."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import shutil
@@ -25,10 +26,9 @@ from seqstore.testing.backend import BackendSuite, OverS3
 from seqstore.testing.data import make_records
 from seqstore.testing.peers import litdata_optimize
 
-try:
-    optimize = litdata_optimize()
-except ImportError:
+if importlib.util.find_spec("litdata") is None:
     pytest.skip("litdata is not installed", allow_module_level=True)
+optimize = litdata_optimize()  # installed but not importable is an error, not a skip
 
 
 @pytest.fixture(autouse=True)

@@ -143,3 +143,20 @@ def test_fields_that_cannot_be_told_are_listed(tmp_path: Path) -> None:
     reader = seqstore.open(tmp_path / "tf", image_field="two")
     assert [g.data for g in reader.read_block(0, 2)] == [x.data for x in r]
     assert reader.labels().tolist() == [x.label for x in r]
+
+
+def test_cli_convert_takes_the_readers_options(tmp_path: Path) -> None:
+    """``--reader-option label_offset=-1``, as docs/formats.md shows it for TF's ImageNet."""
+    from seqstore.cli import main
+
+    records = make_records(12, classes=4, seed=2)
+    write_files(tmp_path / "tf", records, (0, 5, 12))
+    dst = tmp_path / "out.lmdb"
+    argv = ["convert", str(tmp_path / "tf"), str(dst), "--format", "lmdb", "-q"]
+    assert main([*argv, "--reader-option", "label_offset=-1"]) == 0
+    out = seqstore.open(dst)
+    assert sorted((r.data, r.label) for r in out.read_block(0, 12)) == sorted(
+        (r.data, r.label) for r in records
+    )
+    assert main(["info", str(tmp_path / "tf"), "--reader-option", "label_offset=-1"]) == 0
+    assert main([*argv, "--overwrite", "--reader-option", "label_offset"]) == 2

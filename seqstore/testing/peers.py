@@ -4,11 +4,16 @@ mosaicml-streaming's package imports torchvision and transformers on import (its
 datasets and its dataloader), neither of which its writer needs. :func:`mds_writer` imports
 ``streaming.base.format.mds.writer`` without running the package's ``__init__``, so that
 the writer works where mosaicml-streaming was installed without its dependencies
-(``pip install --no-deps``, as ``.ci/run`` does; see the README).
+(``pip install --no-deps``, as ``.ci/run`` does; see the README). litdata imports boto3 for
+its S3 client, which its local writer never calls: :func:`litdata_optimize` puts a stand-in
+in its place where boto3 is not installed (adding boto3 beside s3fs's pinned botocore sends
+pip's resolver through every boto3 release), and starts litdata's workers by fork, so that
+they have it too.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -41,11 +46,15 @@ def mds_writer() -> Any:
 
 
 def litdata_optimize() -> Any:
-    """``litdata.optimize``.
+    """``litdata.optimize``, its workers started by fork.
 
     Raises
     ------
     ImportError
         litdata is not installed.
     """
-    return importlib.import_module("litdata").optimize
+    if importlib.util.find_spec("boto3") is None and "boto3" not in sys.modules:
+        sys.modules["boto3"] = types.ModuleType(
+            "boto3", "Stands in for boto3, which litdata's local writer does not use."
+        )
+    return functools.partial(importlib.import_module("litdata").optimize, start_method="fork")
