@@ -51,12 +51,14 @@ this script's processes only. torchvision is never imported, installed or not.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import platform
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import types
@@ -362,9 +364,7 @@ class _TFWork:
 
     def __call__(self, features: dict[str, Any]) -> tuple[np.ndarray, int]:
         data = features["image/encoded"]
-        return decode_crop_flip(data, self.crop_flip), int(
-            features["image/class/label"][0]
-        )
+        return decode_crop_flip(data, self.crop_flip), int(features["image/class/label"][0])
 
 
 def tfrecord_epoch(path: Path, cfg: BenchConfig, buffer: int) -> Epoch:
@@ -450,21 +450,31 @@ def installed(distribution: str) -> str | None:
         return None
 
 
+def load_peer(name: str) -> types.ModuleType:
+    """Import peer ``name``'s loader (MDS's without torchvision)."""
+    module = PEERS[name][0]
+    if module == "streaming":
+        streaming = import_streaming()
+        streaming.StreamingDataset  # noqa: B018 - the loader, not only the writer
+        return streaming
+    return importlib.import_module(module)
+
+
+@functools.cache
 def usable(name: str) -> tuple[str | None, str]:
-    """Peer ``name``'s version where its loader imports here, else None and why not (not
-    installed; or installed without the dependencies its loader needs, as the tests install
-    mosaicml-streaming and litdata for their writers only)."""
-    module, dist = PEERS[name]
-    found = installed(dist) if importlib.util.find_spec(module) else None
+    """Peer ``name``'s version where its loader imports, in a fresh process as the
+    benchmark's own; else None and why not (not installed; or installed without the
+    dependencies its loader needs, as the tests install mosaicml-streaming and litdata for
+    their writers only)."""
+    found = installed(PEERS[name][1])
     if found is None:
         return None, "is not installed"
-    try:
-        if module == "streaming":
-            import_streaming()
-        else:
-            importlib.import_module(module)
-    except Exception as exc:  # a dependency missing, or broken, in any way
-        return None, f"does not import ({type(exc).__name__}: {exc})"
+    here = str(Path(__file__).resolve().parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import peers; peers.load_peer({name!r})"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if p.returncode != 0:
+        lines = p.stderr.strip().splitlines()
+        return None, f"does not import ({lines[-1] if lines else p.returncode})"
     return found, ""
 
 

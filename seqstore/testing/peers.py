@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
-import types
 from typing import Any
 
 __all__ = ["litdata_optimize", "mds_writer"]
@@ -38,9 +38,9 @@ def mds_writer() -> Any:
             raise ImportError("mosaicml-streaming is not installed")
         root = os.path.dirname(spec.origin)
         for name, path in (("streaming", root), ("streaming.base", os.path.join(root, "base"))):
-            package = types.ModuleType(name)
-            package.__path__ = [path]
-            sys.modules[name] = package
+            spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+            spec.submodule_search_locations = [path]
+            sys.modules[name] = importlib.util.module_from_spec(spec)
     module = importlib.import_module("streaming.base.format.mds.writer")
     return module.MDSWriter
 
@@ -54,7 +54,7 @@ def litdata_optimize() -> Any:
         litdata is not installed.
     """
     if importlib.util.find_spec("boto3") is None and "boto3" not in sys.modules:
-        sys.modules["boto3"] = types.ModuleType(
-            "boto3", "Stands in for boto3, which litdata's local writer does not use."
-        )
+        stand_in = importlib.util.module_from_spec(importlib.machinery.ModuleSpec("boto3", None))
+        stand_in.__doc__ = "Stands in for boto3, which litdata's local writer does not use."
+        sys.modules["boto3"] = stand_in
     return functools.partial(importlib.import_module("litdata").optimize, start_method="fork")
