@@ -288,3 +288,33 @@ def test_a_writer_refuses_a_record_whose_checksum_does_not_match(tmp_path: Path)
         with get_backend("lmdb").open_writer(tmp_path / "s") as writer:
             writer.write(replace(record, label=record.label + 1))
     assert not (tmp_path / "s").exists()
+
+
+def test_names_that_are_not_utf8_round_trip_through_the_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kept, a warned and a skipped file, each named with bytes that are not UTF-8: the
+    store is written, its manifest read back by convert, info and open alike."""
+    import os
+
+    rec = make_records(2, seed=1)
+    jpeg = next(r.data for r in rec if r.key.endswith(".JPEG"))
+    png = cv2.imencode(".png", np.full((9, 9, 3), 90, np.uint8))[1].tobytes()
+    root = tmp_path / "src"
+    (root / "a").mkdir(parents=True)
+    names = {b"kept\xff.jpg": jpeg, b"png\xfe.jpg": png, b"cut\xfd.jpg": jpeg[: len(jpeg) // 3]}
+    for name, data in names.items():
+        with open(os.path.join(os.fsencode(root / "a"), name), "wb") as f:
+            f.write(data)
+    dst = tmp_path / "s"
+    argv = ["convert", str(root), str(dst), "--format", "lmdb", "--on-error", "skip", "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "wrote 2 records" in printed.out
+    manifest = seqstore.open(dst).manifest
+    assert [s.key for s in manifest.provenance.skipped] == [os.fsdecode(b"a/cut\xfd.jpg")]
+    assert any(os.fsdecode(b"png\xfe.jpg") in w for w in manifest.provenance.warnings)
+    keys = sorted(r.key for r in seqstore.open(dst).read_block(0, 2))
+    assert keys == sorted(os.fsdecode(b"a/" + n) for n in (b"kept\xff.jpg", b"png\xfe.jpg"))
+    assert main(["info", str(dst)]) == 0
+    assert "skipped: 1 source file(s)" in capsys.readouterr().out

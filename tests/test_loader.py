@@ -206,6 +206,24 @@ def test_len_is_exact(store: Path, drop_last: bool) -> None:
     assert batches[-1][0].shape[0] == (16 if drop_last else 10)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_len_after_a_resume_is_the_batches_the_next_pass_yields(store: Path, workers: int) -> None:
+    """Progress bars and LR schedules read len(loader): after a resume on the same shape it
+    is the rest of the epoch, and the epoch after it is whole again."""
+    loader = _loader(store, batch_size=8, num_workers=workers, seed=3)
+    whole = len(loader)
+    it = iter(loader)
+    for _ in range(4):
+        next(it)
+    state = loader.state_dict()
+    del it
+    resumed = _loader(store, batch_size=8, num_workers=workers, seed=3)
+    resumed.load_state_dict(state)
+    assert len(resumed) == whole - 4
+    assert len(list(resumed)) == whole - 4
+    assert len(resumed) == whole  # the next epoch
+
+
 def test_normalisation_and_layout(store: Path) -> None:
     raw = next(iter(_loader(store, dtype="uint8", shuffle=False, transform="imagenet_val")))[0]
     assert raw.dtype == torch.uint8

@@ -6,7 +6,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -14,7 +13,7 @@ from tqdm import tqdm
 from ..backends import Writer, get_backend
 from ..config import ConvertConfig
 from ..errors import BadImageError
-from ..manifest import Manifest, SkippedFile
+from ..manifest import Manifest, SkippedFile, read_manifest
 from ..records import Record
 from .plan import ConversionPlan, plan_conversion
 from .prepare import Prepared, Rejected, prepare_records
@@ -116,7 +115,9 @@ def convert_one(
                 lambda part: prepare_records(plan.reader, part, cfg),
                 progress,
             )
-    manifest = Manifest.model_validate_json((Path(dst) / "seqstore.json").read_bytes())
+    # The one parser of manifests: names that are not UTF-8 are kept in it as escaped
+    # surrogates, which json reads and strict JSON (pydantic's) refuses.
+    manifest = read_manifest(dst)
     return ConvertReport(
         manifest,
         time.perf_counter() - start,

@@ -203,9 +203,10 @@ class Loader:
 
     # -- facts -------------------------------------------------------------------------------
     def __len__(self) -> int:
-        """Batches of the epoch the next iteration runs (of its rest, after a resume on
-        another shape); the same on every rank."""
-        return self.spec.batches_over(self._remaining)
+        """Batches the next iteration yields: the epoch's, or the rest of it after a resume
+        (on the same shape or another); the same on every rank. Progress bars and learning
+        rate schedules read it."""
+        return self.spec.batches_over(self._remaining) - self._resume_at
 
     @property
     def epoch(self) -> int:
