@@ -8,7 +8,7 @@ import pytest
 
 import seqstore
 from seqstore.errors import ConfigError, NotAStoreError
-from seqstore.testing.data import make_records
+from seqstore.testing.data import make_image_folder, make_records
 
 JPEG = make_records(1, seed=9)[0].data
 
@@ -156,3 +156,36 @@ def test_readme_val_convert_command(tmp_path: Path, capsys: pytest.CaptureFixtur
         ("val_0.JPEG", 0),
         ("val_1.JPEG", 2),
     ]
+
+
+def test_a_dataset_root_of_splits_is_not_read_as_two_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from seqstore.cli import main
+
+    make_image_folder(tmp_path / "data" / "train", classes=3, per_class=2)
+    make_image_folder(tmp_path / "data" / "val", classes=3, per_class=1)
+    with pytest.raises(ConfigError, match=r"dataset root holding the splits train, val.*split="):
+        seqstore.open(tmp_path / "data")
+    train = seqstore.open(tmp_path / "data", split="train")
+    assert len(train) == 6 and len(train.classes) == 3
+    with pytest.raises(ConfigError, match=r"no split 'test' \(its folders: train, val\)"):
+        seqstore.open(tmp_path / "data", split="test")
+    dst = str(tmp_path / "val.h5")
+    argv = ["convert", str(tmp_path / "data"), dst, "--format", "hdf5", "-q"]
+    assert main(argv) == 2
+    assert "--reader-option split=train" in capsys.readouterr().err
+    assert main([*argv, "--reader-option", "split=val"]) == 0
+    assert len(seqstore.open(dst)) == 3
+    # One folder named like a split beside class folders is a class, as before.
+    make_image_folder(tmp_path / "classes", classes=2, per_class=1)
+    image = next(p for p in (tmp_path / "data" / "val").rglob("*") if p.is_file())
+    (tmp_path / "classes" / "test").mkdir()
+    (tmp_path / "classes" / "test" / "x.png").write_bytes(image.read_bytes())
+    assert len(seqstore.open(tmp_path / "classes").classes) == 3
+
+
+def test_tiny_imagenets_root_names_its_splits(shared_data: Path) -> None:
+    with pytest.raises(ConfigError, match=r"splits train, val"):
+        seqstore.open(shared_data / "tiny10")
+    assert len(seqstore.open(shared_data / "tiny10", split="train").classes) == 10

@@ -21,9 +21,11 @@ from .tree import (
     IMG_EXTENSIONS,
     file_size,
     find_classes,
+    find_splits,
     load_classes,
     parse_label_file,
     scan_tree,
+    split_of,
     why_unreadable,
 )
 
@@ -45,6 +47,10 @@ class FolderReader(Reader):
         Class names (a list, a file with one per line, or the training split's ImageFolder
         root) that labels map onto. Default: the tree's sub-folders, or for a label file its
         sorted class names.
+    split
+        The split to read of a dataset root (``train``, ``val`` ...: ``path / split``). A
+        root of splits opened without it is refused with one line naming them, rather than
+        read as an image folder whose classes are the splits.
 
     Attributes
     ----------
@@ -69,13 +75,29 @@ class FolderReader(Reader):
         *,
         labels: str | os.PathLike[str] | None = None,
         classes: str | os.PathLike[str] | Sequence[str] | None = None,
+        split: str | None = None,
     ) -> None:
+        if split is not None:
+            local = path.local if isinstance(path, Place) else Path(os.fspath(path))
+            if local is None:
+                raise ConfigError("split= applies to a folder on a local disk")
+            path = split_of(local, split)
         super().__init__(path)
         root = self.path
         if not root.is_dir():
             if not root.exists():
                 read_store_manifest(root)  # names a folder store whose writer was killed
             raise NotAStoreError(f"image folder '{root}' does not exist or is not a folder")
+        if split is None and labels is None and classes is None and not is_store(root):
+            splits = find_splits(root)
+            if splits:
+                raise ConfigError(
+                    f"'{root}' is a dataset root holding the splits {', '.join(splits)}, not an "
+                    f"image folder of the classes {', '.join(repr(s) for s in splits)}: open one "
+                    f"split ('{root / splits[0]}'), or choose it with split='{splits[0]}' "
+                    f"(reader_options={{'split': '{splits[0]}'}} in a Loader, --reader-option "
+                    f"split={splits[0]} on the command line)"
+                )
         class_names = load_classes(classes) if classes is not None else None
         stored = read_manifest(root) if is_store(root) else None
         self.ignored: list[str] = []

@@ -10,6 +10,9 @@ from pathlib import Path
 from ...errors import ConfigError, NotAStoreError
 
 __all__ = [
+    "SPLIT_NAMES",
+    "find_splits",
+    "split_of",
     "IMG_EXTENSIONS",
     "file_size",
     "find_classes",
@@ -29,6 +32,45 @@ def find_classes(root: Path) -> list[str]:
         return sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     except OSError as exc:
         raise NotAStoreError(f"cannot list image folder '{root}': {exc.strerror}") from None
+
+
+#: Folder names that a dataset's splits go by (torchvision's, TFDS's, the Hub's).
+SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test", "dev"})
+
+
+def find_splits(root: Path) -> list[str]:
+    """The splits of a dataset root: where every sub-folder of ``root`` is named as a split
+    (``train``, ``val`` ...), there are two or more, and one holds folders of its own (its
+    classes), their names, sorted; else none (an image folder of classes)."""
+    try:
+        subs = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    except OSError:
+        return []
+    if len(subs) < 2 or any(name.lower() not in SPLIT_NAMES for name in subs):
+        return []
+    for name in subs:
+        try:
+            if any(entry.is_dir() for entry in os.scandir(root / name)):
+                return subs
+        except OSError:
+            continue
+    return []
+
+
+def split_of(root: Path, split: str) -> Path:
+    """The folder of split ``split`` of the dataset root ``root``.
+
+    Raises
+    ------
+    ConfigError
+        There is no such split (one line lists the folders there are).
+    """
+    if not (root / split).is_dir():
+        there = sorted(e.name for e in os.scandir(root) if e.is_dir()) if root.is_dir() else []
+        raise ConfigError(
+            f"'{root}' has no split '{split}' (its folders: {', '.join(there) or 'none'})"
+        )
+    return root / split
 
 
 def scan_tree(
