@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from ._version import __version__
 from .backends import Reader
 from .config import BenchConfig, ConvertConfig
-from .errors import ConfigError, SeqstoreError, SeqstoreWarning
+from .errors import ConfigError, SeqstoreError, SeqstoreWarning, for_cli
 from .options import add_model_options, model_values
 
 __all__ = ["BENCH_OPTIONS", "CONVERT_OPTIONS", "build_parser", "main"]
@@ -365,7 +365,7 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     if issubclass(category, SeqstoreWarning):
-        print(f"seqstore: note: {message}", file=sys.stderr)
+        print(f"seqstore: note: {for_cli(str(message))}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _show_warning
             return int(args.func(args))
     except SeqstoreError as exc:
-        print(f"seqstore: error: {exc}", file=sys.stderr)
+        print(f"seqstore: error: {for_cli(str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the file system's word, with the path it names
         print(f"seqstore: error: {exc.strerror or exc}: '{exc.filename}'", file=sys.stderr)

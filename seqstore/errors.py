@@ -6,7 +6,21 @@ file or value at fault and what to do about it; the CLI prints that line instead
 
 from __future__ import annotations
 
+import re
+
+#: How a message about one bad image says it can be left out, in the Python API's words;
+#: :func:`for_cli` says it in the command line's.
+SKIP_ADVICE = "pass on_error='skip' to leave it out"
+_ADVICE = re.compile(r"(;\s*|,?\s+or\s+)?pass on_error='skip' to leave it out")
+_CLI_WORDS = {
+    "pass on_error='skip'": "use --on-error skip",
+    "raise max_pixels": "raise --max-pixels",
+}
+
 __all__ = [
+    "SKIP_ADVICE",
+    "for_cli",
+    "without_skip_advice",
     "BackendNotFoundError",
     "BadImageError",
     "BadRecordError",
@@ -97,3 +111,17 @@ class BadRecordWarning(SeqstoreWarning):
 class OrderWarning(SeqstoreWarning):
     """A loader's settings cannot mix its store's order into batches of many classes: its
     records come in long runs of one class (see :mod:`seqstore.mixcheck`)."""
+
+
+def for_cli(message: str) -> str:
+    """``message`` in the command line's words: its flags where it names the Python
+    API's arguments (``--on-error skip`` for ``on_error='skip'``)."""
+    for python, flag in _CLI_WORDS.items():
+        message = message.replace(python, flag)
+    return message
+
+
+def without_skip_advice(message: str) -> str:
+    """``message`` without its advice to leave the image out: what a record left out by
+    ``on_error='skip'`` is recorded with."""
+    return _ADVICE.sub("", message)

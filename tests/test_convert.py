@@ -74,7 +74,8 @@ def test_bad_image_fails_naming_the_file_and_leaves_no_store(
     (images / name).write_bytes(data)
     with pytest.raises(BadImageError, match=message) as err:
         convert(images, tmp_path / "out", format="hdf5", progress=False)
-    assert name in str(err.value) and "--on-error skip" in str(err.value)
+    # The Python API's words in Python; the command line's flag where the CLI prints it.
+    assert name in str(err.value) and "on_error='skip'" in str(err.value)
     assert not (tmp_path / "out").exists()
 
 
@@ -318,3 +319,22 @@ def test_names_that_are_not_utf8_round_trip_through_the_manifest(
     assert keys == sorted(os.fsdecode(b"a/" + n) for n in (b"kept\xff.jpg", b"png\xfe.jpg"))
     assert main(["info", str(dst)]) == 0
     assert "skipped: 1 source file(s)" in capsys.readouterr().out
+
+
+def test_bad_image_messages_speak_the_words_of_where_they_are_read(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI says --on-error skip; a summary of skipped files gives no advice to skip them;
+    'raise' is convert's word as it is the Loader's, and the old 'fail' still works."""
+    cut = next(images.glob("class01/*.JPEG")).read_bytes()[:-300]
+    (images / "class01" / "cut.JPEG").write_bytes(cut)
+    argv = ["convert", str(images), str(tmp_path / "a"), "--format", "lmdb", "-q"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "use --on-error skip to leave it out" in err and "on_error=" not in err
+    assert main([*argv, "--on-error", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped: " in out and "cut.JPEG" in out and "leave it out" not in out
+    for word in ("raise", "fail"):
+        with pytest.raises(BadImageError, match="on_error='skip'"):
+            convert(images, tmp_path / word, format="lmdb", on_error=word, progress=False)

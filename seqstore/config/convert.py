@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["ConvertConfig"]
 
@@ -34,9 +34,11 @@ class ConvertConfig(BaseModel):
         Label file of a flat validation folder.
     classes : Path or None
         Class names: a file with one per line, or the training split's image folder.
-    on_error : {"fail", "skip"}
-        What to do with a source file that is not a decodable image. Skipped files are listed
-        in the manifest and the summary.
+    on_error : {"raise", "skip"}
+        What to do with a source file that is not a decodable image: end the conversion with
+        an error naming it (``"raise"``, as the Loader's word is; ``"fail"``, the old word,
+        is still taken), or leave it out (``"skip"``): skipped files are listed in the
+        manifest and the summary.
     check : {"decode", "header"}
         How each source image is checked: ``"decode"`` decodes it with the loader's decoder
         (:func:`seqstore.imaging.decode.decode`), so what converts also trains; ``"header"`` reads
@@ -94,7 +96,12 @@ class ConvertConfig(BaseModel):
     quality: int | None = Field(None, ge=1, le=100)
     labels: Path | None = None
     classes: Path | None = None
-    on_error: Literal["fail", "skip"] = "fail"
+    on_error: Literal["raise", "skip", "fail"] = "raise"
+
+    @field_validator("on_error")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        return "raise" if value == "fail" else value
     check: Literal["decode", "header"] = "decode"
     # PIL's limit (seqstore.imaging.header.MAX_PIXELS), spelt out to keep this module light.
     max_pixels: int | None = Field(2 * 89_478_485, gt=0)

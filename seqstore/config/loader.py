@@ -152,7 +152,7 @@ class LoaderConfig(BaseModel):
     prefetch_factor: int = Field(2, ge=1)
     with_indices: bool = False
     verify: bool = True
-    on_error: Literal["raise", "skip"] = "raise"
+    on_error: Literal["raise", "skip", "fail"] = "raise"
     max_bad: int | float | None = None
 
     @field_validator("path", mode="before")
@@ -162,6 +162,11 @@ class LoaderConfig(BaseModel):
         if isinstance(value, str) and "://" in value:
             return value
         return Path(value) if isinstance(value, str) else value
+
+    @field_validator("on_error")
+    @classmethod
+    def _one_word(cls, value: str) -> str:
+        return "raise" if value == "fail" else value  # convert's old word for it
 
     @field_validator("max_bad", mode="before")
     @classmethod

@@ -45,7 +45,7 @@ def convert(
     Raises
     ------
     SeqstoreError
-        Bad source, destination or option, or (with ``on_error="fail"``) a bad image; the
+        Bad source, destination or option, or (with ``on_error="raise"``) a bad image; the
         destination is then removed, never left looking complete.
     """
     cfg = load_config(ConvertConfig, config, **options)

@@ -153,8 +153,8 @@ def _prepare_chunk(ranges: list[tuple[int, int]]) -> list[Prepared | Rejected]:
                 else:
                     reason = (
                         f"record '{record.key}' of '{reader.path}' fails its checksum (damaged "
-                        "in the source store); recover it from the original images or use "
-                        "--on-error skip to leave it out"
+                        "in the source store); recover it from the original images or pass "
+                        "on_error='skip' to leave it out"
                     )
                     out.append(Rejected(record.key, reason, len(record.data)))
             continue
@@ -226,7 +226,7 @@ def _prepare(key: str, label: int, data: bytes) -> Prepared | Rejected:
         return Rejected(
             key,
             f"'{name}' has damaged image data (libjpeg: {damage[0]}); re-copy it from the "
-            "original or use --on-error skip to leave it out",
+            "original or pass on_error='skip' to leave it out",
             nbytes,
         )
     warnings.extend(f"'{name}' decodes, but libjpeg says: {line}; kept" for line in printed)
@@ -285,7 +285,7 @@ def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:
     kind = "greyscale PNG" if info.format == "png" else info.format.upper()
     raise BadImageError(
         f"'{name}' is a {info.bits}-bit {kind}, which OpenCV and PIL decode to different "
-        "8-bit pixels; save it as an 8-bit image or use --on-error skip to leave it out"
+        "8-bit pixels; save it as an 8-bit image or pass on_error='skip' to leave it out"
     )
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from ..backends import Writer, get_backend
 from ..config import ConvertConfig
-from ..errors import BadImageError
+from ..errors import BadImageError, without_skip_advice
 from ..manifest import Manifest, SkippedFile, read_manifest
 from ..records import Record
 from .plan import ConversionPlan, plan_conversion
@@ -82,7 +82,7 @@ def convert_one(
     Raises
     ------
     SeqstoreError
-        Bad source, destination or option, or (with ``on_error="fail"``) a bad image.
+        Bad source, destination or option, or (with ``on_error="raise"``) a bad image.
     """
     plan = plan_conversion(src, dst, cfg)
     start = time.perf_counter()
@@ -172,7 +172,7 @@ def write_records(
     Raises
     ------
     BadImageError
-        A bad source file, with ``on_error="fail"``.
+        A bad source file, with ``on_error="raise"``.
     """
     cfg = plan.config
     skipped, warnings = writer.provenance.skipped, writer.provenance.warnings
@@ -190,9 +190,11 @@ def write_records(
         for result in results:
             bytes_read += result.nbytes
             if isinstance(result, Rejected):
-                if cfg.on_error == "fail":
+                if cfg.on_error == "raise":
                     raise BadImageError(result.reason)
-                skipped.append(SkippedFile(key=result.key, reason=result.reason))
+                skipped.append(
+                    SkippedFile(key=result.key, reason=without_skip_advice(result.reason))
+                )
                 continue
             warnings.extend(result.warnings)
             record = result.record

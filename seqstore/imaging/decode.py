@@ -294,7 +294,7 @@ def decode_pil(data: bytes | memoryview | np.ndarray, *, name: str = "<bytes>") 
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise BadImageError(
             f"image '{name}' cannot be decoded by PIL ({err}); "
-            "re-copy it from the original or use --on-error skip to leave it out"
+            "re-copy it from the original or pass on_error='skip' to leave it out"
         ) from err
 
 
@@ -324,7 +324,7 @@ def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
     except cv2.error as exc:  # a header it refuses (a size over its own limit, ...)
         raise BadImageError(
             f"image '{name}' cannot be decoded by OpenCV ({cv2_reason(exc)}); "
-            "use --on-error skip to leave it out"
+            "pass on_error='skip' to leave it out"
         ) from None
     if img is None:
         # The header check names the fault (empty, truncated, not an image) when it can;
@@ -332,7 +332,7 @@ def _imdecode(buf: np.ndarray, flags: int, name: str) -> np.ndarray:
         probe(buf.tobytes(), name)
         raise BadImageError(
             f"image '{name}' cannot be decoded (corrupt image data); "
-            "re-copy it from the original or use --on-error skip to leave it out"
+            "re-copy it from the original or pass on_error='skip' to leave it out"
         )
     if _RGB_FLAG is None:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

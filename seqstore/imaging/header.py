@@ -107,7 +107,7 @@ def probe(
     if len(data) == 0:
         raise BadImageError(
             f"image '{name}' is an empty (zero-byte) file; "
-            "re-copy it from the original or use --on-error skip to leave it out"
+            "re-copy it from the original or pass on_error='skip' to leave it out"
         )
     if buf[:2] == b"\xff\xd8":
         return check_pixels(_probe_jpeg(memoryview(data), name), name, max_pixels)
@@ -117,7 +117,7 @@ def probe(
     if fmt is None:
         raise BadImageError(
             f"'{name}' is not an image (starts with {buf[:8]!r}); "
-            "remove it from the source or use --on-error skip to leave it out"
+            "remove it from the source or pass on_error='skip' to leave it out"
         )
     size = _other_size(memoryview(data), fmt)
     if size is not None:
@@ -178,8 +178,8 @@ def check_pixels(info: ImageInfo, name: str, max_pixels: int | None) -> ImageInf
     if max_pixels is not None and info.width * info.height > max_pixels:
         raise BadImageError(
             f"image '{name}' claims {info.width}x{info.height} pixels, over the limit of "
-            f"{max_pixels:,} (a decompression bomb or a corrupt header); use --on-error skip "
-            "to leave it out, or raise --max-pixels if the image is real"
+            f"{max_pixels:,} (a decompression bomb or a corrupt header); pass on_error='skip' "
+            "to leave it out, or raise max_pixels if the image is real"
         )
     return info
 
@@ -248,7 +248,7 @@ def _probe_jpeg(mv: memoryview, name: str) -> ImageInfo:
                 # OpenCV's decoder nor PIL's uses: training would fail on it at decode time.
                 raise BadImageError(
                     f"JPEG '{name}' has {info.bits}-bit samples, which neither OpenCV nor PIL "
-                    "decodes; re-save it as an 8-bit JPEG or use --on-error skip to leave it out"
+                    "decodes; re-save it as an 8-bit JPEG or pass on_error='skip' to leave it out"
                 )
         elif marker == 0xDA:  # start of scan: entropy-coded data follows, header is over
             if info is None:
@@ -257,7 +257,7 @@ def _probe_jpeg(mv: memoryview, name: str) -> ImageInfo:
             if bytes(mv[max(pos, n - 4096) :]).rfind(b"\xff\xd9") < 0:
                 raise BadImageError(
                     f"JPEG '{name}' is truncated ({n} bytes, no end-of-image marker); "
-                    "re-copy it from the original or use --on-error skip to leave it out"
+                    "re-copy it from the original or pass on_error='skip' to leave it out"
                 )
             if info.width == 0 or info.height == 0:
                 raise BadImageError(
@@ -266,7 +266,7 @@ def _probe_jpeg(mv: memoryview, name: str) -> ImageInfo:
             return info
     raise BadImageError(
         f"JPEG '{name}' is truncated ({n} bytes, header incomplete); "
-        "re-copy it from the original or use --on-error skip to leave it out"
+        "re-copy it from the original or pass on_error='skip' to leave it out"
     )
 
 
@@ -278,7 +278,7 @@ def _probe_png(mv: memoryview, name: str) -> ImageInfo:
     if bytes(mv[-12:]).find(b"IEND") < 0:
         raise BadImageError(
             f"PNG '{name}' is truncated ({len(mv)} bytes, no IEND chunk); "
-            "re-copy it from the original or use --on-error skip to leave it out"
+            "re-copy it from the original or pass on_error='skip' to leave it out"
         )
     return ImageInfo(
         "png", width, height, _PNG_CHANNELS.get(color_type, 3), bits=bits, animated=_is_apng(mv)
@@ -381,12 +381,12 @@ def _probe_by_decoding(data: bytes | memoryview, fmt: str, name: str) -> ImageIn
     except cv2.error as exc:  # a header OpenCV refuses (say, a size over its own limit)
         raise BadImageError(
             f"{fmt.upper()} '{name}' cannot be decoded by OpenCV ({cv2_reason(exc)}); "
-            "use --on-error skip to leave it out"
+            "pass on_error='skip' to leave it out"
         ) from None
     if img is None:
         raise BadImageError(
             f"{fmt.upper()} '{name}' cannot be decoded; "
-            "re-copy it from the original or use --on-error skip to leave it out"
+            "re-copy it from the original or pass on_error='skip' to leave it out"
         )
     channels = 1 if img.ndim == 2 else int(img.shape[2])
     bits = 8 * img.dtype.itemsize
