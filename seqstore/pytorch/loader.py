@@ -204,8 +204,7 @@ class Loader:
     # -- facts -------------------------------------------------------------------------------
     def __len__(self) -> int:
         """Batches the next iteration yields: the epoch's, or the rest of it after a resume
-        (on the same shape or another); the same on every rank. Progress bars and learning
-        rate schedules read it."""
+        (on the same shape or another); the same on every rank (progress bars read it)."""
         return self.spec.batches_over(self._remaining) - self._resume_at
 
     @property
