@@ -189,3 +189,21 @@ def test_tiny_imagenets_root_names_its_splits(shared_data: Path) -> None:
     with pytest.raises(ConfigError, match=r"splits train, val"):
         seqstore.open(shared_data / "tiny10")
     assert len(seqstore.open(shared_data / "tiny10", split="train").classes) == 10
+
+
+def test_a_folder_read_in_place_follows_the_bad_record_policy(tmp_path: Path) -> None:
+    """A truncated JPEG in a folder is one bad record: skipped with on_error='skip',
+    named with on_error='raise', as in any store."""
+    from seqstore import Loader
+    from seqstore.errors import BadRecordError, BadRecordWarning
+    from seqstore.testing import collect_epoch
+
+    root = make_image_folder(tmp_path / "f", classes=2, per_class=6)
+    victim = sorted((root / sorted(p.name for p in root.iterdir())[0]).iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    opts = dict(batch_size=4, image_size=32, num_workers=2, with_indices=True)
+    with pytest.warns(BadRecordWarning, match=victim.name):
+        indices, _, _ = collect_epoch(Loader(root, on_error="skip", **opts))
+    assert len(indices) == 12
+    with pytest.raises(BadRecordError, match=rf"{victim.name}.*on_error='skip'"):
+        collect_epoch(Loader(root, **opts))

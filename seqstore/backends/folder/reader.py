@@ -180,7 +180,14 @@ class FolderReader(Reader):
         # docstring inherited
         out = []
         for key, label, data in self.read_raw_block(start, stop):
-            info = probe(data, str(self.path / key))
+            try:
+                info = probe(data, str(self.path / key))
+            except BadImageError:
+                # A damaged file is one bad record, not a failed block: its size is unknown
+                # (0 x 0), and decoding it fails as the Loader decodes it, where on_error
+                # decides (convert checks each file itself, from read_raw_block).
+                out.append(Record.make(key, label, data, 0, 0))
+                continue
             out.append(Record.make(key, label, data, info.width, info.height))
         return out
 
@@ -197,7 +204,7 @@ class FolderReader(Reader):
             except OSError as exc:
                 raise BadImageError(
                     f"cannot read image '{path}' ({why_unreadable(path, exc)}); fix or remove "
-                    "it, or use --on-error skip to leave it out"
+                    "it, or pass on_error='skip' to leave it out"
                 ) from None
         return out
 
