@@ -245,3 +245,26 @@ def test_check_decode_refuses_jpeg_data_that_libjpeg_fills_with_grey(tmp_path: P
     report = convert(src, tmp_path / "dst", format="lmdb", on_error="skip", progress=False)
     assert [s.key for s in report.skipped] == ["odd/cut.jpg"]
     assert convert(src, tmp_path / "hdr", format="lmdb", check="header", progress=False)
+
+
+@pytest.mark.parametrize("transform", ["imagenet_train", "imagenet_val"])
+def test_the_loader_refuses_jpeg_data_that_libjpeg_fills_with_grey(
+    tmp_path: Path, transform: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """As convert does: damage that libjpeg only reports on stderr makes a bad record, left
+    out with on_error='skip' and named with 'raise'; nothing reaches stderr."""
+    from seqstore import Loader
+    from seqstore.errors import BadRecordError, BadRecordWarning
+    from seqstore.testing import collect_epoch, make_image_folder
+
+    noise = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
+    data = cv2.imencode(".jpg", noise)[1].tobytes()
+    root = make_image_folder(tmp_path / "f", classes=2, per_class=4)
+    cut = root / sorted(p.name for p in root.iterdir())[0] / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3] + b"\xff\xd9")
+    opts = dict(batch_size=3, image_size=32, num_workers=2, transform=transform, with_indices=True)
+    with pytest.warns(BadRecordWarning, match=r"cut.jpg.*cannot be decoded"):
+        collect_epoch(Loader(root, on_error="skip", **opts))
+    with pytest.raises(BadRecordError, match=r"cut.jpg.*damaged image data \(libjpeg: Corrupt"):
+        collect_epoch(Loader(root, **opts))
+    assert "Corrupt JPEG data" not in capfd.readouterr().err

@@ -102,6 +102,7 @@ class ConvertConfig(BaseModel):
     @classmethod
     def _one_word(cls, value: str) -> str:
         return "raise" if value == "fail" else value
+
     check: Literal["decode", "header"] = "decode"
     # PIL's limit (seqstore.imaging.header.MAX_PIXELS), spelt out to keep this module light.
     max_pixels: int | None = Field(2 * 89_478_485, gt=0)

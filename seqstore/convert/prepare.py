@@ -8,16 +8,12 @@ records, handed back in order, so a store is the same whatever the number of pro
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing as mp
-import os
-import sys
-import tempfile
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +21,7 @@ from ..backends import Reader
 from ..config import ConvertConfig
 from ..errors import BadImageError
 from ..imaging.header import ImageInfo, extension_format, probe
+from ..imaging.messages import c_stderr_lines, damage_of
 from ..records import Record
 
 __all__ = ["Prepared", "Rejected", "prepare_records"]
@@ -205,7 +202,7 @@ def _prepare(key: str, label: int, data: bytes) -> Prepared | Rejected:
         quality is not None and max_side is None
     )
     decodes = reencode or _worker_state["check"] == "decode"
-    capture: AbstractContextManager[list[str]] = _c_stderr() if decodes else nullcontext([])
+    capture: AbstractContextManager[list[str]] = c_stderr_lines() if decodes else nullcontext([])
     with capture as printed:
         if reencode:
             try:
@@ -219,7 +216,7 @@ def _prepare(key: str, label: int, data: bytes) -> Prepared | Rejected:
                 decode(data, name=name, max_pixels=None)  # the header check applied the limit
             except BadImageError as exc:
                 return Rejected(key, str(exc), nbytes)
-    damage = [line for line in printed if "extraneous bytes" not in line]
+    damage = damage_of(printed)
     if damage:
         # libjpeg decodes damaged data anyway, filling what it lost with grey, and says so
         # only on stderr: the image would train as a grey-smeared picture.
@@ -231,45 +228,6 @@ def _prepare(key: str, label: int, data: bytes) -> Prepared | Rejected:
         )
     warnings.extend(f"'{name}' decodes, but libjpeg says: {line}; kept" for line in printed)
     return Prepared(Record.make(key, label, data, width, height), nbytes, warnings)
-
-
-@contextmanager
-def _c_stderr() -> Iterator[list[str]]:
-    """Collect what C code prints on file descriptor 2 meanwhile, as lines.
-
-    OpenCV's libjpeg prints warnings such as "Corrupt JPEG data: 2 extraneous bytes before
-    marker 0xd9" straight to stderr, past OpenCV's log level, one line per file and without
-    its name; hundreds of them would bury a conversion's output. Collected, they become
-    warnings that name the file.
-    """
-    lines: list[str] = []
-    capture = _capture_file()
-    capture.seek(0)
-    capture.truncate()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(capture.fileno(), 2)
-    try:
-        yield lines
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        capture.seek(0)
-        text = capture.read().decode("utf-8", "replace")
-        lines.extend(line.strip() for line in text.splitlines() if line.strip())
-
-
-# One capture file per process, reused for every image: making one per image cost 30 us.
-_captures: dict[int, IO[bytes]] = {}
-
-
-def _capture_file() -> IO[bytes]:
-    pid = os.getpid()
-    if pid not in _captures:
-        _captures.clear()  # a forked child's copy of its parent's file is not its own
-        _captures[pid] = capture = tempfile.TemporaryFile()
-        atexit.register(capture.close)
-    return _captures[pid]
 
 
 def _refuse_unlike_pil(info: ImageInfo, name: str) -> None:

@@ -50,6 +50,7 @@ import numpy as np
 
 from ..errors import BadImageError, ConfigError, SeqstoreError
 from .header import MAX_PIXELS, ImageInfo, check_pixels, header_size, probe
+from .messages import c_stderr_lines, damage_of
 from .opencv import cv2, cv2_reason
 
 if TYPE_CHECKING:
@@ -179,7 +180,17 @@ def decode(
     flags = _COLOR_FLAG | _REDUCE_BITS[reduce if jpeg else 1]
     if not exif_orientation:
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
-    img = _imdecode(buf, flags, name)
+    if jpeg:
+        with c_stderr_lines() as printed:
+            img = _imdecode(buf, flags, name)
+        damage = damage_of(printed)
+        if damage:
+            raise BadImageError(
+                f"'{name}' has damaged image data (libjpeg: {damage[0]}); re-copy it from the "
+                "original or pass on_error='skip' to leave it out"
+            )
+    else:
+        img = _imdecode(buf, flags, name)
     if reduce > 1 and not jpeg:
         width, height = reduced_size(img.shape[1], img.shape[0], reduce)
         img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
