@@ -33,6 +33,7 @@ def test_imagenet_loader_reads_the_old_files(imagenet_dir: Path, mode: str) -> N
         batch_size=5,
         shuffle=mode == "train",
         num_workers=2,
+        drop_last=False,
         image_size=32,
         resize_size=36,
         with_indices=True,
@@ -78,9 +79,36 @@ def test_lmdb_loader_finds_its_files_through_imagenet(
 ) -> None:
     monkeypatch.setenv("IMAGENET", str(imagenet_dir))
     loader = LMDBLoader("train", batch_size=8, shuffle=True, num_workers=0, image_size=16)
-    assert len(loader) == 3 and sum(len(y) for _, y in loader) == 23
+    assert len(loader) == 2 and sum(len(y) for _, y in loader) == 16  # the last batch dropped
     monkeypatch.delenv("IMAGENET")
     with pytest.raises(ConfigError, match="IMAGENET"):
         LMDBLoader("train")
     with pytest.raises(ConfigError, match="mode"):
         ImagenetLoader(imagenet_dir, "test")
+
+
+def test_the_old_inputs_by_default(imagenet_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """BGR, 4 workers, the last partial batch dropped, cache as LMDBLoader's fifth
+    positional argument, and one warning of what is not copied."""
+    import warnings
+
+    from seqstore import compat
+    from seqstore.errors import SeqstoreWarning
+
+    monkeypatch.setattr(compat, "_warned", [])
+    with pytest.warns(SeqstoreWarning, match="not their colour jitter and PCA lighting"):
+        loader = ImagenetLoader(imagenet_dir, "train", batch_size=5)
+    assert loader.config.num_workers == 4 and loader.config.drop_last and len(loader) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SeqstoreWarning)  # said once
+        ImagenetLoader(imagenet_dir, "train", batch_size=5)
+    opts: dict[str, Any] = dict(batch_size=23, num_workers=0, image_size=32, resize_size=36)
+    bgr = next(iter(ImagenetLoader(imagenet_dir, "val", drop_last=False, **opts)))[0]
+    rgb = next(iter(ImagenetLoader(imagenet_dir, "val", drop_last=False, channels="rgb", **opts)))[
+        0
+    ]
+    torch.testing.assert_close(bgr, rgb.flip(1))
+    assert not torch.equal(bgr, rgb)
+    monkeypatch.setenv("IMAGENET", str(imagenet_dir))
+    old = LMDBLoader("val", 5, False, 0, 7, False)
+    assert old.config.shuffle_buffer == 7 and old.config.device == "cpu"

@@ -53,6 +53,10 @@ class LoaderConfig(BaseModel):
     image_format : {"numpy", "pil"}
         What your own callable receives: an RGB uint8 HWC array, or a PIL image (for
         torchvision transforms).
+    channels : {"rgb", "bgr"}
+        The channel order of the built-in pipelines' images (``mean`` and ``std`` stay in
+        RGB order): ``"bgr"`` for models trained on OpenCV's order, as the old sequential
+        ImageNet loaders delivered it.
     batch_size : int
     num_workers : int
         Worker processes; 0 loads in the main process.
@@ -132,6 +136,7 @@ class LoaderConfig(BaseModel):
     image_size: int = Field(224, ge=1)
     resize_size: int = Field(256, ge=1)
     image_format: Literal["numpy", "pil"] = "numpy"
+    channels: Literal["rgb", "bgr"] = "rgb"
     batch_size: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0, le=256)
     shuffle: bool = True

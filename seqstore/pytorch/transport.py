@@ -75,7 +75,7 @@ def plan_transport(
                 # Normalised in the workers as they stack each batch, in the layout
                 # asked for: the main process, whose time the training step needs on a
                 # CPU, hands the batch on as it is.
-                affine = normalizing_affine(cfg.mean, cfg.std, planar=not cfg.channels_last)
+                affine = normalizing_affine(*_ordered(cfg), planar=not cfg.channels_last)
                 sample = (affine.shape(sample[0]), torch.float32)
     elif transform.user is not None and cfg.num_workers > 0:
         sample = transform.probe(reader)
@@ -97,7 +97,15 @@ def plan_transport(
         channels_last=cfg.channels_last,
         dtype=cfg.dtype,
         normalize=cfg.normalize,
-        mean=cfg.mean,
-        std=cfg.std,
+        mean=_ordered(cfg)[0],
+        std=_ordered(cfg)[1],
     )
     return Transport(ring, affine, deliver, pin_batches=pin and ring is None)
+
+
+def _ordered(cfg: LoaderConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean`` and ``std`` in the channel order of the images (given in RGB order)."""
+    mean, std = tuple(cfg.mean), tuple(cfg.std)
+    if cfg.channels == "bgr":
+        return mean[::-1], std[::-1]
+    return mean, std

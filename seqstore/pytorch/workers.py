@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -97,6 +98,7 @@ class SampleTransform:
         elif spec != "none":
             self.user = spec
         self.image_format = cfg.image_format
+        self.bgr = cfg.channels == "bgr"
         self.verify = False
 
     def __call__(self, record: Record, rng: np.random.Generator) -> Any:
@@ -107,7 +109,10 @@ class SampleTransform:
             return BadSample(record.key)
         try:
             if self.pipeline is not None:
-                return self.pipeline(record.data, rng, name=record.key)
+                sample = self.pipeline(record.data, rng, name=record.key)
+                if self.bgr and isinstance(sample, np.ndarray) and sample.shape[-1:] == (3,):
+                    return cv2.cvtColor(sample, cv2.COLOR_RGB2BGR)
+                return sample
             if self.user is None:  # transform="none": the encoded bytes
                 return record.data
             from ..imaging.decode import decode, decode_pil
