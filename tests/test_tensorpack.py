@@ -116,3 +116,18 @@ def test_info_says_what_wrote_the_file_and_that_nothing_can_be_verified(
     assert "written: not by seqstore (tensorpack data, read in place)" in out
     assert "verify: nothing to check: tensorpack data stores no checksums" in out
     assert "records match" not in out
+
+
+def test_a_file_tensorpack_holds_open_in_the_process_still_opens(
+    tmp_path: Path, make_tensorpack_file: Callable[[Path, str], Path]
+) -> None:
+    """Users switching over run the old DataFlow beside seqstore in one process."""
+    from tensorpack.dataflow import LMDBSerializer
+
+    path = make_tensorpack_file(tmp_path / "ILSVRC-train.lmdb", "pickle")  # this process's
+    flow = LMDBSerializer.load(str(path), shuffle=False)
+    flow.reset_state()
+    first = next(iter(flow))
+    reader = seqstore.open(path)
+    assert reader.manifest.format == "tensorpack" and len(reader) == 23
+    assert reader.read_block(0, 1)[0].data == bytes(first[0])

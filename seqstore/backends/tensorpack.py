@@ -160,10 +160,20 @@ class TensorpackReader(SharedEnvReader):
         except FileNotFoundError:
             raise NotAStoreError(f"'{where}' does not exist") from None
         self._tree: ProcessLocal[PageTree] = ProcessLocal()
+        # In object storage, and where another handle in this process holds the file open
+        # (tensorpack's own DataFlow, beside seqstore while a user switches over: LMDB
+        # refuses a second environment of one file in a process), its pages are parsed.
+        self._pages = local is None
+        raw_keys = None
         if local is not None:
-            with self.env.begin() as txn:
-                raw_keys = txn.get(_KEYS_KEY)
-        else:
+            try:
+                with self.env.begin() as txn:
+                    raw_keys = txn.get(_KEYS_KEY)
+            except NotAStoreError as exc:
+                if "already open in this process" not in str(exc):
+                    raise
+                self._pages = True
+        if self._pages:
             raw_keys = self.tree.get(_KEYS_KEY, self.data)
         if raw_keys is None:
             raise NotAStoreError(f"'{where}' is an LMDB file without tensorpack's __keys__ entry")
@@ -193,7 +203,8 @@ class TensorpackReader(SharedEnvReader):
 
     @property
     def tree(self) -> PageTree:
-        """This process's page parser of the file (for a file in object storage)."""
+        """This process's page parser of the file (in object storage, or held open by
+        another handle in this process)."""
         return self._tree.get(lambda: PageTree.of(self.data, "convert it again from its source"))
 
     def close(self) -> None:
@@ -204,7 +215,7 @@ class TensorpackReader(SharedEnvReader):
 
     def _values(self, start: int, stop: int) -> list[bytes | memoryview | None]:
         """The raw values of entries ``start`` to ``stop - 1``."""
-        if self.place.local is None:
+        if self._pages:
             keys = self._keys[start:stop]
             found = self.tree.values(keys) if keys else []
             if found is None:  # one key at a time, to name the one that is missing
