@@ -12,13 +12,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from ._version import __version__
 from .backends import Reader
 from .config import BenchConfig, ConvertConfig
-from .errors import ConfigError, SeqstoreError, SeqstoreWarning, for_cli
-from .options import add_model_options, model_values
+from .errors import SeqstoreError, SeqstoreWarning, for_cli
+from .options import READER_OPTION_HELP, add_model_options, model_values, reader_options
 
 __all__ = ["BENCH_OPTIONS", "CONVERT_OPTIONS", "build_parser", "main"]
 
@@ -69,40 +69,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def reader_options(pairs: list[str] | None) -> dict[str, Any]:
-    """The source reader's options of ``--reader-option KEY=VALUE`` (repeated): a value
-    that reads as an integer is one, ``true``/``false`` are booleans, anything else text.
-
-    Raises
-    ------
-    ConfigError
-        A pair without ``=``.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, text = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"--reader-option '{pair}' is not KEY=VALUE (for example label_offset=-1)"
-            )
-        value: Any = text
-        if text.lower() in ("true", "false"):
-            value = text.lower() == "true"
-        else:
-            try:
-                value = int(text)
-            except ValueError:
-                pass
-        out[key.replace("-", "_")] = value
-    return out
-
-
-_READER_OPTION_HELP = (
-    "an option of the source's reader, KEY=VALUE, repeatable: label_offset=-1 for TF's "
-    "ImageNet TFRecords, image_field=NAME, label_field=NAME, allow_pickle=true ..."
-)
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
     from .backends import open_store
 
@@ -147,6 +113,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"{key:>9}: {value}")
     for warning in p.warnings:
         print(f"  warning: {warning}")
+    from .imaging.decode import HAS_WINDOW_DECODER, NO_WINDOW_DECODER
+
+    if not HAS_WINDOW_DECODER:
+        print(f"     note: {NO_WINDOW_DECODER}")
     if args.verify:
         hashed = reader.verify_files()
         if hashed is not None:
@@ -321,9 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share a sharded conversion among the ranks of a torch.distributed job "
         "(default: when started by torchrun)",
     )
-    p.add_argument(
-        "--reader-option", action="append", metavar="KEY=VALUE", help=_READER_OPTION_HELP
-    )
+    p.add_argument("--reader-option", action="append", metavar="KEY=VALUE", help=READER_OPTION_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
@@ -332,9 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="read PATH with this backend")
     p.add_argument("--labels", help="label file, for a flat validation folder")
     p.add_argument("--verify", action="store_true", help="check every record's checksum")
-    p.add_argument(
-        "--reader-option", action="append", metavar="KEY=VALUE", help=_READER_OPTION_HELP
-    )
+    p.add_argument("--reader-option", action="append", metavar="KEY=VALUE", help=READER_OPTION_HELP)
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("bench", help="compare backends and baselines on your own data")

@@ -20,7 +20,15 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-__all__ = ["add_model_options", "field_docs", "model_values"]
+from .errors import ConfigError
+
+__all__ = [
+    "READER_OPTION_HELP",
+    "add_model_options",
+    "field_docs",
+    "model_values",
+    "reader_options",
+]
 
 _ENTRY = re.compile(r"^(\w+(?:, \w+)*) :")
 
@@ -109,3 +117,37 @@ def add_model_options(
 def model_values(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
     """The values of the options :func:`add_model_options` added for ``names``."""
     return {name: getattr(args, name) for name in names}
+
+
+def reader_options(pairs: list[str] | None) -> dict[str, Any]:
+    """The source reader's options of ``--reader-option KEY=VALUE`` (repeated): a value
+    that reads as an integer is one, ``true``/``false`` are booleans, anything else text.
+
+    Raises
+    ------
+    ConfigError
+        A pair without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--reader-option '{pair}' is not KEY=VALUE (for example label_offset=-1)"
+            )
+        value: Any = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                pass
+        out[key.replace("-", "_")] = value
+    return out
+
+
+READER_OPTION_HELP = (
+    "an option of the source's reader, KEY=VALUE, repeatable: label_offset=-1 for TF's "
+    "ImageNet TFRecords, image_field=NAME, label_field=NAME, allow_pickle=true ..."
+)

@@ -277,3 +277,28 @@ def test_window_decode_on_real_photos(shared_data: Path) -> None:
         want = decode(record.data, reduce=reduce)[top:bottom, left:right]
         got = decode_window(record.data, window, reduce=reduce, name=record.key)
         np.testing.assert_array_equal(got, want, err_msg=record.key)
+
+
+def test_a_missing_window_decoder_is_said_in_info_and_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An install without libjpeg's headers loses about a quarter of decoding time: said,
+    not silent."""
+    import seqstore.bench.report as report
+    import seqstore.imaging.decode as decoding
+    from seqstore.cli import main
+    from seqstore.testing import make_image_folder
+
+    folder = make_image_folder(tmp_path / "f", classes=2, per_class=2)
+    monkeypatch.setattr(decoding, "HAS_WINDOW_DECODER", False)
+    monkeypatch.setattr(report, "HAS_WINDOW_DECODER", False)
+    assert main(["info", str(folder)]) == 0
+    assert "crop-window JPEG decoder is not built" in capsys.readouterr().out
+    machine = report.describe_machine()
+    assert machine["window_decoder"] is False
+    cfg = {"transform": "imagenet_train", "workers": 2, "batch_size": 8, "formats": ["lmdb"]}
+    table = report.format_table(report.BenchResult(cfg, machine, 4, 0.1, [], []))
+    assert "note: seqstore's crop-window JPEG decoder is not built" in table
+    monkeypatch.setattr(decoding, "HAS_WINDOW_DECODER", True)
+    assert main(["info", str(folder)]) == 0
+    assert "crop-window" not in capsys.readouterr().out

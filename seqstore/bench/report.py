@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 
 from .._version import __version__
+from ..imaging.decode import HAS_WINDOW_DECODER, NO_WINDOW_DECODER
 
 __all__ = [
     "BenchResult",
@@ -133,6 +134,7 @@ def describe_machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
         "seqstore": __version__,
         "versions": versions,
+        "window_decoder": HAS_WINDOW_DECODER,
     }
 
 
@@ -187,6 +189,8 @@ def format_table(result: BenchResult) -> str:
         f"{'pipeline':<22}{'img/s':>8}{'x ceiling':>10}{'1st batch s':>12}{'peak MB':>9}"
         f"{'read rec/s':>11}{'read MB/s':>10}{'store MB':>10}",
     ]
+    if result.machine.get("window_decoder") is False:
+        lines[1:1] = [f"note: {NO_WINDOW_DECODER}"]
     for r in result.rows:
         ratio = result.ratio(r.name, "ceiling")
         lines.append(
