@@ -169,6 +169,9 @@ def test_a_dataset_root_of_splits_is_not_read_as_two_classes(
         seqstore.open(tmp_path / "data")
     train = seqstore.open(tmp_path / "data", split="train")
     assert len(train) == 6 and len(train.classes) == 3
+    from seqstore import Loader
+
+    assert Loader(tmp_path / "data", split="train", batch_size=2, num_workers=0).num_records == 6
     with pytest.raises(ConfigError, match=r"no split 'test' \(its folders: train, val\)"):
         seqstore.open(tmp_path / "data", split="test")
     dst = str(tmp_path / "val.h5")

@@ -95,8 +95,7 @@ class FolderReader(Reader):
                     f"'{root}' is a dataset root holding the splits {', '.join(splits)}, not an "
                     f"image folder of the classes {', '.join(repr(s) for s in splits)}: open one "
                     f"split ('{root / splits[0]}'), or choose it with split='{splits[0]}' "
-                    f"(reader_options={{'split': '{splits[0]}'}} in a Loader, --reader-option "
-                    f"split={splits[0]} on the command line)"
+                    f"(seqstore.open and Loader; --reader-option split={splits[0]} in convert)"
                 )
         class_names = load_classes(classes) if classes is not None else None
         stored = read_manifest(root) if is_store(root) else None
