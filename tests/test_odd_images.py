@@ -268,3 +268,33 @@ def test_the_loader_refuses_jpeg_data_that_libjpeg_fills_with_grey(
     with pytest.raises(BadRecordError, match=r"cut.jpg.*damaged image data \(libjpeg: Corrupt"):
         collect_epoch(Loader(root, **opts))
     assert "Corrupt JPEG data" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("default_image", [False, True])
+@pytest.mark.parametrize("disposal", [0, 1, 2])
+def test_an_animated_png_decodes_to_pils_first_frame(default_image: bool, disposal: int) -> None:
+    """Its first frame as PIL composes it, whatever the animation leaves out or blends:
+    OpenCV's own answer differs where the default image is not the first frame."""
+    import io
+
+    from PIL import Image
+
+    from seqstore.imaging.decode import decode
+
+    rng = np.random.default_rng(disposal)
+    frames = [
+        Image.fromarray(rng.integers(0, 256, (12, 16, 4), np.uint8), "RGBA") for _ in range(3)
+    ]
+    buf = io.BytesIO()
+    frames[0].save(
+        buf,
+        "PNG",
+        save_all=True,
+        append_images=frames[1:],
+        default_image=default_image,
+        disposal=disposal,
+        blend=1,
+    )
+    data = buf.getvalue()
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decode(data), expected)

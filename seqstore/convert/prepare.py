@@ -186,7 +186,10 @@ def _prepare(key: str, label: int, data: bytes) -> Prepared | Rejected:
         return Rejected(key, str(exc), len(data))
     warnings = []
     if info.animated:
-        warnings.append(f"'{name}' is an animated PNG; only its first frame is kept, as PIL does")
+        warnings.append(
+            f"'{name}' is an animated PNG; it trains as its first frame, composed as PIL "
+            "composes it"
+        )
     promised = extension_format(key)
     if promised is not None and promised != info.format:
         warnings.append(

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import BadImageError, ConfigError, SeqstoreError
-from .header import MAX_PIXELS, ImageInfo, check_pixels, header_size, probe
+from .header import MAX_PIXELS, ImageInfo, check_pixels, header_size, is_apng, probe
 from .messages import c_stderr_lines, damage_of
 from .opencv import cv2, cv2_reason
 
@@ -84,6 +84,7 @@ _RGB_FLAG: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
 _COLOR_FLAG = cv2.IMREAD_COLOR if _RGB_FLAG is None else _RGB_FLAG
 #: The first two bytes of every JPEG file (the start-of-image marker).
 JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 _threads_set = False
 
@@ -187,7 +188,9 @@ def decode(
     flags = _COLOR_FLAG | _REDUCE_BITS[reduce if jpeg else 1]
     if not exif_orientation:
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
-    if jpeg:
+    if not jpeg and bytes(buf[:8]) == _PNG_MAGIC and is_apng(buf.data):
+        img = _first_frame(buf, name)
+    elif jpeg:
         with c_stderr_lines() as printed:
             img = _imdecode(buf, flags, name)
         damage = damage_of(printed)
@@ -270,6 +273,22 @@ def _decode_window(
             f"at 1/{reduce})"
         )
     return img[top:bottom, left:right]
+
+
+def _first_frame(buf: np.ndarray, name: str) -> np.ndarray:
+    """An animated PNG's first frame, as PIL composes it (OpenCV returns the default image,
+    which is not the first frame where the animation leaves it out, and ignores the frame's
+    offset, dispose and blend operations)."""
+    try:
+        return np.ascontiguousarray(np.asarray(decode_pil(buf, name=name)))
+    except SeqstoreError as exc:
+        if isinstance(exc, BadImageError):
+            raise
+        raise BadImageError(
+            f"'{name}' is an animated PNG, whose first frame seqstore composes as PIL does, "
+            "with Pillow, which is not installed: run pip install 'seqstore[pil]', or pass "
+            "on_error='skip' to leave it out"
+        ) from None
 
 
 def is_jpeg(data: bytes | memoryview | np.ndarray) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BadImageError
 
-__all__ = ["MAX_PIXELS", "ImageInfo", "check_pixels", "header_size", "probe"]
+__all__ = ["MAX_PIXELS", "ImageInfo", "check_pixels", "header_size", "is_apng", "probe"]
 
 #: Images with more pixels are refused: PIL's decompression-bomb limit (twice
 #: ``PIL.Image.MAX_IMAGE_PIXELS``), above which ``Image.open`` raises.
@@ -281,12 +281,14 @@ def _probe_png(mv: memoryview, name: str) -> ImageInfo:
             "re-copy it from the original or pass on_error='skip' to leave it out"
         )
     return ImageInfo(
-        "png", width, height, _PNG_CHANNELS.get(color_type, 3), bits=bits, animated=_is_apng(mv)
+        "png", width, height, _PNG_CHANNELS.get(color_type, 3), bits=bits, animated=is_apng(mv)
     )
 
 
-def _is_apng(mv: memoryview) -> bool:
-    """Whether an acTL chunk (animation control) precedes the image data, as APNG requires."""
+def is_apng(mv: memoryview | bytes) -> bool:
+    """Whether a PNG file is animated: an acTL chunk (animation control) precedes its image
+    data, as APNG requires."""
+    mv = memoryview(mv)
     pos = 8
     while pos + 8 <= len(mv):
         length = struct.unpack_from(">I", mv, pos)[0]
