@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .loading import loader_bad_record, loader_worker_killed
+from .loading import dataset_root, folder_bad_files, loader_bad_record, loader_worker_killed
 from .store import (
     concurrent_readers,
     damaged,
@@ -140,6 +140,17 @@ CASES: list[FaultCase] = [
     _case("Loader over a flipped byte, on_error=raise", loader_bad_record("raise"), "clear error"),
     _case("Loader over a flipped byte, on_error=skip", loader_bad_record("skip"), "handled"),
     _case("Loader worker killed mid-epoch, then resumed", loader_worker_killed, "clear error"),
+    _case(
+        "folder in place, truncated and damaged JPEGs, on_error=raise",
+        folder_bad_files("raise"),
+        "clear error",
+    ),
+    _case(
+        "folder in place, truncated and damaged JPEGs, on_error=skip",
+        folder_bad_files("skip"),
+        "handled",
+    ),
+    _case("dataset root converted without a split", dataset_root, "clear error"),
     *(
         _case(f"two writers race for one DST ({fmt})", racing_writers(fmt), "handled")
         for fmt in ("lmdb", "hdf5")

@@ -1,4 +1,5 @@
-"""Fault cases of the Loader: a damaged record under each policy, a worker killed mid-epoch."""
+"""Fault cases of the Loader: a damaged record under each policy (in a store, and in an image
+folder read in place), a worker killed mid-epoch."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .harness import (
     data_file,
     failure_outcome,
     make_source,
+    run_cli,
     run_python,
 )
 
@@ -97,3 +99,45 @@ print("exact" if seen == full else "differs")
     if lines[-1] != "exact":
         return "silent wrong"
     return "clear error" if len(died) == 1 else "silent wrong"
+
+
+def folder_bad_files(policy: str) -> Callable[[Path, np.random.Generator], str]:
+    """A Loader epoch over an image folder read in place that holds a truncated JPEG and a
+    JPEG whose data libjpeg finds damaged (its end marker put back), with ``on_error``."""
+
+    def run(workdir: Path, rng: np.random.Generator) -> str:
+        src = make_source(workdir, per_class=8)
+        files = sorted(p for p in src.rglob("*.JPEG"))
+        picks = rng.choice(len(files), 2, replace=False)
+        cut, damaged = files[int(picks[0])], files[int(picks[1])]
+        data = cut.read_bytes()
+        cut.write_bytes(data[: len(data) // 3])
+        data = damaged.read_bytes()
+        damaged.write_bytes(data[: len(data) * 2 // 3] + b"\xff\xd9")
+        keys = sorted(p.relative_to(src).as_posix() for p in (cut, damaged))
+        body = _LOADER_BODY.replace("batch_size=16", "batch_size=16, transform='imagenet_val'")
+        p = run_python(body.format(store=str(src), policy=policy, seed=int(rng.integers(99))))
+        if p.rc != 0:
+            outcome = failure_outcome(p)
+            return outcome if any(k in p.err for k in keys) else "silent wrong"
+        batches, expected, *bad = p.out.strip().split(maxsplit=2)
+        if policy == "raise" or batches != expected or bad != [repr(keys)]:
+            return "silent wrong"
+        return "handled"
+
+    return run
+
+
+def dataset_root(workdir: Path, rng: np.random.Generator) -> str:
+    """``convert`` of a dataset root (train/ and val/) given without a split: one line
+    naming the splits, not a store of two classes."""
+    from ..data import make_image_folder
+
+    root = workdir / "data"
+    make_image_folder(root / "train", classes=3, per_class=4, seed=int(rng.integers(99)))
+    make_image_folder(root / "val", classes=3, per_class=2)
+    p = run_cli("convert", root, workdir / "out", "--format", "lmdb", "--quiet")
+    if p.rc == 0:
+        return "silent wrong"
+    outcome = failure_outcome(p)
+    return outcome if "splits train, val" in p.err else "silent wrong"
