@@ -274,3 +274,51 @@ def test_worker_killed_mid_epoch_is_one_error_and_resumes_exactly(tmp_path: Path
         assert all(
             torch.equal(a, b) for a, b in zip([x for x, _, _ in head] + tail, whole, strict=True)
         )
+
+
+_SMALL_SHM = """
+import sys
+from seqstore import Loader
+from seqstore.errors import SeqstoreError
+from seqstore.testing import make_image_folder
+src = make_image_folder(sys.argv[1], classes=2, per_class=20)
+try:
+    loader = Loader(src, batch_size=256, num_workers=2, image_size=224, dtype=sys.argv[2])
+    print("epoch", sum(len(y) for _, y in loader))
+except SeqstoreError as exc:
+    print("error:", exc)
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_dockers_64_mb_dev_shm_is_one_line_naming_it(tmp_path: Path, dtype: str) -> None:
+    """Docker's default /dev/shm, in a private mount namespace: the Loader's shared memory
+    does not fit, and that is one line naming /dev/shm, its size, the need and the fixes,
+    not torch's RuntimeError."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to mount a small /dev/shm")
+    script = tmp_path / "small_shm.py"
+    script.write_text(_SMALL_SHM)
+    command = (
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
+        f"{sys.executable} {script} {tmp_path / 'src'} {dtype}"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.run(
+        ["unshare", "-m", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    if "mount" in p.stderr and p.returncode != 0 and "error:" not in p.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.strip().splitlines()[-1]
+    assert line.startswith("error: the Loader's workers need"), line
+    assert "/dev/shm holds 67 MB" in line and "--shm-size" in line

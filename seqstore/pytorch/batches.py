@@ -17,6 +17,7 @@ and hands the buffer back at once.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from ..engine.stream import RawBatch
+from ..errors import ConfigError
 
 __all__ = [
     "Affine",
@@ -35,6 +37,7 @@ __all__ = [
     "collate",
     "join",
     "normalizing_affine",
+    "shared_memory_error",
 ]
 
 
@@ -67,6 +70,23 @@ class _Lent(np.ndarray):
     def __del__(self) -> None:
         if self._busy is not None:  # not in the views numpy derives from it
             self._busy[self._at] = _FREE
+
+
+def shared_memory_error(nbytes: int, exc: BaseException) -> ConfigError:
+    """One line for shared memory that could not be had: /dev/shm's size (Docker's default
+    is 64 MB), what the Loader asked for, and the ways out."""
+    try:
+        st = os.statvfs("/dev/shm")
+        room = f"/dev/shm holds {st.f_blocks * st.f_frsize / 1e6:.0f} MB, "
+        room += f"{st.f_bavail * st.f_frsize / 1e6:.0f} MB free"
+    except OSError:
+        room = "/dev/shm is not there"
+    return ConfigError(
+        f"the Loader's workers need {nbytes / 1e6:.0f} MB of shared memory more and cannot have "
+        f"it ({room}; {str(exc).splitlines()[0]}): give the container more (docker run "
+        "--shm-size=2g, or a larger tmpfs on /dev/shm), or lower batch_size or num_workers, "
+        "or take dtype='uint8' batches, a quarter of float32's, or num_workers=0"
+    )
 
 
 class Ring:
@@ -116,15 +136,18 @@ class Ring:
         self.shape = shape
         self.dtype = dtype
         size = (slots, batch_size, *shape)
+        nbytes = math.prod(size) * dtype.itemsize
         try:
-            # A new shared segment, as torch.multiprocessing makes them: no copy into it,
-            # which share_memory_() of a fresh tensor would make (twice as slow).
-            nbytes = math.prod(size) * dtype.itemsize
-            storage = torch.UntypedStorage._new_shared(nbytes)
-            self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(size)
-        except AttributeError:  # a torch without it
-            self.buffers = torch.empty(size, dtype=dtype).share_memory_()
-        self.busy = torch.zeros(slots, dtype=torch.uint8).share_memory_()
+            try:
+                # A new shared segment, as torch.multiprocessing makes them: no copy into
+                # it, which share_memory_() of a fresh tensor would make (twice as slow).
+                storage = torch.UntypedStorage._new_shared(nbytes)
+                self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(size)
+            except AttributeError:  # a torch without it
+                self.buffers = torch.empty(size, dtype=dtype).share_memory_()
+            self.busy = torch.zeros(slots, dtype=torch.uint8).share_memory_()
+        except RuntimeError as exc:
+            raise shared_memory_error(nbytes, exc) from None
 
     @property
     def slots(self) -> int:
@@ -283,7 +306,10 @@ def collate(
     shape = (len(images), *(affine.shape(images[0].shape) if affine else images[0].shape))
     out = torch.empty(shape, dtype=torch.float32 if affine is not None else torch.uint8)
     if worker is not None:
-        out.share_memory_()
+        try:
+            out.share_memory_()
+        except RuntimeError as exc:
+            raise shared_memory_error(out.nbytes, exc) from None
     if affine is not None:
         _stack_normalized(images, out.numpy(), affine)
     else:
