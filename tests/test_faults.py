@@ -21,7 +21,9 @@ _TRIES = {True: 3, False: 1}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fault_case_ends_as_documented(case, tmp_path: Path) -> None:
+def test_fault_case_ends_as_documented(case, tmp_path: Path, monkeypatch) -> None:
+    # What each try saw goes to stderr, which pytest shows with a failure.
+    monkeypatch.setenv("SEQSTORE_FAULTS_VERBOSE", "1")
     if case.needs_root and os.geteuid() != 0:
         pytest.skip("needs root to mount a small tmpfs (a full disk)")
     for seed in range(_TRIES["kill" in case.name]):
