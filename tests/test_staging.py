@@ -117,3 +117,38 @@ def test_resume_never_adopts_the_output_of_another_conversion(tmp_path: Path) ->
     assert len(reader) == 12
     assert {r.key for r in reader.read_block(0, 12)} == set(seqstore.open(src).keys)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_a_reused_pid_does_not_keep_a_dead_writers_staging_alive(tmp_path: Path) -> None:
+    """A writer is its pid and its process's start time: a later process with the same pid
+    (pids come round within seconds where pid_max is 32768) is not that writer, so its
+    staging directory is resumable, not taken for a live write."""
+    import json
+    import subprocess
+
+    import psutil
+
+    from seqstore.backends import staging
+    from seqstore.manifest import PARTIAL_NAME
+
+    dst = tmp_path / "store"
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        began = psutil.Process(other.pid).create_time()
+        cases = {"reused": began - 100.0, "alive": began, "unknown": None, "adopted": -1.0}
+        dirs = {}
+        for name, pid_started in cases.items():
+            d = tmp_path / f".store.seqstore-new-{other.pid}-{name}"
+            d.mkdir()
+            # "adopted": renamed by a resuming writer, the killed one's marker still inside
+            owner = other.pid + 1 if name == "adopted" else other.pid
+            marker = {"pid": owner} | ({} if pid_started is None else {"pid_started": pid_started})
+            (d / PARTIAL_NAME).write_text(json.dumps(marker))
+            dirs[name] = d
+        assert staging.dead_staging(dst) == [dirs["reused"]]
+        alive = [dirs["alive"], dirs["unknown"], dirs["adopted"]]
+        assert sorted(staging.live_staging(dst)) == sorted(alive)
+    finally:
+        other.kill()
+        other.wait()
+    assert sorted(staging.dead_staging(dst)) == sorted(dirs.values())

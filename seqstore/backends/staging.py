@@ -15,11 +15,14 @@ continues from. Readers of ``<name>`` refuse it with a line that says so.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 import warnings
 from pathlib import Path
+
+import psutil
 
 from ..errors import NotAStoreError, PartialStoreError, SeqstoreWarning
 from ..io.per_process import pid_alive
@@ -29,6 +32,7 @@ __all__ = [
     "dead_staging",
     "live_staging",
     "new_staging_dir",
+    "process_started",
     "read_store_manifest",
     "recover",
     "swap_into_place",
@@ -67,12 +71,39 @@ def new_staging_dir(dst: Path) -> Path:
 
 def live_staging(dst: Path) -> list[Path]:
     """Staging directories of ``dst`` whose writer is still running."""
-    return [p for p in _siblings(dst, _NEW) if pid_alive(_pid(p, _NEW))]
+    return [p for p in _siblings(dst, _NEW) if _writer_alive(p)]
 
 
 def dead_staging(dst: Path) -> list[Path]:
     """Staging directories of ``dst`` left by writers that died: resumable, or litter."""
-    return [p for p in _siblings(dst, _NEW) if not pid_alive(_pid(p, _NEW))]
+    return [p for p in _siblings(dst, _NEW) if not _writer_alive(p)]
+
+
+def _writer_alive(staging: Path) -> bool:
+    """Whether the writer of ``staging`` runs: its pid is a process's, and that process is
+    not a later one that got the pid of a writer that died (pids are reused, within seconds
+    where pid_max is 32768 and processes come and go, as in a test run)."""
+    pid = _pid(staging, _NEW)
+    if not pid_alive(pid):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        with open(staging / PARTIAL_NAME, encoding="utf-8") as f:
+            marker = json.load(f)
+        if int(marker["pid"]) != pid:
+            return True  # just adopted by a resuming writer, whose marker is not written yet
+        began = float(marker["pid_started"])
+        return bool(abs(psutil.Process(pid).create_time() - began) < 0.5)
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return True  # nothing to tell it by (a marker not yet written): as alive as its pid
+
+
+def process_started() -> float:
+    """When this process started (seconds since the epoch), which a staging directory's
+    marker records beside its pid: the pid and this tell the writer from a later process
+    that got the same pid."""
+    return float(psutil.Process().create_time())
 
 
 def recover(dst: Path) -> list[str]:

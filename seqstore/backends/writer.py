@@ -129,7 +129,12 @@ class Writer(ABC):
         self.directory = adopted or staging.new_staging_dir(self.path)
         write_json_atomic(
             self.directory / PARTIAL_NAME,
-            {**marker, "pid": os.getpid(), "started": self.provenance.created},
+            {
+                **marker,
+                "pid": os.getpid(),
+                "pid_started": staging.process_started(),
+                "started": self.provenance.created,
+            },
         )
         self._state = "open"
         try:
