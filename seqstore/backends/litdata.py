@@ -25,10 +25,9 @@ A field is named by its path in the item: ``image`` and ``label`` for a dict, ``
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import struct
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -107,21 +106,9 @@ def leaf_names(spec: Any) -> list[str]:
 
 
 class LitdataReader(OffsetShardsReader):
-    """Reader of litdata chunks in place (see the module docstring).
-
-    Parameters
-    ----------
-    location
-        The dataset's directory or prefix (holding ``index.json``), or its place.
-    image_field, label_field
-        The leaves of the image and of the integer label, where they cannot be told.
-    classes
-        Class names for the labels.
-    allow_pickle
-        Unpickle a ``pickle`` leaf (runs any code the data holds).
-    index_dir, unpack_dir
-        As :class:`~seqstore.backends.mds.MDSReader`'s.
-    """
+    """Reader of litdata chunks in place (see the module docstring); its options are
+    :class:`~seqstore.backends.offset_shards.OffsetShardsReader`'s (the image and label
+    are leaves of the item, named by their path; a pickled one is a ``pickle`` leaf)."""
 
     format_name: ClassVar[str] = "litdata"
     writer: ClassVar[str] = "litdata"
@@ -133,19 +120,13 @@ class LitdataReader(OffsetShardsReader):
     pickle_encodings: ClassVar[frozenset[str]] = frozenset({"pickle"})
     int_encodings: ClassVar[dict[str, str]] = {"int": "<i8"}
 
-    def __init__(
-        self,
-        location: str | os.PathLike[str] | Place,
-        *,
-        image_field: str | None = None,
-        label_field: str | None = None,
-        classes: str | os.PathLike[str] | Sequence[str] | None = None,
-        allow_pickle: bool = False,
-        index_dir: str | os.PathLike[str] | None = None,
-        unpack_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        super().__init__(location)
-        self._arrow_files: ProcessLocal[dict[int, Any]] = ProcessLocal()
+    @functools.cached_property
+    def _arrow_files(self) -> ProcessLocal[dict[int, Any]]:
+        """This process's open Arrow footers of chunks, by chunk."""
+        return ProcessLocal()
+
+    def read_shards(self) -> list[Shard]:
+        # docstring inherited
         where = self.place.where
         index = read_index(self.place, INDEX, _REMEDY)
         config, chunks = index.get("config"), index.get("chunks")
@@ -184,15 +165,7 @@ class LitdataReader(OffsetShardsReader):
             raise CorruptStoreError(
                 f"{INDEX} of '{where}' has a chunk entry without {exc}; {_REMEDY}"
             ) from None
-        self.open_shards(
-            shards,
-            image_field=image_field,
-            label_field=label_field,
-            allow_pickle=allow_pickle,
-            classes=classes,
-            index_dir=index_dir,
-            unpack_dir=unpack_dir,
-        )
+        return shards
 
     def scan_other(self, source: Source, shard: Shard, n: int) -> dict[str, np.ndarray]:
         # docstring inherited

@@ -18,8 +18,6 @@ compression and their hashes; the shards are read as :mod:`.offset_shards` says.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from ..errors import ConfigError, CorruptStoreError, NotAStoreError
@@ -100,24 +98,9 @@ def _shard(row: dict[str, Any], where: str) -> Shard:
 
 
 class MDSReader(OffsetShardsReader):
-    """Reader of MDS shards in place (see the module docstring).
-
-    Parameters
-    ----------
-    location
-        The dataset's directory or prefix (holding ``index.json``), or its place.
-    image_field, label_field
-        The columns of the image and of the integer label, where they cannot be told.
-    classes
-        Class names for the labels.
-    allow_pickle
-        Unpickle a ``pkl`` image or label column (runs any code the data holds).
-    index_dir
-        Where the sample tables are kept (default:
-        :func:`~seqstore.backends.index_cache.default_index_dir`).
-    unpack_dir
-        Where compressed shards are unpacked (default: ``unpacked`` beside ``index_dir``).
-    """
+    """Reader of MDS shards in place (see the module docstring); its options are
+    :class:`~seqstore.backends.offset_shards.OffsetShardsReader`'s (the image and label
+    are columns; a pickled one is a ``pkl`` column)."""
 
     format_name: ClassVar[str] = "mds"
     writer: ClassVar[str] = "MDS"
@@ -127,34 +110,15 @@ class MDSReader(OffsetShardsReader):
     pickle_encodings: ClassVar[frozenset[str]] = frozenset({"pkl"})
     int_encodings: ClassVar[dict[str, str]] = _INTS
 
-    def __init__(
-        self,
-        location: str | os.PathLike[str] | Place,
-        *,
-        image_field: str | None = None,
-        label_field: str | None = None,
-        classes: str | os.PathLike[str] | Sequence[str] | None = None,
-        allow_pickle: bool = False,
-        index_dir: str | os.PathLike[str] | None = None,
-        unpack_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        super().__init__(location)
+    def read_shards(self) -> list[Shard]:
+        # docstring inherited
         index = read_index(self.place, INDEX, _REMEDY)
         if index.get("version") != 2 or not isinstance(index.get("shards"), list):
             raise ConfigError(
                 f"{INDEX} of '{self.place.where}' is not an MDS index of version 2 (one with "
                 "'shards'), which is what seqstore reads"
             )
-        shards = [_shard(row, self.place.where) for row in index["shards"]]
-        self.open_shards(
-            shards,
-            image_field=image_field,
-            label_field=label_field,
-            allow_pickle=allow_pickle,
-            classes=classes,
-            index_dir=index_dir,
-            unpack_dir=unpack_dir,
-        )
+        return [_shard(row, self.place.where) for row in index["shards"]]
 
 
 def index_of(place: Place) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import ConfigError, CorruptStoreError
 from ...io.cache import ShardCache
 from ...io.local import LocalFile
+from ...io.places import Place
 from ...io.ranges import Source
 from ..in_place import FilesReader
 from ..index_cache import default_index_dir, kept_table
@@ -30,7 +31,23 @@ _U32 = struct.Struct("<I")
 class OffsetShardsReader(FilesReader):
     """Base of the readers of MDS shards and litdata chunks (see the module docstring).
 
-    A subclass reads its index into :class:`Shard` rows and calls :meth:`open_shards`.
+    A subclass reads its index into :class:`Shard` rows (:meth:`read_shards`).
+
+    Parameters
+    ----------
+    location
+        The dataset's directory or prefix (holding its ``index.json``), or its place.
+    image_field, label_field
+        The fields of the image and of the integer label, where they cannot be told.
+    classes
+        Class names for the labels.
+    allow_pickle
+        Unpickle a pickled image or label field (runs any code the data holds).
+    index_dir
+        Where the sample tables are kept (default:
+        :func:`~seqstore.backends.index_cache.default_index_dir`).
+    unpack_dir
+        Where compressed shards are unpacked (default: ``unpacked`` beside ``index_dir``).
     """
 
     #: The encodings of encoded images (read as they are), of raw pixels (refused), of
@@ -45,19 +62,21 @@ class OffsetShardsReader(FilesReader):
 
     shards: list[Shard]
 
-    def open_shards(
+    def __init__(
         self,
-        shards: list[Shard],
+        location: str | os.PathLike[str] | Place,
         *,
-        image_field: str | None,
-        label_field: str | None,
-        allow_pickle: bool,
-        classes: str | os.PathLike[str] | Sequence[str] | None,
-        index_dir: str | os.PathLike[str] | None,
-        unpack_dir: str | os.PathLike[str] | None,
+        image_field: str | None = None,
+        label_field: str | None = None,
+        classes: str | os.PathLike[str] | Sequence[str] | None = None,
+        allow_pickle: bool = False,
+        index_dir: str | os.PathLike[str] | None = None,
+        unpack_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        """Open every shard (unpacking compressed ones), choose the fields, read the labels
-        and describe the dataset."""
+        super().__init__(location)
+        # Open every shard (unpacking compressed ones), choose the fields, read the labels
+        # and describe the dataset.
+        shards = self.read_shards()
         self.shards, self.files, self.sources = shards, [s.name for s in shards], []
         if not shards:  # an empty dataset
             self._labels = self._starts = self._ends = np.empty(0, np.int64)
@@ -223,6 +242,18 @@ class OffsetShardsReader(FilesReader):
             value = pickle.loads(bytes(v)) if dtype is None else int(bytes(v))
             out.append(int(value))
         return np.array(out, np.int64)
+
+    def read_shards(self) -> list[Shard]:
+        """The shards of the dataset's index, in order.
+
+        Raises
+        ------
+        NotAStoreError
+            There is no index.
+        CorruptStoreError, ConfigError
+            It does not read, or describes a layout seqstore does not read.
+        """
+        raise NotImplementedError
 
     def scan_other(self, source: Source, shard: Shard, n: int) -> dict[str, np.ndarray]:
         """The table of a shard whose ``n`` samples are not in its sample table (all its
