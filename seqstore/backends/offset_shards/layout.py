@@ -3,6 +3,7 @@ records them, and where a field is in a sample (see :mod:`seqstore.backends.offs
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -12,6 +13,12 @@ import numpy as np
 from ...io.ranges import Source
 
 __all__ = ["Fields", "Shard", "encoding_kind", "fields_of_kind", "locate"]
+
+
+@functools.cache
+def _sizes(n: int) -> struct.Struct:
+    """``n`` little-endian uint32s, made once (a sample's header is read per sample)."""
+    return struct.Struct(f"<{n}I")
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,14 @@ class Fields:
     headed: list[bool]
 
     @property
+    def header(self) -> struct.Struct:
+        """A sample's header: the uint32 sizes of its headed fields."""
+        return _sizes(sum(self.headed))
+
+    @property
     def header_bytes(self) -> int:
         """The length of a sample's header."""
-        return 4 * sum(self.headed)
+        return self.header.size
 
     def listing(self) -> str:
         """The fields and their encodings, for messages."""
@@ -44,7 +56,7 @@ class Fields:
 
     def span(self, sample: bytes | memoryview, i: int) -> tuple[int, int]:
         """Where field ``i`` is in ``sample`` (a whole sample's bytes)."""
-        heads = struct.unpack_from(f"<{sum(self.headed)}I", sample, 0)
+        heads = self.header.unpack_from(sample, 0)
         pos, k = self.header_bytes, 0
         for j in range(i + 1):
             size = self.sizes[j]

@@ -26,8 +26,11 @@ def _decompressor(algo: str, where: str) -> Callable[[bytes], bytes]:
         return gzip.decompress
     if family == "bz2":
         return bz2.decompress
-    packages = {"zstd": ("zstandard", "zstandard"), "br": ("brotli", "brotli")}
-    packages["snappy"] = ("snappy", "python-snappy")
+    packages = {
+        "zstd": ("zstandard", "zstandard"),
+        "br": ("brotli", "brotli"),
+        "snappy": ("snappy", "python-snappy"),
+    }
     if family not in packages:
         raise ConfigError(f"'{where}' is compressed with '{algo}', which seqstore does not read")
     module, package = packages[family]
