@@ -93,14 +93,14 @@ PEERS = {
     "tfrecord (TFRecord)": ("tfrecord", "tfrecord"),
     "FFCV (own decoder, threads)": ("ffcv", "ffcv"),
 }
-#: The peers whose files seqstore also reads in place, each in a row of its own.
-IN_PLACE = (
-    "MosaicML Streaming (MDS)",
-    "WebDataset",
-    "litdata",
-    "HF datasets (Parquet)",
-    "tfrecord (TFRecord)",
-)
+#: The peers whose files seqstore also reads in place, and the format each row names.
+IN_PLACE = {
+    "MosaicML Streaming (MDS)": "MDS",
+    "WebDataset": "WebDataset",
+    "litdata": "litdata",
+    "HF datasets (Parquet)": "Parquet",
+    "tfrecord (TFRecord)": "TFRecord",
+}
 BUILTIN = "seqstore lmdb, built-in pipeline"
 USER = "seqstore lmdb, user callable (cv2)"
 TORCHVISION = "torchvision-style (PIL, float)"
@@ -110,7 +110,7 @@ SAME_WORK_PEERS = ("MosaicML Streaming (MDS)", "WebDataset", "litdata")
 
 def in_place_row(peer: str) -> str:
     """The row of seqstore reading ``peer``'s own files in place."""
-    return f"seqstore in place: {peer.split(' (')[-1].rstrip(')') if '(' in peer else peer}"
+    return f"seqstore in place: {IN_PLACE[peer]}"
 
 
 class CropFlip:
