@@ -322,3 +322,44 @@ def test_dockers_64_mb_dev_shm_is_one_line_naming_it(tmp_path: Path, dtype: str)
     line = p.stdout.strip().splitlines()[-1]
     assert line.startswith("error: the Loader's workers need"), line
     assert "/dev/shm holds 67 MB" in line and "--shm-size" in line
+
+
+_CV2_BEFORE_FORK = """
+import sys
+import cv2
+import numpy as np
+from seqstore import Loader
+from seqstore.testing import make_image_folder
+src = make_image_folder(sys.argv[1], classes=2, per_class=8)
+# OpenCV's thread pool is running in this process when the Loader forks its workers.
+cv2.resize(np.zeros((3000, 3000, 3), np.uint8), (2000, 2000))
+loader = Loader(src, batch_size=4, num_workers=2, image_size=32)
+print("epoch", sum(len(y) for _, y in loader))
+"""
+
+
+def test_opencv_used_in_the_main_process_before_workers_fork(tmp_path: Path) -> None:
+    """A user's own multi-threaded cv2 call before the Loader forks its workers: the
+    workers' first OpenCV call must not wait forever for pool threads they never got."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "cv2_first.py"
+    script.write_text(_CV2_BEFORE_FORK)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "src")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = p.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        pytest.fail("the Loader's workers hung after OpenCV ran threads in the main process")
+    assert p.returncode == 0, err
+    assert out.split() == ["epoch", "16"]
