@@ -277,24 +277,52 @@ def test_worker_killed_mid_epoch_is_one_error_and_resumes_exactly(tmp_path: Path
 
 
 _SMALL_SHM = """
+import multiprocessing
+import os
 import sys
+
+import numpy as np
+import torch
+
+src, case, start = sys.argv[1:4]
+if case == "no-memfd":  # a system without memfds: torch's shared memory, in /dev/shm
+    del os.memfd_create
+
 from seqstore import Loader
 from seqstore.errors import SeqstoreError
 from seqstore.testing import make_image_folder
-src = make_image_folder(sys.argv[1], classes=2, per_class=20)
-try:
-    loader = Loader(src, batch_size=256, num_workers=2, image_size=224, dtype=sys.argv[2])
-    print("epoch", sum(len(y) for _, y in loader))
-except SeqstoreError as exc:
-    print("error:", exc)
+
+
+def crop(image):  # a user callable: its batches come from default_collate
+    return {"x": torch.from_numpy(np.ascontiguousarray(image[:160, :160])).float()}
+
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(start, force=True)
+    make_image_folder(src, classes=2, per_class=150, min_side=200, max_side=400)
+    try:
+        if case in ("float32", "uint8", "no-memfd"):
+            dtype = "uint8" if case == "uint8" else "float32"
+            loader = Loader(src, batch_size=256, num_workers=2, image_size=224, dtype=dtype)
+            print("epoch", sum(len(y) for _, y in loader))
+        elif case == "kept":  # every batch kept: the ring runs dry, batches go one by one
+            loader = Loader(src, batch_size=32, num_workers=2, image_size=224)
+            kept = [x for x, _ in loader]
+            print("epoch", sum(len(x) for x in kept), all(float(x.abs().sum()) > 0 for x in kept))
+        elif case == "decode":  # images of their own sizes
+            loader = Loader(src, batch_size=256, num_workers=2, transform="decode")
+            print("epoch", sum(len(x) for x, _ in loader))
+        elif case == "callable":
+            loader = Loader(src, batch_size=256, num_workers=2, transform=crop)
+            print("epoch", sum(len(b["x"]) for b, _ in loader))
+    except SeqstoreError as exc:
+        print("error:", exc)
 """
 
 
-@pytest.mark.parametrize("dtype", ["float32", "uint8"])
-def test_dockers_64_mb_dev_shm_is_one_line_naming_it(tmp_path: Path, dtype: str) -> None:
-    """Docker's default /dev/shm, in a private mount namespace: the Loader's shared memory
-    does not fit, and that is one line naming /dev/shm, its size, the need and the fixes,
-    not torch's RuntimeError."""
+def _in_small_shm(tmp_path: Path, *args: str) -> str:
+    """The last line ``_SMALL_SHM`` prints with ``args``, run in a private mount namespace
+    whose /dev/shm is a 64 MB tmpfs, Docker's default."""
     import shutil
     import subprocess
     import sys
@@ -305,7 +333,7 @@ def test_dockers_64_mb_dev_shm_is_one_line_naming_it(tmp_path: Path, dtype: str)
     script.write_text(_SMALL_SHM)
     command = (
         "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
-        f"{sys.executable} {script} {tmp_path / 'src'} {dtype}"
+        f"{sys.executable} {script} {tmp_path / 'src'} {' '.join(args)}"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.run(
@@ -319,7 +347,37 @@ def test_dockers_64_mb_dev_shm_is_one_line_naming_it(tmp_path: Path, dtype: str)
     if "mount" in p.stderr and p.returncode != 0 and "error:" not in p.stdout:
         pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
     assert p.returncode == 0, p.stderr
-    line = p.stdout.strip().splitlines()[-1]
+    return p.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("case", "start"),
+    [
+        ("float32", "fork"),
+        ("uint8", "fork"),
+        ("float32", "spawn"),
+        ("uint8", "forkserver"),
+        ("kept", "fork"),
+        ("decode", "forkserver"),
+        ("callable", "spawn"),
+    ],
+)
+def test_an_epoch_completes_in_dockers_64_mb_dev_shm(tmp_path: Path, case: str, start: str) -> None:
+    """Docker's default /dev/shm: an epoch of batches of 256 with 2 workers completes, its
+    batches in memory that /dev/shm's size does not bound, with workers started by fork,
+    spawn or forkserver; so do batches that miss the ring (a loop that keeps every batch,
+    images of their own sizes, a user callable's dicts)."""
+    line = _in_small_shm(tmp_path, case, start)
+    assert line.split()[:2] == ["epoch", "300"], line
+    if case == "kept":
+        assert line.endswith("True"), line
+
+
+def test_shared_memory_that_does_not_fit_is_one_line_naming_dev_shm(tmp_path: Path) -> None:
+    """Where there are no memfds, the Loader's shared memory is /dev/shm's; when it does not
+    fit, that is one line naming /dev/shm, its size, the need and the fixes, not torch's
+    RuntimeError."""
+    line = _in_small_shm(tmp_path, "no-memfd", "fork")
     assert line.startswith("error: the Loader's workers need"), line
     assert "/dev/shm holds 67 MB" in line and "--shm-size" in line
 

@@ -25,9 +25,12 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch.utils.data._utils.collate import collate as _collate
+from torch.utils.data._utils.collate import default_collate_fn_map
 
 from ..engine.stream import RawBatch
 from ..errors import ConfigError
+from .sharing import HAVE_MEMFD, Segment, Shipped, ShippedArrays
 
 __all__ = [
     "Affine",
@@ -135,19 +138,40 @@ class Ring:
         self.workers = workers
         self.shape = shape
         self.dtype = dtype
-        size = (slots, batch_size, *shape)
-        nbytes = math.prod(size) * dtype.itemsize
+        self._size = (slots, batch_size, *shape)
+        nbytes = math.prod(self._size) * dtype.itemsize
+        self._segment: Segment | None = None
         try:
-            try:
-                # A new shared segment, as torch.multiprocessing makes them: no copy into
-                # it, which share_memory_() of a fresh tensor would make (twice as slow).
-                storage = torch.UntypedStorage._new_shared(nbytes)
-                self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(size)
-            except AttributeError:  # a torch without it
-                self.buffers = torch.empty(size, dtype=dtype).share_memory_()
+            if HAVE_MEMFD:
+                # One segment outside /dev/shm: the buffers, then the busy flags.
+                self._segment = Segment(nbytes + slots)
+                self._view()
+                return
+            # A new shared segment, as torch.multiprocessing makes them: no copy into it,
+            # which share_memory_() of a fresh tensor would make (twice as slow).
+            storage = torch.UntypedStorage._new_shared(nbytes)
+            self.buffers = torch.empty(0, dtype=dtype).set_(storage).view(self._size)
             self.busy = torch.zeros(slots, dtype=torch.uint8).share_memory_()
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             raise shared_memory_error(nbytes, exc) from None
+
+    def _view(self) -> None:
+        """The buffers and busy flags over the segment."""
+        assert self._segment is not None
+        nbytes = math.prod(self._size) * self.dtype.itemsize
+        self.buffers = self._segment.tensor(self._size, self.dtype)
+        self.busy = self._segment.tensor((self._size[0],), torch.uint8, offset=nbytes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # To a worker that spawn or forkserver starts: the segment, which it maps.
+        if self._segment is None:
+            return self.__dict__
+        return {k: v for k, v in self.__dict__.items() if k not in ("buffers", "busy")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self._segment is not None:
+            self._view()
 
     @property
     def slots(self) -> int:
@@ -263,6 +287,18 @@ def _uint8_images(samples: list[Any]) -> list[np.ndarray] | None:
     return None
 
 
+def _stack_shipped(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None) -> Shipped:
+    """default_collate's stacking of one field's tensors, into a :class:`Shipped` tensor."""
+    shipped = Shipped((len(batch), *batch[0].shape), batch[0].dtype)
+    torch.stack(list(batch), out=shipped.tensor)
+    return shipped
+
+
+# default_collate, with each field's tensors stacked outside /dev/shm (numpy arrays and
+# numbers become tensors first, through this entry).
+_SHIPPED = {**default_collate_fn_map, torch.Tensor: _stack_shipped}
+
+
 def collate(
     raw: RawBatch,
     ring: Ring | None,
@@ -299,13 +335,20 @@ def collate(
             return Samples(samples), raw.labels, raw.indices
         if isinstance(first, np.ndarray) and any(s.shape != first.shape for s in samples):
             # Images of their own sizes (transform="decode"): nothing to stack.
+            if worker is not None and HAVE_MEMFD:
+                return ShippedArrays(samples, Samples), raw.labels, raw.indices
             return Samples(torch.from_numpy(s) for s in samples), raw.labels, raw.indices
+        if worker is not None and HAVE_MEMFD:
+            # default_collate would stack each field's tensors into /dev/shm.
+            return _collate(samples, collate_fn_map=_SHIPPED), raw.labels, raw.indices
         return torch.utils.data.default_collate(samples), raw.labels, raw.indices
     # NHWC in one buffer, in shared memory up front when in a worker so that the batch
     # crosses to the main process without another copy.
     shape = (len(images), *(affine.shape(images[0].shape) if affine else images[0].shape))
-    out = torch.empty(shape, dtype=torch.float32 if affine is not None else torch.uint8)
-    if worker is not None:
+    dtype = torch.float32 if affine is not None else torch.uint8
+    shipped = Shipped(shape, dtype) if worker is not None and HAVE_MEMFD else None
+    out = shipped.tensor if shipped is not None else torch.empty(shape, dtype=dtype)
+    if worker is not None and shipped is None:
         try:
             out.share_memory_()
         except RuntimeError as exc:
@@ -314,7 +357,7 @@ def collate(
         _stack_normalized(images, out.numpy(), affine)
     else:
         np.stack(images, out=out.numpy())
-    return out, raw.labels, raw.indices
+    return shipped or out, raw.labels, raw.indices
 
 
 def _cat(parts: list[Any]) -> Any:

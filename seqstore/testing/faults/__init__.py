@@ -34,7 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .loading import dataset_root, folder_bad_files, loader_bad_record, loader_worker_killed
+from .loading import (
+    dataset_root,
+    folder_bad_files,
+    loader_bad_record,
+    loader_worker_killed,
+    small_dev_shm,
+)
 from .store import (
     concurrent_readers,
     damaged,
@@ -151,6 +157,15 @@ CASES: list[FaultCase] = [
         "handled",
     ),
     _case("dataset root converted without a split", dataset_root, "clear error"),
+    *(
+        _case(
+            f"Loader in a 64 MB /dev/shm, batch 256, 2 workers, {dtype}",
+            small_dev_shm(dtype),
+            "handled",
+            root=True,
+        )
+        for dtype in ("float32", "uint8")
+    ),
     *(
         _case(f"two writers race for one DST ({fmt})", racing_writers(fmt), "handled")
         for fmt in ("lmdb", "hdf5")

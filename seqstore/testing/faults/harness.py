@@ -39,9 +39,18 @@ class Proc:
     err: str
 
 
-def run_python(body: str, timeout: float = TIMEOUT) -> Proc:
+def run_python(body: str, timeout: float = TIMEOUT, shm_mb: int | None = None) -> Proc:
+    """``body`` in a fresh interpreter; with ``shm_mb``, in a private mount namespace whose
+    /dev/shm is a tmpfs of that size (root; PermissionError where it cannot be mounted)."""
     indented = "\n".join("    " + line for line in body.strip().splitlines())
-    return _run([sys.executable, "-c", _SCRIPT_PRELUDE.format(body=indented)], timeout)
+    argv = [sys.executable, "-c", _SCRIPT_PRELUDE.format(body=indented)]
+    if shm_mb is None:
+        return _run(argv, timeout)
+    mount = f'mount -t tmpfs -o size={shm_mb}m tmpfs /dev/shm || exit 97; exec "$@"'
+    p = _run(["unshare", "-m", "sh", "-c", mount, "sh", *argv], timeout)
+    if p.rc == 97:
+        raise PermissionError(f"cannot mount a tmpfs on /dev/shm: {p.err.strip()}")
+    return p
 
 
 def run_cli(*args: str | Path, timeout: float = TIMEOUT) -> Proc:

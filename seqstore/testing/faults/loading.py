@@ -1,5 +1,5 @@
 """Fault cases of the Loader: a damaged record under each policy (in a store, and in an image
-folder read in place), a worker killed mid-epoch."""
+folder read in place), a worker killed mid-epoch, Docker's 64 MB /dev/shm."""
 
 from __future__ import annotations
 
@@ -141,3 +141,25 @@ def dataset_root(workdir: Path, rng: np.random.Generator) -> str:
         return "silent wrong"
     outcome = failure_outcome(p)
     return outcome if "splits train, val" in p.err else "silent wrong"
+
+
+_SMALL_SHM_BODY = """
+from seqstore import Loader
+loader = Loader({src!r}, batch_size=256, num_workers=2, image_size=224, dtype={dtype!r})
+print(sum(len(labels) for _, labels in loader), loader.num_records)
+"""
+
+
+def small_dev_shm(dtype: str) -> Callable[[Path, np.random.Generator], str]:
+    """A Loader epoch of batches of 256 (``dtype``) with 2 workers, in a container's 64 MB
+    /dev/shm (Docker's default): the whole epoch, not torch's 'No space left on device'."""
+
+    def run(workdir: Path, rng: np.random.Generator) -> str:
+        src = make_source(workdir, per_class=int(rng.integers(70, 90)))
+        p = run_python(_SMALL_SHM_BODY.format(src=str(src), dtype=dtype), shm_mb=64)
+        if p.rc != 0:
+            return failure_outcome(p)
+        seen, records = p.out.split()
+        return "handled" if seen == records else "silent wrong"
+
+    return run
