@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,15 @@ RANK_SCRIPT = textwrap.dedent(
     from seqstore import Loader
 
     dist.init_process_group("gloo")
+    exact = sys.argv[3] == "exact"  # evaluation: every record once, no barrier per batch
     loader = Loader(sys.argv[1], batch_size=8, image_size=16, num_workers=1,
-                    shuffle_buffer=20, with_indices=True, seed=5)
+                    shuffle_buffer=20, with_indices=True, seed=5, pad_ranks=not exact)
     seen, batches = [], 0
     for images, labels, indices in loader:
         seen += indices.tolist()
         batches += 1
-        dist.barrier()  # a rank with fewer batches would hang here
+        if not exact:
+            dist.barrier()  # a rank with fewer batches would hang here
     counts = [torch.tensor([batches]) for _ in range(dist.get_world_size())]
     dist.all_gather(counts, torch.tensor([batches]))
     out = {"rank": loader.rank, "world": loader.world_size, "len": len(loader),
@@ -46,8 +49,8 @@ RANK_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("n", [96, 91])
-def test_two_ranks_cover_the_epoch_with_equal_batches(tmp_path: Path, n: int) -> None:
+def _two_ranks(tmp_path: Path, n: int, mode: str) -> list[dict[str, Any]]:
+    """What each of two ranks under torchrun saw of an epoch of ``n`` records."""
     images = make_image_folder(tmp_path / "images", classes=1, per_class=n, max_side=64)
     convert(images, tmp_path / "store", format="hdf5", progress=False)
     script = tmp_path / "rank.py"
@@ -61,10 +64,16 @@ def test_two_ranks_cover_the_epoch_with_equal_batches(tmp_path: Path, n: int) ->
         str(script),
         str(tmp_path / "store"),
         str(tmp_path),
+        mode,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("n", [96, 91])
+def test_two_ranks_cover_the_epoch_with_equal_batches(tmp_path: Path, n: int) -> None:
+    ranks = _two_ranks(tmp_path, n, "train")
     assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
     assert ranks[0]["batches"] == ranks[1]["batches"] == [ranks[0]["len"]] * 2
     a, b = set(ranks[0]["seen"]), set(ranks[1]["seen"])
@@ -72,6 +81,15 @@ def test_two_ranks_cover_the_epoch_with_equal_batches(tmp_path: Path, n: int) ->
     # 96 splits evenly: disjoint. 91 pads one rank by wrapping: one record seen twice.
     assert len(ranks[0]["seen"]) == len(ranks[1]["seen"]) == -(-n // 2)
     assert len(a & b) == (0 if n % 2 == 0 else 1)
+
+
+def test_exact_evaluation_gives_every_record_once_over_the_ranks(tmp_path: Path) -> None:
+    """``pad_ranks=False``: 81 records over 2 ranks are 41 + 40, no record twice; the
+    ranks' batch counts differ (6 and 5 batches of 8) and each rank's len() is its own."""
+    ranks = _two_ranks(tmp_path, 81, "exact")
+    assert ranks[0]["batches"] == [6, 5] and [r["len"] for r in ranks] == [6, 5]
+    a, b = ranks[0]["seen"], ranks[1]["seen"]
+    assert sorted(a + b) == list(range(81)) and (len(a), len(b)) == (41, 40)
 
 
 # -- conversion under torchrun ---------------------------------------------------------------

@@ -434,3 +434,19 @@ def test_ranks_in_processes_of_their_own_resume_on_another_count(
     assert not set(rest) & set(before) and set(rest) | set(before) == set(range(N))
     assert len(rest) - len(set(rest)) < 3 and len(before) == len(set(before)) == 36
     assert all(r["state"]["epoch"] == 1 for r in second)
+
+
+@pytest.mark.parametrize("world1", [1, 2, 3])
+@pytest.mark.parametrize("world2", [1, 2, 3])
+def test_unpadded_evaluation_resumed_on_any_shape_gives_every_record_once(
+    world1: int, world2: int
+) -> None:
+    """``pad=False`` before and after: what the interrupted run delivered and what the
+    resumed one delivers are together every record exactly once."""
+    for workers1, workers2 in itertools.product(range(3), range(3)):
+        first = _spec(world1, workers1, batch_size=4, pad=False)
+        second = _spec(world2, workers2, batch_size=3, pad=False)
+        for done in (1, first.num_batches // 2, first.num_batches - 1):
+            before = _run(first, done)
+            rest = _run(second, None, remaining_after(first, EPOCH, done))
+            assert sorted(before + rest) == list(range(97)), (workers1, workers2, done)

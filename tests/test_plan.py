@@ -3,6 +3,7 @@ the seed, the epoch and the rank each change what they should."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -209,3 +210,33 @@ def test_from_config_converts_megabytes_to_records() -> None:
 def test_an_impossible_spec_is_refused(changes: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         _spec(**changes)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("split", [False, True])
+def test_unpadded_ranks_give_every_record_exactly_once(shuffle: bool, split: bool) -> None:
+    """``pad=False`` (exact evaluation): over any world size, worker count and record
+    count, the ranks' orders together are every record once; a rank's batches are its
+    ``batches_over`` (its own len()), and they differ by at most one between ranks."""
+    if split and not shuffle:
+        return
+    for n, world, workers in itertools.product((1, 5, 23, 24, 41), (1, 2, 3, 4), (1, 2, 3)):
+        spec = _spec(
+            num_records=n,
+            world_size=world,
+            workers=workers,
+            pad=False,
+            shuffle=shuffle,
+            split=split,
+            capacity=5 if shuffle else 1,
+        )
+        orders = [rank_order(spec, 2, r) for r in range(world)]
+        assert sorted(np.concatenate(orders).tolist()) == list(range(n)), (n, world, workers)
+        counts = [spec.batches_over(None, rank=r) for r in range(world)]
+        assert [-(-len(o) // spec.batch_size) for o in orders] == counts
+        assert max(counts) - min(counts) <= 1
+
+
+def test_unpadded_ranks_are_refused_with_drop_last() -> None:
+    with pytest.raises(ValueError, match="pad_ranks=False is exact evaluation"):
+        LoaderConfig(path="x", drop_last=True, pad_ranks=False)

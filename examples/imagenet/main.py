@@ -171,7 +171,10 @@ def main() -> None:
     train_loader = Loader(
         args.data, split="train", backend=args.backend, transform="imagenet_train", **common
     )
-    val_loader = Loader(args.data, split="val", transform="imagenet_val", shuffle=False, **common)
+    # Every val image once over the ranks (no padding), for an exact top-1.
+    val_loader = Loader(
+        args.data, split="val", transform="imagenet_val", shuffle=False, pad_ranks=False, **common
+    )
     num_classes = len(train_loader.classes)
 
     model: nn.Module = build_model(args.arch, num_classes).to(device)
@@ -255,6 +258,8 @@ def main() -> None:
 @torch.no_grad()
 def validate(model: nn.Module, loader: Loader, distributed: bool) -> float:
     model.eval()
+    # The module itself, not DDP's wrapper: ranks may run a batch more or fewer here.
+    model = getattr(model, "module", model)
     correct = torch.zeros(2, device=loader.device)
     for images, labels in loader:
         correct[0] += (model(images).argmax(1) == labels).sum()

@@ -79,6 +79,13 @@ class LoaderConfig(BaseModel):
     drop_last : bool
         Drop the last incomplete batch (and the records that do not split evenly over ranks);
         otherwise the last batch is short and ranks are padded by wrapping around.
+    pad_ranks : bool
+        Without ``drop_last``, give every rank as many samples by wrapping around to the
+        epoch's start, as ``DistributedSampler`` does, so that ranks run the same number of
+        batches (DDP training needs that). False: every record exactly once over all ranks,
+        the first ``num_records % world_size`` ranks one more, so their batch counts may
+        differ by one: exact evaluation, with no image counted twice in a metric (do not
+        train DDP so: a rank with a batch fewer leaves the others waiting).
     pin_memory : bool or None
         Pin batches in page-locked memory; default: when ``device`` is CUDA.
     device : str
@@ -145,6 +152,7 @@ class LoaderConfig(BaseModel):
     shuffle_buffer_mb: float = Field(256.0, gt=0)
     block_mb: float = Field(4.0, gt=0)
     drop_last: bool = False
+    pad_ranks: bool = True
     pin_memory: bool | None = None
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16", "uint8"] = "float32"
@@ -224,6 +232,11 @@ class LoaderConfig(BaseModel):
     def _rank_in_world(self) -> LoaderConfig:
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} must be below world_size {self.world_size}")
+        if self.drop_last and not self.pad_ranks:
+            raise ValueError(
+                "pad_ranks=False is exact evaluation, every record once; drop_last=True "
+                "leaves the last records out: choose one"
+            )
         return self
 
 

@@ -50,7 +50,7 @@ def remaining_after(
     ValueError
         ``done`` is outside the epoch.
     """
-    total = spec.batches_over(remaining)
+    total = spec.batches_over(remaining, rank=0)  # the most of any rank
     if not 0 <= done <= total:
         raise ValueError(f"batches done {done} is outside the epoch's 0..{total}")
     n = spec.num_records

@@ -11,7 +11,8 @@ count, batch size, drop_last): no I/O, no torch. The scheme:
 2. Rank ``r`` takes the ``r``-th contiguous slice of that sequence. All ranks get the same
    number of samples: without ``drop_last`` the sequence wraps around to pad the last rank
    (as ``DistributedSampler`` does); with it, the tail is dropped. So every rank runs the
-   same number of batches and DDP never waits on a rank that ran out.
+   same number of batches and DDP never waits on a rank that ran out. For exact evaluation
+   the ranks' slices may instead differ by one record (``pad=False``): each record once.
 3. Within a rank, each worker reads one contiguous run of the rank's slice with ``shuffle``
    and mixes it in its own seeded shuffle buffer (:mod:`seqstore.engine.shuffle`). With
    ``split``, every batch is made of one part from each worker's stream (worker ``w``'s

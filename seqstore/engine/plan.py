@@ -27,7 +27,7 @@ import numpy as np
 
 from .order import BlockOrder, EpochSequence, Subsequence
 from .remaining import Remaining
-from .shares import WorkerPlan, num_batches, rank_sample_count, worker_plan
+from .shares import WorkerPlan, num_batches, rank_share, worker_plan
 from .shuffle import ShuffleBuffer
 from .spans import iter_indices
 
@@ -67,6 +67,8 @@ class EpochSettings(Protocol):
     def batch_size(self) -> int: ...
     @property
     def drop_last(self) -> bool: ...
+    @property
+    def pad_ranks(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class EpochSpec:
         Worker processes per rank (1 when loading in the main process).
     batch_size, drop_last
         As in :class:`~seqstore.config.LoaderConfig`.
+    pad
+        Without ``drop_last``, pad the ranks' shares to one length by wrapping around
+        (``pad_ranks`` of the config); False: every record once, ranks differing by up to
+        one batch.
     scheme
         How the shuffle mixes, :data:`SCHEME` for every loader this seqstore makes. 2: each
         worker's buffer fills before its first emission. 1 (the order of seqstore's loader
@@ -122,6 +128,7 @@ class EpochSpec:
     drop_last: bool
     scheme: int = 2
     split: bool = False
+    pad: bool = True
 
     def __post_init__(self) -> None:
         if self.num_records < 0 or self.seed < 0:
@@ -181,30 +188,34 @@ class EpochSpec:
             workers=workers,
             batch_size=config.batch_size,
             drop_last=config.drop_last,
+            pad=config.pad_ranks,
         )
 
     @property
     def num_batches(self) -> int:
-        """Batches each rank yields per epoch (the same on every rank)."""
+        """Batches this rank yields per epoch (every rank's, but without ``pad``)."""
         return self.batches_over(None)
 
-    def batches_over(self, remaining: Remaining | None) -> int:
-        """Batches each rank yields in an epoch over ``remaining`` (None: every record)."""
+    def batches_over(self, remaining: Remaining | None, rank: int | None = None) -> int:
+        """Batches rank ``rank`` (default: this one) yields in an epoch over ``remaining``
+        (None: every record)."""
         return num_batches(
             self.num_records if remaining is None else remaining.count,
             world=self.world_size,
             batch_size=self.batch_size,
             drop_last=self.drop_last,
+            rank=self.rank if rank is None else rank,
+            pad=self.pad,
         )
 
     def batch_size_of(self, batch: int, remaining: Remaining | None) -> int:
-        """Samples of rank-local batch ``batch`` of an epoch over ``remaining``: all but the
-        last are ``batch_size``."""
+        """Samples of this rank's batch ``batch`` of an epoch over ``remaining``: all but
+        the last are ``batch_size``."""
         total = self.batches_over(remaining)
         if batch < total - 1:
             return self.batch_size
         n = self.num_records if remaining is None else remaining.count
-        used = rank_sample_count(n, self.world_size, self.drop_last)
+        used = rank_share(n, self.world_size, self.rank, self.drop_last, self.pad)[1]
         return min(self.batch_size, used - (total - 1) * self.batch_size)
 
     def as_dict(self) -> dict[str, Any]:
@@ -258,6 +269,7 @@ class WorkerEpoch:
             batch_size=s.batch_size,
             drop_last=s.drop_last,
             split=s.split,
+            pad=s.pad,
         )
 
     def shuffle_buffer(self) -> ShuffleBuffer:
@@ -310,7 +322,7 @@ def rank_order(
     is then replayed only as far as they need).
     """
     works = [WorkerEpoch(spec, epoch, rank, w, remaining) for w in range(spec.workers)]
-    total = spec.batches_over(remaining)
+    total = spec.batches_over(remaining, rank)
     if batches is not None:
         total = min(total, batches)
     # Samples each worker emits in those batches: its items among them, whole or parts.

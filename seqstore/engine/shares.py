@@ -12,17 +12,29 @@ import numpy as np
 from .order import EpochSequence, wrapped
 from .spans import Span, cut, merge
 
-__all__ = ["WorkerPlan", "num_batches", "part_bounds", "rank_sample_count", "worker_plan"]
+__all__ = ["WorkerPlan", "num_batches", "part_bounds", "rank_share", "worker_plan"]
 
 
-def rank_sample_count(n: int, world: int, drop_last: bool) -> int:
-    """Samples each rank sees per epoch (the same for every rank)."""
-    return n // world if drop_last else math.ceil(n / world)
+def rank_share(n: int, world: int, rank: int, drop_last: bool, pad: bool = True) -> Span:
+    """Rank ``rank``'s contiguous share ``(start, count)`` of an epoch's sequence of ``n``.
+
+    ``drop_last``: ``n // world`` each, the tail left out. Else with ``pad``:
+    ``ceil(n / world)`` each, the last wrapping around to the start (as
+    ``DistributedSampler`` pads). Without ``pad``: every record once, the first
+    ``n % world`` ranks one more (exact evaluation; batch counts may differ by one)."""
+    if drop_last or pad:
+        m = n // world if drop_last else math.ceil(n / world)
+        return rank * m, m
+    lo, hi = part_bounds(n, world, rank)
+    return lo, hi - lo
 
 
-def num_batches(n: int, *, world: int, batch_size: int, drop_last: bool) -> int:
-    """Batches each rank yields per epoch: ``len(loader)``."""
-    m = rank_sample_count(n, world, drop_last)
+def num_batches(
+    n: int, *, world: int, batch_size: int, drop_last: bool, rank: int = 0, pad: bool = True
+) -> int:
+    """Batches rank ``rank`` yields per epoch: ``len(loader)`` (every rank's with ``pad``
+    or ``drop_last``; rank 0 has the most)."""
+    m = rank_share(n, world, rank, drop_last, pad)[1]
     return m // batch_size if drop_last else math.ceil(m / batch_size)
 
 
@@ -97,12 +109,13 @@ def worker_plan(
     batch_size: int,
     drop_last: bool,
     split: bool = False,
+    pad: bool = True,
 ) -> WorkerPlan:
     """The spans and batches of worker ``worker`` of rank ``rank`` over the sequence ``seq``.
 
     See the module docstring for the scheme; ``split`` (with ``shuffle`` only) makes every
-    batch of parts from every worker. Every argument is validated; the result is the same
-    for the same arguments on any machine.
+    batch of parts from every worker; ``pad`` as in :func:`rank_share`. Every argument is
+    validated; the result is the same for the same arguments on any machine.
     """
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world size {world}")
@@ -113,8 +126,10 @@ def worker_plan(
     if split and not shuffle:
         raise ValueError("split batches need shuffle: storage order is whole batches")
     n = seq.length
-    m = rank_sample_count(n, world, drop_last)
-    total = num_batches(n, world=world, batch_size=batch_size, drop_last=drop_last)
+    first, m = rank_share(n, world, rank, drop_last, pad)
+    total = num_batches(
+        n, world=world, batch_size=batch_size, drop_last=drop_last, rank=rank, pad=pad
+    )
     # Samples the rank actually yields: whole batches, plus the short last one if kept.
     used = total * batch_size if drop_last else m
     last = used - (total - 1) * batch_size if total else 0  # the rank's last batch
@@ -133,6 +148,6 @@ def worker_plan(
         lo = np.arange(worker, total, workers, dtype=np.int64) * batch_size
         pieces = np.stack([lo, np.minimum(lo + batch_size, used)], axis=1)
     # Only the stretch of the rank's slice this worker reads, wrapping around to pad.
-    cover = rank * m + int(pieces[0, 0]), rank * m + int(pieces[-1, 1])
+    cover = first + int(pieces[0, 0]), first + int(pieces[-1, 1])
     spans = cut(wrapped(seq, *cover), pieces - pieces[0, 0])
     return WorkerPlan(merge(spans), count(worker), mine, final, size)

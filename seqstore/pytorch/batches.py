@@ -294,8 +294,7 @@ def _stack_shipped(batch: Sequence[torch.Tensor], *, collate_fn_map: Any = None)
     return shipped
 
 
-# default_collate, with each field's tensors stacked outside /dev/shm (numpy arrays and
-# numbers become tensors first, through this entry).
+# default_collate, each field's tensors stacked outside /dev/shm (numpy arrays too).
 _SHIPPED = {**default_collate_fn_map, torch.Tensor: _stack_shipped}
 
 

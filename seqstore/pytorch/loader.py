@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..backends import Reader, open_store
 from ..config import LoaderConfig, load_config
 from ..engine.plan import EpochSpec, Remaining
-from ..engine.shares import rank_sample_count
+from ..engine.shares import rank_share
 from ..errors import ConfigError, OrderWarning, WorkerDiedError
 from ..mixcheck import fit_blocks, label_runs, order_warning
 from ..splits import resolve_split
@@ -87,12 +87,12 @@ class Loader:
     the last batch delivered, so iterating again after :meth:`load_state_dict` of it (on
     this loader or a new one) continues the epoch exactly.
 
-    Resume: every rank runs the same number of batches, so the :meth:`state_dict` of any
-    one rank tells what every rank has delivered; save one (rank 0's) and load it on every
-    rank. On the same world size, worker count and batch size the epoch continues exactly
-    as it would have. On another shape (another GPU count after a preemption) the rest of
-    the epoch is the records it had not delivered, each once over all ranks, shuffled anew
-    (see :meth:`load_state_dict`); the epochs after it are whole ones.
+    Resume: ranks run in step (with ``pad_ranks=False`` some end one batch early), so the
+    :meth:`state_dict` of any one rank tells what every rank has delivered; save rank 0's
+    and load it on every rank. On the same world size, worker count and batch size the
+    epoch continues exactly as it would have. On another shape (another GPU count after a
+    preemption) the rest of the epoch is the records it had not delivered, each once over
+    all ranks, shuffled anew (see :meth:`load_state_dict`); the epochs after are whole.
     """
 
     def __init__(
@@ -173,7 +173,7 @@ class Loader:
         self._loader = self._make_dataloader()
         max_bad = cfg.max_bad
         if isinstance(max_bad, float):
-            max_bad = int(max_bad * rank_sample_count(n, world, cfg.drop_last))
+            max_bad = int(max_bad * rank_share(n, world, rank, cfg.drop_last, cfg.pad_ranks)[1])
         self._bad = BadRecordLog(self.where, max_bad, setting=cfg.max_bad, rank=rank)
         self.bad_records: list[str] = self._bad.keys
         """Keys of the bad records met so far (``on_error="skip"``), each once, in order."""
@@ -205,7 +205,7 @@ class Loader:
     def __len__(self) -> int:
         """Batches the next iteration yields: the epoch's, or the rest of it after a resume
         (on the same shape or another); the same on every rank (progress bars read it)."""
-        return self.spec.batches_over(self._remaining) - self._resume_at
+        return max(0, self.spec.batches_over(self._remaining) - self._resume_at)
 
     @property
     def epoch(self) -> int:

@@ -95,7 +95,12 @@ def resume_point(state: dict[str, Any], spec: EpochSpec, identity: str, where: s
                 f"{key}, or start the epoch afresh with set_epoch()"
             )
     try:
-        fields = {f.name: state[f.name] for f in dataclasses.fields(EpochSpec)}
+        fields = {
+            f.name: state[f.name]
+            for f in dataclasses.fields(EpochSpec)
+            # A field added with a default: states saved before it have its default.
+            if f.name in state or f.default is dataclasses.MISSING
+        }
         saved = EpochSpec(**fields)
         if saved.num_records != spec.num_records:
             raise ValueError(f"num_records {saved.num_records} != {spec.num_records}")
@@ -114,7 +119,7 @@ def resume_point(state: dict[str, Any], spec: EpochSpec, identity: str, where: s
         raise ResumeError(f"saved batches_done={done} is outside 0..{total}")
     if shape(saved) != shape(spec) and done:
         remaining, done = remaining_after(saved, epoch, done, remaining), 0
-    if (done or remaining is not None) and done == spec.batches_over(remaining):
+    if (done or remaining is not None) and done >= spec.batches_over(remaining):
         # Nothing left that this loader would yield: the epoch is over.
         epoch, done, remaining = epoch + 1, 0, None
     return ResumePoint(epoch, done, remaining, bad)
