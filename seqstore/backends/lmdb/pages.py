@@ -15,6 +15,7 @@ file's size, so damaged pages give None (or one error), never a read out of boun
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import struct
 from collections import OrderedDict
@@ -115,6 +116,7 @@ class PageTree:
     ) -> None:
         self.read_page = read_page
         self.psize, self.root, self.pages = psize, root, pages
+        self._branches: dict[int, tuple[list[bytes], list[int]]] = {}
 
     @classmethod
     def of(
@@ -158,33 +160,52 @@ class PageTree:
         if number != pgno or not PAGE_HEADER <= lower <= self.psize:
             return None
         offsets = list(struct.unpack_from(f"<{(lower - PAGE_HEADER) // 2}H", page, PAGE_HEADER))
-        if any(not lower <= offset <= self.psize - _NODE.size for offset in offsets):
+        if offsets and not (lower <= min(offsets) and max(offsets) <= self.psize - _NODE.size):
             return None
         return flags, page, offsets
+
+    def _branch(self, pgno: int) -> tuple[list[bytes], list[int]] | None:
+        """Branch page ``pgno``'s separators (of its children from the second on) and its
+        children's page numbers, parsed once: every lookup passes the same few branches."""
+        parsed = self._branches.get(pgno)
+        if parsed is not None:
+            return parsed
+        found = self._nodes(pgno)
+        if found is None:
+            return None
+        _, page, offsets = found
+        separators, children = [], []
+        for i, offset in enumerate(offsets):
+            low, high, top, size = _NODE.unpack_from(page, offset)
+            if i:
+                separators.append(page[offset + _NODE.size : offset + _NODE.size + size])
+            children.append(low | high << 16 | top << 32)
+        if len(self._branches) >= 4096:
+            self._branches.clear()
+        self._branches[pgno] = separators, children
+        return separators, children
 
     def leaf(self, key: bytes) -> list[tuple[bytes, Value]] | None:
         """The records of the leaf page where ``key`` belongs, in key order: each key with
         its :data:`Value`. None if a page is not as expected."""
         pgno = self.root
         for _ in range(64):  # deeper than any real tree: a loop in damaged pages
-            found = self._nodes(pgno)
-            if found is None:
-                return None
-            flags, page, offsets = found
-            if flags & _P_LEAF:
-                return self._leaf(page, offsets)
-            if not flags & _P_BRANCH or not offsets:
-                return None
+            branch = self._branch(pgno) if pgno in self._branches else None
+            if branch is None:
+                found = self._nodes(pgno)
+                if found is None:
+                    return None
+                flags, page, offsets = found
+                if flags & _P_LEAF:
+                    return self._leaf(page, offsets)
+                if not flags & _P_BRANCH or not offsets:
+                    return None
+                branch = self._branch(pgno)
+                if branch is None:
+                    return None
+            separators, children = branch
             # The last child whose separator is <= key; the first child has none.
-            child = 0
-            for i in range(1, len(offsets)):
-                size = _NODE.unpack_from(page, offsets[i])[3]
-                start = offsets[i] + _NODE.size
-                if page[start : start + size] > key:
-                    break
-                child = i
-            low, high, top, _ = _NODE.unpack_from(page, offsets[child])
-            pgno = low | high << 16 | top << 32
+            pgno = children[bisect.bisect_right(separators, key)]
         return None
 
     def _leaf(self, page: bytes, offsets: list[int]) -> list[tuple[bytes, Value]] | None:
