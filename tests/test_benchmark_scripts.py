@@ -291,3 +291,24 @@ def test_convergence_benchmark_trains_each_row_and_prints_its_table(tmp_path: Pa
     assert by_row["class-ordered, shuffle=False"]["batch_skew"] > 2
     assert by_row["shuffled store"]["classes_per_batch"] > 3.5
     assert by_row["class-ordered, shuffle_buffer=50"]["warns"] is True  # far shorter blocks
+
+
+def test_scale_benchmark_prints_every_row(tmp_path: Path) -> None:
+    p = _run(
+        ROOT / "benchmarks" / "scale.py",
+        "--records",
+        "3000",
+        "--epoch-records",
+        "1000",
+        "--workdir",
+        tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    rows = {line[:28].strip(): line[28:].split() for line in p.stdout.splitlines()[2:]}
+    for fmt in ("lmdb", "hdf5"):
+        convert_s, size_gb, verify_s, verify_mb, first, resumed, rate = rows[fmt]
+        assert float(verify_mb) > 0 and 0 < float(first) and 0 < float(resumed)
+        assert float(rate.replace(",", "")) > 0
+    assert len(rows["folder in place"]) == 2
+    assert "lmdb / hdf5 records/s" in p.stdout
+    assert not list(tmp_path.iterdir())  # the stores and the source are removed

@@ -112,6 +112,9 @@ EXERCISED: dict[str, str] = {
     "python benchmarks/plan.py": (
         "tests/test_benchmark_scripts.py::test_plan_benchmark_prints_its_table_and_the_resume"
     ),
+    "python benchmarks/scale.py": (
+        "tests/test_benchmark_scripts.py::test_scale_benchmark_prints_every_row"
+    ),
     "python benchmarks/s3.py": "tests/test_remote.py::test_s3_benchmark_runs_as_the_readme_shows",
     "python benchmarks/faults.py --tries": (
         "tests/test_benchmark_scripts.py::test_fault_benchmark_prints_its_table"
