@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .mix import MixSequence
 from .order import BlockOrder, EpochSequence, Subsequence
 from .remaining import Remaining
 from .shares import WorkerPlan, num_batches, rank_share, worker_plan
@@ -97,6 +98,9 @@ class EpochSpec:
         Without ``drop_last``, pad the ranks' shares to one length by wrapping around
         (``pad_ranks`` of the config); False: every record once, ranks differing by up to
         one batch.
+    mix
+        For a loader of several sources: each source's size and the records it gives per
+        epoch (:mod:`seqstore.engine.mix`); ``num_records`` is then the epoch's size.
     scheme
         How the shuffle mixes, :data:`SCHEME` for every loader this seqstore makes. 2: each
         worker's buffer fills before its first emission. 1 (the order of seqstore's loader
@@ -129,8 +133,14 @@ class EpochSpec:
     scheme: int = 2
     split: bool = False
     pad: bool = True
+    mix: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
+        if self.mix is not None:  # a state saved as JSON gives lists
+            sizes, counts = self.mix
+            object.__setattr__(self, "mix", (tuple(sizes), tuple(counts)))
+            if sum(counts) != self.num_records:
+                raise ValueError(f"the mix's counts sum to {sum(counts)}, not {self.num_records}")
         if self.num_records < 0 or self.seed < 0:
             raise ValueError(
                 f"num_records and seed must be >= 0, got {self.num_records}, {self.seed}"
@@ -161,6 +171,7 @@ class EpochSpec:
         rank: int = 0,
         world_size: int = 1,
         by_record: bool = False,
+        mix: tuple[tuple[int, ...], tuple[int, ...]] | None = None,
     ) -> EpochSpec:
         """The spec of a loader with ``config`` over a store of ``num_records`` records.
 
@@ -170,7 +181,8 @@ class EpochSpec:
 
         ``by_record``: the records are files of their own (an image folder), as cheap to
         read one by one as in blocks. A shuffled epoch is then a uniform permutation of the
-        records (blocks of one record) and needs no buffer.
+        records (blocks of one record) and needs no buffer. ``mix``: the sizes and counts
+        of a mix's sources (``num_records`` is then the epoch's size, the counts' sum).
         """
         workers = max(1, config.num_workers)
         capacity = config.shuffle_buffer or int(config.shuffle_buffer_mb * 1e6 / mean_record_bytes)
@@ -189,6 +201,7 @@ class EpochSpec:
             batch_size=config.batch_size,
             drop_last=config.drop_last,
             pad=config.pad_ranks,
+            mix=mix,
         )
 
     @property
@@ -228,6 +241,13 @@ def epoch_sequence(
 ) -> EpochSequence:
     """The records of ``epoch`` in read order, before ranks and workers share them out:
     every record, or only ``remaining``."""
+    if spec.mix is not None:
+        if remaining is not None:
+            raise ValueError("an epoch of a mix resumes on the same shape only")
+        sizes, counts = spec.mix
+        return MixSequence(
+            sizes, counts, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
+        )
     order = BlockOrder(
         spec.num_records, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
     )

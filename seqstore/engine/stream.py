@@ -74,6 +74,8 @@ class BlockFetcher:
         self._read_block = read_block
         self._tasks = self._iter_tasks(spans, block, skip)
         self._records: dict[int, Record] = {}
+        # A record read again before its first read was taken (a mix repeats a source).
+        self._again: dict[int, list[Record]] = {}
         self._ahead = ahead
         self._pending: deque[Future[list[tuple[int, list[Record]]]]] = deque()
         self._pool: ThreadPoolExecutor | None = None
@@ -112,8 +114,12 @@ class BlockFetcher:
         return len(self._records)
 
     def _keep(self, start: int, records: list[Record]) -> None:
+        kept = self._records
         for offset, record in enumerate(records):
-            self._records[start + offset] = record
+            if start + offset in kept:
+                self._again.setdefault(start + offset, []).append(record)
+            else:
+                kept[start + offset] = record
         self.blocks_read += 1
 
     def _next_block(self) -> bool:
@@ -144,7 +150,13 @@ class BlockFetcher:
         while index not in self._records:
             if not self._next_block():
                 raise KeyError(f"record {index} is not in this worker's spans")
-        return self._records.pop(index)
+        record = self._records.pop(index)
+        again = self._again.get(index)
+        if again:
+            self._records[index] = again.pop(0)
+            if not again:
+                del self._again[index]
+        return record
 
     def preload(self, indices: list[int]) -> None:
         """Load records out of read order (the shuffle buffer's content on resume)."""
