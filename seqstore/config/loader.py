@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..imaging.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .mix import mix_sources
 
 __all__ = ["LoaderConfig", "check_transform_name"]
 
@@ -20,7 +21,13 @@ class LoaderConfig(BaseModel):
     path : Path or str
         A store, an image folder, or (with ``split``) a dataset root holding ``train``/``val``;
         or the URL of a store or of a root of stores (``s3://bucket/train.h5``, ``gs://``,
-        ``https://``, any fsspec URL), kept as a string.
+        ``https://``, any fsspec URL), kept as a string. A list: several sources mixed in
+        each epoch, each a path or a :class:`~seqstore.config.mix.MixSource` (or its dict)
+        with its own ``weight``, ``repeat`` or ``choose`` (see docs/mixing.md).
+    weights : list of float or None
+        With a list of paths: each source's weight (default: 1 each).
+    epoch_size : int or None
+        With a list of sources: records per epoch (default: the sum of their sizes).
     storage_options : dict
         For a URL: the fsspec filesystem's options (credentials, ``client_kwargs`` with an
         ``endpoint_url`` ...); by default the environment's (``AWS_ACCESS_KEY_ID``,
@@ -132,7 +139,9 @@ class LoaderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    path: Path | str
+    path: Path | str | list[Any]
+    weights: list[float] | None = None
+    epoch_size: int | None = Field(None, ge=1)
     storage_options: dict[str, Any] = Field(default_factory=dict)
     cache_dir: Path | None = None
     cache_limit_gb: float | None = Field(None, gt=0)
@@ -232,6 +241,15 @@ class LoaderConfig(BaseModel):
     def _rank_in_world(self) -> LoaderConfig:
         if self.rank is not None and self.world_size is not None and self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} must be below world_size {self.world_size}")
+        if isinstance(self.path, list):
+            mix_sources(self.path, self.weights)  # each source valid, one share each
+            if self.split is not None:
+                raise ValueError(
+                    "split= names one dataset's split; give each source's own path "
+                    "(or its reader_options={'split': ...})"
+                )
+        elif self.weights is not None or self.epoch_size is not None:
+            raise ValueError("weights= and epoch_size= are for a list of sources")
         if self.drop_last and not self.pad_ranks:
             raise ValueError(
                 "pad_ranks=False is exact evaluation, every record once; drop_last=True "

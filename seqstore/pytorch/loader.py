@@ -23,21 +23,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from ..backends import Reader, open_store
+from ..backends import Reader
 from ..config import LoaderConfig, load_config
 from ..engine.plan import EpochSpec, Remaining
 from ..engine.shares import rank_share
 from ..errors import ConfigError, OrderWarning, WorkerDiedError
 from ..mixcheck import fit_blocks, label_runs, order_warning
-from ..splits import resolve_split
 from .batches import Slot, join
 from .failures import BadRecordLog, dead_worker, guard_sigchld
 from .placement import default_rank_world
 from .resume import STATE_VERSION, resume_point
+from .sources import open_sources
 from .transport import plan_transport
 from .workers import EpochDataset, SampleTransform, WorkerFailure, WorkerItem
 
-__all__ = ["Loader", "resolve_split"]
+__all__ = ["Loader"]
 
 
 class Loader:
@@ -113,19 +113,9 @@ class Loader:
             # Validation reads every record once in storage order, and (see SampleTransform)
             # without augmentation, unless shuffling was asked for.
             self.config = cfg = cfg.model_copy(update={"shuffle": False})
-        path_ = cfg.path
-        reader_options = dict(cfg.reader_options)
-        if cfg.split is not None:
-            path_, found = resolve_split(cfg.path, cfg.split, cfg.storage_options)
-            reader_options = {**found, **reader_options}
-        self.reader: Reader = open_store(
-            path_,
-            cfg.backend,
-            storage_options=cfg.storage_options,
-            cache_dir=cfg.cache_dir,
-            cache_limit_gb=cfg.cache_limit_gb,
-            **reader_options,
-        )
+        opened = open_sources(cfg)
+        self.reader: Reader = opened.reader
+        path_ = opened.path
         self.where = os.fspath(self.reader.location)
         """The store's path or URL."""
         rank, world = default_rank_world()
@@ -133,7 +123,7 @@ class Loader:
         world = cfg.world_size if cfg.world_size is not None else world
         if not 0 <= rank < world:
             raise ConfigError(f"rank {rank} must be in [0, world_size={world})")
-        n = len(self.reader)
+        n = sum(opened.mix[1]) if opened.mix else len(self.reader)
         if n == 0:
             raise ConfigError(f"store '{path_}' holds no records")
         try:
@@ -147,6 +137,7 @@ class Loader:
             rank=rank,
             world_size=world,
             by_record=self.reader.records_are_files,
+            mix=opened.mix,
         )
         self.spec = fit_blocks(configured, runs)
         """What fixes this loader's epochs: see :func:`seqstore.engine.plan.worker_order`.

@@ -1,0 +1,163 @@
+"""Several sources read as one store, for a mixed Loader: their records one after another,
+with labels in one class list (the order of an epoch of a mix: :mod:`seqstore.engine.mix`)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import ConfigError
+from ..manifest import Manifest, Provenance
+from ..records import Record
+from .reader import Reader
+
+__all__ = ["MixedReader", "union_classes"]
+
+
+def union_classes(
+    names: Sequence[str], classes: Sequence[Sequence[str]], offsets: Sequence[int | None]
+) -> tuple[list[str], list[np.ndarray | int]]:
+    """The class list of a mix, and for each source how its labels map into it.
+
+    Sources with the same class names in the same order keep their labels. Otherwise each
+    label becomes its class's index in the union of the names, in order of first appearance
+    (the first source's order, then new names from the next), so the first source's labels
+    never change and a class means the same whichever source a sample comes from. A source
+    without class names adds its ``label_offset`` (an int in place of a table).
+
+    Raises
+    ------
+    ConfigError
+        A source without class names, mixed with named ones, has no ``label_offset``.
+    """
+    named = [c for c in classes if c]
+    if named and any(not c and o is None for c, o in zip(classes, offsets, strict=True)):
+        unnamed = [
+            n for n, c, o in zip(names, classes, offsets, strict=True) if not c and o is None
+        ]
+        raise ConfigError(
+            f"source '{unnamed[0]}' has no class names, and the others have: give it "
+            "label_offset= (its labels are then offset into theirs), or class names"
+        )
+    union: dict[str, int] = {}
+    for c in named:
+        for name in c:
+            union.setdefault(name, len(union))
+    maps: list[np.ndarray | int] = []
+    for c, o in zip(classes, offsets, strict=True):
+        if not c:
+            maps.append(o or 0)
+        else:
+            maps.append(np.array([union[name] for name in c], np.int64))
+    return list(union), maps
+
+
+class MixedReader(Reader):
+    """The sources of a mix as one store: source ``i`` holds records ``offsets[i]`` to
+    ``offsets[i + 1] - 1``; a block never crosses a source (:attr:`shard_bounds`).
+
+    A record comes out with its label in the mix's class list and its key prefixed with its
+    source (``'a.lmdb/n01440764/x.JPEG'``), so that a bad record names where it lies. Its
+    stored checksum is checked first: a record that fails it comes out as it was read, and
+    fails again where the Loader checks it.
+
+    Parameters
+    ----------
+    readers
+        The sources' readers, in order.
+    label_offsets
+        Per source: an offset for its labels where it has no class names, or None.
+    """
+
+    def __init__(self, readers: Sequence[Reader], label_offsets: Sequence[int | None]) -> None:
+        self.readers = list(readers)
+        self.names = [os.fspath(r.location) for r in self.readers]
+        self.place = self.readers[0].place
+        self.location = " + ".join(self.names)
+        classes, self._maps = union_classes(
+            self.names, [r.classes for r in self.readers], label_offsets
+        )
+        same = all(r.classes == classes for r in self.readers)
+        self._keep_labels = same and not any(label_offsets)
+        self.stores_checksums = all(r.stores_checksums for r in self.readers)  # type: ignore[misc]
+        self.labels_apart = all(r.labels_apart for r in self.readers)
+        sizes = [len(r) for r in self.readers]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self._bounds = np.unique(
+            np.concatenate(
+                [r.shard_bounds + o for r, o in zip(self.readers, self.offsets[:-1], strict=True)]
+            )
+        )
+        identities = [r.identity for r in self.readers]
+        self._manifest = Manifest(
+            format="mix",
+            format_version=1,
+            num_records=int(self.offsets[-1]),
+            total_bytes=sum(r.manifest.total_bytes for r in self.readers),
+            classes=classes,
+            provenance=Provenance(seqstore_version=__version__),
+            store_id=hashlib.sha256(repr(identities).encode()).hexdigest()[:32],
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        # docstring inherited
+        return self._manifest
+
+    @property
+    def shard_bounds(self) -> np.ndarray:
+        # docstring inherited
+        return self._bounds.copy()
+
+    def source_of(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which source, and which record of it, each mix position in ``indices`` is."""
+        source = np.searchsorted(self.offsets, indices, side="right") - 1
+        return source, np.asarray(indices) - self.offsets[source]
+
+    def _relabel(self, i: int, record: Record) -> Record:
+        key = f"{self.names[i]}/{record.key}"
+        label = record.label
+        if not self._keep_labels and label >= 0:
+            table = self._maps[i]
+            label = label + table if isinstance(table, int) else int(table[label])
+        if not record.verify():
+            return record  # as read: it fails where the Loader checks it
+        return Record.make(key, label, record.data, record.width, record.height)
+
+    def read_block(self, start: int, stop: int) -> list[Record]:
+        # docstring inherited
+        self._check_range(start, stop)
+        out: list[Record] = []
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < stop:
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            if hi > start:
+                end = min(stop, hi)
+                block = self.readers[i].read_block(start - lo, end - lo)
+                out += [self._relabel(i, r) for r in block]
+                start = end
+            i += 1
+        return out
+
+    def labels(self) -> np.ndarray:
+        # docstring inherited
+        parts = []
+        for r, table in zip(self.readers, self._maps, strict=True):
+            labels = r.labels()
+            if not self._keep_labels:
+                known = labels >= 0
+                if isinstance(table, int):
+                    labels = np.where(known, labels + table, labels)
+                else:
+                    labels = np.where(known, table[np.maximum(labels, 0)], labels)
+            parts.append(labels)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        # docstring inherited
+        for r in self.readers:
+            r.close()
