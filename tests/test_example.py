@@ -130,3 +130,16 @@ def test_a_checkpoint_with_the_ddp_prefix_loads_into_one_process(
     ckpt["model"] = {f"module.{k}": v for k, v in ckpt["model"].items()}
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     assert "resumed at epoch 0, step 1" in _resume(root, tmp_path, "--max-steps", "2")
+
+
+def test_example_mixes_an_extra_source_by_weight(root: Path, tmp_path: Path) -> None:
+    """--extra PATH:WEIGHT: another source (an HDF5 store of other images) mixed into the
+    train split 1:1: 24 + 24 records per epoch, 6 steps of 8; and a mid-epoch resume."""
+    extra = make_image_folder(tmp_path / "extra", classes=4, per_class=3, seed=5, max_side=80)
+    convert(extra, tmp_path / "extra.h5", format="hdf5", progress=False)
+    mix = ["--extra", f"{tmp_path / 'extra.h5'}:1"]
+    out = _train(root, tmp_path / "a", *mix, "--max-steps", "6")
+    assert "epoch 0 val top-1" in out and "stopped after 6 steps" in out
+    _train(root, tmp_path / "b", *mix, "--max-steps", "2")
+    assert "resumed at epoch 0, step 2" in _resume(root, tmp_path / "b", "--max-steps", "6")
+    assert _load(tmp_path / "a")["loader"] == _load(tmp_path / "b")["loader"]

@@ -15,6 +15,8 @@ DATA is a dataset root with ``train`` and ``val`` splits: folders, or stores mad
 ``--resume`` alone continues an interrupted epoch: on the same number of ranks exactly as it
 would have run, on another with the records it had not delivered, each once. ``--max-steps``
 stops early, which with the small default model lets the example run on a CPU in seconds.
+``--extra PATH:WEIGHT`` mixes another source into each training epoch by weight (the train
+split weighs 1; see docs/mixing.md); such a run resumes on the same number of ranks.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqstore import Loader
+from seqstore.splits import resolve_split
 
 
 def small_cnn(num_classes: int) -> nn.Module:
@@ -95,6 +98,14 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from the checkpoint, with the arguments of the run that wrote it",
+    )
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="PATH:WEIGHT",
+        help="another training source mixed in (any format seqstore reads), with its weight "
+        "beside the train split's 1; repeatable",
     )
     p.add_argument("--print-freq", type=int, default=10)
     if suppress_defaults:
@@ -168,9 +179,19 @@ def main() -> None:
         channels_last=device.type == "cuda",
     )
     # --backend is the training store's; val may be another format (val.h5, a folder).
-    train_loader = Loader(
-        args.data, split="train", backend=args.backend, transform="imagenet_train", **common
-    )
+    if args.extra:  # the train split and the extra sources, mixed by weight each epoch
+        train, found = resolve_split(args.data, "train", {})
+        sources = [{"path": str(train), "backend": args.backend, "reader_options": found}]
+        for entry in args.extra:
+            path, _, weight = entry.rpartition(":")
+            if not path or not weight.replace(".", "", 1).isdigit():
+                path, weight = entry, "1"
+            sources.append({"path": path, "weight": float(weight)})
+        train_loader = Loader(sources, transform="imagenet_train", **common)
+    else:
+        train_loader = Loader(
+            args.data, split="train", backend=args.backend, transform="imagenet_train", **common
+        )
     # Every val image once over the ranks (no padding), for an exact top-1.
     val_loader = Loader(
         args.data, split="val", transform="imagenet_val", shuffle=False, pad_ranks=False, **common

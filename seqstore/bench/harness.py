@@ -220,8 +220,8 @@ def measure(
     cfg : BenchConfig
         Batch size, workers, transform, ``min_seconds`` and ``cold``.
     extra : dict, optional
-        ``dtype``, ``verify`` and ``reader_options`` for ``"seqstore"``; ``cache`` for
-        ``"tensorpack"``.
+        ``dtype``, ``verify``, ``reader_options`` and ``mix`` (a list of sources read in
+        place of ``path``) for ``"seqstore"``; ``cache`` for ``"tensorpack"``.
 
     Returns
     -------

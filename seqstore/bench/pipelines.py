@@ -35,7 +35,7 @@ def named_pipeline(transform: str, image_size: int) -> transforms.Pipeline | Non
 
 
 def seqstore_epoch(
-    path: Path | str,
+    path: Path | str | list[str],
     cfg: BenchConfig,
     dtype: str = "uint8",
     verify: bool = True,
@@ -148,7 +148,8 @@ def build(
 
     if kind == "seqstore":
         return seqstore_epoch(
-            extra.get("url", path),  # a store at a URL (the S3 row), else the local one
+            # A mix of sources (the mixed row), a store at a URL (the S3 row), else the local one
+            extra.get("mix") or extra.get("url", path),
             cfg,
             extra.get("dtype", "uint8"),
             extra.get("verify", True),

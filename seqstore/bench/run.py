@@ -75,6 +75,12 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
     plans.append(
         (rows.setdefault(name, Row(name, "seqstore")), "seqstore", first_path, {"dtype": "float32"})
     )
+    # What mixing costs: the first store mixed with itself, 1:1, beside the store alone.
+    name = f"{first_fmt} mixed 1:1 with itself"
+    mixed = [str(first_path), str(first_path)]
+    plans.append(
+        (rows.setdefault(name, Row(name, "seqstore")), "seqstore", first_path, {"mix": mixed})
+    )
     if tensorpack_file is not None:
         row = rows["tensorpack file"] = Row("tensorpack file", "seqstore")
         plans.append((row, "seqstore", tensorpack_file, {}))

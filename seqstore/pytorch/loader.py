@@ -46,7 +46,8 @@ class Loader:
     Parameters
     ----------
     path
-        A store, image folder, or dataset root (with ``split``).
+        A store, image folder, or dataset root (with ``split``); a list: sources mixed
+        in each epoch (``weights=``, see docs/mixing.md).
     backend
         Backend name; default: from the store's manifest.
     config
@@ -97,7 +98,7 @@ class Loader:
 
     def __init__(
         self,
-        path: str | os.PathLike[str] | None = None,
+        path: str | os.PathLike[str] | list[Any] | None = None,
         backend: str | None = None,
         *,
         config: LoaderConfig | dict[str, Any] | str | Path | None = None,
