@@ -196,3 +196,16 @@ def test_a_source_without_class_names_needs_an_offset_beside_named_ones() -> Non
         union_classes(["a", "b.tar"], [["cat", "dog"], []], [None, None])
     classes, maps = union_classes(["a", "b.tar"], [["cat", "dog"], []], [None, 2])
     assert classes == ["cat", "dog"] and maps[1] == 2
+
+
+def test_a_bad_record_is_named_with_its_source(stores: tuple[Path, Path], tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "f", classes=3, per_class=4, seed=3, min_side=16)
+    victim = sorted((folder / "class01").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated: not an image any more
+    loader = Loader(
+        [str(folder), str(stores[1])], batch_size=4, image_size=16, on_error="skip", seed=2
+    )
+    with pytest.warns(Warning):
+        batches = sum(1 for _ in loader)
+    assert batches == len(loader)
+    assert loader.bad_records == [f"{folder}/class01/{victim.name}"]

@@ -60,10 +60,9 @@ class MixedReader(Reader):
     """The sources of a mix as one store: source ``i`` holds records ``offsets[i]`` to
     ``offsets[i + 1] - 1``; a block never crosses a source (:attr:`shard_bounds`).
 
-    A record comes out with its label in the mix's class list and its key prefixed with its
-    source (``'a.lmdb/n01440764/x.JPEG'``), so that a bad record names where it lies. Its
-    stored checksum is checked first: a record that fails it comes out as it was read, and
-    fails again where the Loader checks it.
+    Records come out as their sources store them (their checksums hold); :meth:`relabel`
+    puts a batch's labels into the mix's class list, and :meth:`source_key` names a bad
+    record's source (``'a.lmdb/n01440764/x.JPEG'``). :meth:`labels` gives them mapped.
 
     Parameters
     ----------
@@ -118,15 +117,23 @@ class MixedReader(Reader):
         source = np.searchsorted(self.offsets, indices, side="right") - 1
         return source, np.asarray(indices) - self.offsets[source]
 
-    def _relabel(self, i: int, record: Record) -> Record:
-        key = f"{self.names[i]}/{record.key}"
-        label = record.label
-        if not self._keep_labels and label >= 0:
-            table = self._maps[i]
-            label = label + table if isinstance(table, int) else int(table[label])
-        if not record.verify():
-            return record  # as read: it fails where the Loader checks it
-        return Record.make(key, label, record.data, record.width, record.height)
+    def relabel(self, indices: np.ndarray, labels: np.ndarray) -> None:
+        """Put ``labels``, as stored, of the records at mix positions ``indices`` into the
+        mix's class list, in place (a batch's, in the worker that made it: cheaper than a
+        record made again with its checksum)."""
+        if self._keep_labels:
+            return
+        source = np.searchsorted(self.offsets, indices, side="right") - 1
+        for i, table in enumerate(self._maps):
+            at = (source == i) & (labels >= 0)
+            if at.any():
+                labels[at] = labels[at] + table if isinstance(table, int) else table[labels[at]]
+
+    def source_key(self, index: int, key: str) -> str:
+        """The key of the record at mix position ``index``, prefixed with its source, so
+        that a bad record names where it lies."""
+        source = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return f"{self.names[source]}/{key}"
 
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
@@ -137,8 +144,7 @@ class MixedReader(Reader):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
             if hi > start:
                 end = min(stop, hi)
-                block = self.readers[i].read_block(start - lo, end - lo)
-                out += [self._relabel(i, r) for r in block]
+                out += self.readers[i].read_block(start - lo, end - lo)
                 start = end
             i += 1
         return out

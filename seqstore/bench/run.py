@@ -76,7 +76,7 @@ def run_bench(config: BenchConfig | dict[str, Any] | None = None, **options: Any
         (rows.setdefault(name, Row(name, "seqstore")), "seqstore", first_path, {"dtype": "float32"})
     )
     # What mixing costs: the first store mixed with itself, 1:1, beside the store alone.
-    name = f"{first_fmt} mixed 1:1 with itself"
+    name = f"{first_fmt} mixed 1:1"
     mixed = [str(first_path), str(first_path)]
     plans.append(
         (rows.setdefault(name, Row(name, "seqstore")), "seqstore", first_path, {"mix": mixed})

@@ -25,6 +25,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import transforms
 from ..backends import Reader
+from ..backends.mixed import MixedReader
 from ..config import LoaderConfig
 from ..engine.plan import EpochSpec, Remaining, WorkerEpoch
 from ..engine.stream import RawBatch, iter_batches
@@ -269,6 +270,13 @@ class EpochDataset(IterableDataset[WorkerItem]):
         in_worker = worker if info is not None else None
         if self.ring is not None and in_worker is not None and not spec.split:
             self.ring.reset(in_worker)
+        mixed = self.reader if isinstance(self.reader, MixedReader) else None
         for raw in batches:
+            if mixed is not None:  # labels into the mix's class list, bad keys named
+                mixed.relabel(raw.indices, raw.labels)
+                for i, s in enumerate(raw.samples):
+                    if isinstance(s, BadSample):
+                        key = mixed.source_key(int(raw.indices[i]), s.key)
+                        raw.samples[i] = BadSample(key, s.decode_error)
             bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
             yield (*collate(raw, self.ring, in_worker, self.affine, spec.split), bad)
