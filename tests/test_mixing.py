@@ -11,8 +11,9 @@ import pytest
 
 from seqstore import Loader
 from seqstore.convert import convert
+from seqstore.engine.elastic import remaining_after
 from seqstore.engine.mix import MixSequence, source_counts
-from seqstore.engine.plan import EpochSpec, rank_order
+from seqstore.engine.plan import EpochSpec, mix_sequence, rank_order
 from seqstore.errors import ConfigError, ResumeError
 from seqstore.testing import make_image_folder
 
@@ -48,24 +49,53 @@ def _mix_spec(**changes: object) -> EpochSpec:
     return EpochSpec(**(fields | changes))  # type: ignore[arg-type]
 
 
+def _records(spec: EpochSpec, epoch: int, rank: int) -> np.ndarray:
+    """The sources' records rank ``rank`` reads in ``epoch``: the engine orders the epoch's
+    positions as one store's records, and the mix maps each to a source's record."""
+    return mix_sequence(spec, epoch).storage(rank_order(spec, epoch, rank))
+
+
 def test_the_pure_order_of_a_mix_golden_exact_and_per_epoch() -> None:
     spec = _mix_spec()
     # Golden: a change to the mix's order changes every mixed loader's epochs.
-    assert rank_order(spec, 0, 0)[:12].tolist() == GOLDEN
+    assert _records(spec, 0, 0)[:12].tolist() == GOLDEN
     for epoch in (0, 1, 2):
-        both = np.concatenate([rank_order(spec, epoch, r) for r in range(2)])
+        positions = np.concatenate([rank_order(spec, epoch, r) for r in range(2)])
+        assert sorted(positions.tolist()) == list(range(130))  # one store of 130 records
+        both = np.concatenate([_records(spec, epoch, r) for r in range(2)])
         source = Counter((both >= 100).tolist())
         assert source == {False: 65, True: 65}  # exactly the counts, every epoch
         assert len(set(both[both >= 100].tolist())) == 30  # the small source, repeated
-    a, b = rank_order(spec, 0, 0), rank_order(spec, 1, 0)
-    assert a.tolist() == rank_order(spec, 0, 0).tolist() and a.tolist() != b.tolist()
+    a, b = _records(spec, 0, 0), _records(spec, 1, 0)
+    assert a.tolist() == _records(spec, 0, 0).tolist() and a.tolist() != b.tolist()
     # The large source gives another subset each epoch.
-    first = {i for i in np.concatenate([rank_order(spec, 0, r) for r in range(2)]) if i < 100}
-    second = {i for i in np.concatenate([rank_order(spec, 1, r) for r in range(2)]) if i < 100}
+    first = {i for i in np.concatenate([_records(spec, 0, r) for r in range(2)]) if i < 100}
+    second = {i for i in np.concatenate([_records(spec, 1, r) for r in range(2)]) if i < 100}
     assert first != second
 
 
-GOLDEN = [0, 2, 100, 5, 101, 4, 106, 1, 7, 96, 3, 104]
+def test_a_mixed_epoch_resumed_on_any_shape_gives_the_rest_once() -> None:
+    """Elastic: the positions not delivered before the interruption, each once, on another
+    world size, worker count and batch size; so the sources' records come as many times as
+    the uninterrupted epoch would give them."""
+    first = _mix_spec()
+    whole = Counter(np.concatenate([_records(first, 0, r) for r in range(2)]).tolist())
+    for world, workers, batch in ((1, 3, 5), (3, 1, 7), (2, 2, 16)):
+        second = _mix_spec(world_size=world, workers=workers, batch_size=batch)
+        done = 2
+        before = [_records(first, 0, r)[: done * 16] for r in range(2)]
+        remaining = remaining_after(first, 0, done)
+        rest = [
+            mix_sequence(second, 0).storage(rank_order(second, 0, r, remaining))
+            for r in range(world)
+        ]
+        delivered = Counter(np.concatenate(before + rest).tolist())
+        # The resumed ranks pad by wrapping around the rest: fewer extra than ranks.
+        assert all(delivered[k] >= v for k, v in whole.items())
+        assert sum(delivered.values()) - sum(whole.values()) < world
+
+
+GOLDEN = [60, 62, 36, 65, 37, 64, 10, 61, 67, 92, 63, 8]
 
 
 def test_pieces_interleave_the_sources_by_their_shares() -> None:
@@ -131,7 +161,7 @@ def test_two_formats_one_to_one_give_half_each_with_their_labels(stores: tuple[P
     assert _epoch(again)[0] == orders[0]  # the same seed, the same order
 
 
-def test_a_mixed_epoch_resumes_exactly_and_refuses_what_it_cannot(
+def test_a_mixed_epoch_resumes_on_any_shape_and_refuses_other_weights(
     stores: tuple[Path, Path],
 ) -> None:
     whole, _ = _epoch(_loader(stores))
@@ -145,9 +175,11 @@ def test_a_mixed_epoch_resumes_exactly_and_refuses_what_it_cannot(
     other_weights = _loader(stores, weights=[2, 1])
     with pytest.raises(ResumeError, match="mixes its sources in other sizes or counts"):
         other_weights.load_state_dict(state)
-    other_shape = _loader(stores, batch_size=4)
-    with pytest.raises(ResumeError, match="on the same shape"):
-        other_shape.load_state_dict(state)
+    # On another batch size and worker count: the rest of the epoch, each record as often
+    # as the uninterrupted epoch would give it.
+    other_shape = _loader(stores, batch_size=5, num_workers=1)
+    other_shape.load_state_dict(state)
+    assert Counter(head + _epoch(other_shape)[0]) == Counter(whole)
 
 
 def test_two_ranks_run_equal_batches_and_give_no_sample_twice_beyond_the_weights(

@@ -16,7 +16,7 @@ DATA is a dataset root with ``train`` and ``val`` splits: folders, or stores mad
 would have run, on another with the records it had not delivered, each once. ``--max-steps``
 stops early, which with the small default model lets the example run on a CPU in seconds.
 ``--extra PATH:WEIGHT`` mixes another source into each training epoch by weight (the train
-split weighs 1; see docs/mixing.md); such a run resumes on the same number of ranks.
+split weighs 1; see docs/mixing.md).
 """
 
 from __future__ import annotations

@@ -117,22 +117,20 @@ class MixedReader(Reader):
         source = np.searchsorted(self.offsets, indices, side="right") - 1
         return source, np.asarray(indices) - self.offsets[source]
 
-    def relabel(self, indices: np.ndarray, labels: np.ndarray) -> None:
-        """Put ``labels``, as stored, of the records at mix positions ``indices`` into the
-        mix's class list, in place (a batch's, in the worker that made it: cheaper than a
-        record made again with its checksum)."""
+    def relabel(self, sources: np.ndarray, labels: np.ndarray) -> None:
+        """Put ``labels``, as stored, of records of ``sources`` (one source index each) into
+        the mix's class list, in place (a batch's, in the worker that made it: cheaper than
+        a record made again with its checksum)."""
         if self._keep_labels:
             return
-        source = np.searchsorted(self.offsets, indices, side="right") - 1
         for i, table in enumerate(self._maps):
-            at = (source == i) & (labels >= 0)
+            at = (sources == i) & (labels >= 0)
             if at.any():
                 labels[at] = labels[at] + table if isinstance(table, int) else table[labels[at]]
 
-    def source_key(self, index: int, key: str) -> str:
-        """The key of the record at mix position ``index``, prefixed with its source, so
-        that a bad record names where it lies."""
-        source = int(np.searchsorted(self.offsets, index, side="right")) - 1
+    def source_key(self, source: int, key: str) -> str:
+        """The key of a record of source ``source``, prefixed with the source, so that a bad
+        record names where it lies."""
         return f"{self.names[source]}/{key}"
 
     def read_block(self, start: int, stop: int) -> list[Record]:

@@ -12,6 +12,12 @@ rest of the epoch in proportion, each its floor, and the records left over go on
 the sources with the largest remainders (ties to the earlier source): the largest-remainder
 method, so the counts always sum to the epoch's size.
 
+The engine orders an epoch of a mix as it orders one store of ``sum(counts)`` records:
+those records are the epoch's positions in :class:`MixSequence`, which maps each to a
+source's record (:meth:`MixSequence.reader` reads positions as storage runs). Blocks,
+shuffle buffer, ranks, workers and an elastic resume (the positions not yet delivered)
+are then one store's.
+
 Order: a source gives its count from a stream that runs through its records pass after
 pass, each pass in another block order (with ``shuffle``; in storage order from where the
 last epoch stopped without it), so a source with fewer records than its count repeats, one
@@ -24,10 +30,11 @@ epoch, and so every shuffle buffer, holds the sources in their proportions.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..records import Record
 from .order import BlockOrder
 
 __all__ = ["MixSequence", "source_counts"]
@@ -135,6 +142,7 @@ class MixSequence:
         self._hi = np.minimum(lo + block, np.asarray(self.counts, np.int64)[self._source])
         self._start = np.concatenate([[0], np.cumsum(self._hi - self._lo)]).astype(np.int64)
         self._orders: dict[tuple[int, int], BlockOrder] = {}
+        self._runs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _stream(self, i: int, lo: int, hi: int) -> list[np.ndarray]:
         """Storage ranges of positions ``[lo, hi)`` of source ``i``'s stream."""
@@ -162,6 +170,43 @@ class MixSequence:
             out.append(order.spans(at, at + take) + base)
             q += take
         return out
+
+    def sources(self, positions: np.ndarray) -> np.ndarray:
+        """The source of each epoch position in ``positions``."""
+        piece = np.searchsorted(self._start, positions, side="right") - 1
+        return self._source[piece]
+
+    def storage(self, positions: np.ndarray) -> np.ndarray:
+        """The storage index of each epoch position in ``positions`` (each piece's storage
+        runs are found once, and kept)."""
+        positions = np.asarray(positions, np.int64)
+        out = np.empty_like(positions)
+        piece = np.searchsorted(self._start, positions, side="right") - 1
+        for p in np.unique(piece).tolist():
+            runs = self._runs.get(p)
+            if runs is None:
+                spans = self.spans(int(self._start[p]), int(self._start[p + 1]))
+                runs = self._runs[p] = (spans[:, 0], np.cumsum(spans[:, 1] - spans[:, 0]))
+            starts, ends = runs
+            at = piece == p
+            offset = positions[at] - self._start[p]
+            k = np.searchsorted(ends, offset, side="right")
+            out[at] = starts[k] + offset - np.concatenate([[0], ends])[k]
+        return out
+
+    def reader(
+        self, read_block: Callable[[int, int], list[Record]]
+    ) -> Callable[[int, int], list[Record]]:
+        """``read_block`` of epoch positions: positions ``[lo, hi)`` read as the few
+        storage runs they are (each one sequential read)."""
+
+        def read(lo: int, hi: int) -> list[Record]:
+            out: list[Record] = []
+            for start, stop in self.spans(lo, hi).tolist():
+                out += read_block(start, stop)
+            return out
+
+        return read
 
     def spans(self, lo: int, hi: int) -> np.ndarray:
         """Storage ranges of epoch positions ``[lo, hi)``, in order."""

@@ -39,6 +39,7 @@ __all__ = [
     "Remaining",
     "WorkerEpoch",
     "epoch_sequence",
+    "mix_sequence",
     "rank_order",
     "worker_order",
 ]
@@ -100,7 +101,8 @@ class EpochSpec:
         one batch.
     mix
         For a loader of several sources: each source's size and the records it gives per
-        epoch (:mod:`seqstore.engine.mix`); ``num_records`` is then the epoch's size.
+        epoch. ``num_records`` is then the epoch's size, and its records the positions of
+        the epoch's :class:`~seqstore.engine.mix.MixSequence` (see :func:`mix_sequence`).
     scheme
         How the shuffle mixes, :data:`SCHEME` for every loader this seqstore makes. 2: each
         worker's buffer fills before its first emission. 1 (the order of seqstore's loader
@@ -241,17 +243,18 @@ def epoch_sequence(
 ) -> EpochSequence:
     """The records of ``epoch`` in read order, before ranks and workers share them out:
     every record, or only ``remaining``."""
-    if spec.mix is not None:
-        if remaining is not None:
-            raise ValueError("an epoch of a mix resumes on the same shape only")
-        sizes, counts = spec.mix
-        return MixSequence(
-            sizes, counts, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
-        )
     order = BlockOrder(
         spec.num_records, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle
     )
     return order if remaining is None else Subsequence(order, remaining.ranges)
+
+
+def mix_sequence(spec: EpochSpec, epoch: int) -> MixSequence:
+    """The sources' records behind the positions of ``epoch`` of a mix's ``spec``."""
+    if spec.mix is None:
+        raise ValueError("not the spec of a mix")
+    sizes, counts = spec.mix
+    return MixSequence(sizes, counts, spec.block, seed=spec.seed, epoch=epoch, shuffle=spec.shuffle)
 
 
 @dataclass(frozen=True)

@@ -123,11 +123,6 @@ def resume_point(state: dict[str, Any], spec: EpochSpec, identity: str, where: s
             f"({saved.mix}, this loader {spec.mix}); resume with the same sources, weights "
             "and epoch_size, or start the epoch afresh with set_epoch()"
         )
-    if spec.mix is not None and shape(saved) != shape(spec) and done:
-        raise ResumeError(
-            "cannot resume a mixed epoch on another world size, worker count or batch size; "
-            "resume it on the same shape, or start the next epoch with set_epoch()"
-        )
     if shape(saved) != shape(spec) and done:
         remaining, done = remaining_after(saved, epoch, done, remaining), 0
     if (done or remaining is not None) and done >= spec.batches_over(remaining):

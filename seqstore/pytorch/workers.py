@@ -27,7 +27,7 @@ from .. import transforms
 from ..backends import Reader
 from ..backends.mixed import MixedReader
 from ..config import LoaderConfig
-from ..engine.plan import EpochSpec, Remaining, WorkerEpoch
+from ..engine.plan import EpochSpec, Remaining, WorkerEpoch, mix_sequence
 from ..engine.stream import RawBatch, iter_batches
 from ..errors import BadRecordError, SeqstoreError
 from ..records import Record
@@ -264,19 +264,23 @@ class EpochDataset(IterableDataset[WorkerItem]):
         plan_worker = worker if spec.split else (worker + skip_batches) % spec.workers
         remaining = self.remaining if partial else None
         work = WorkerEpoch(spec, epoch, spec.rank, plan_worker, remaining)
-        batches = iter_batches(
-            self.reader.read_block, work, self.transform, skip_batches=skip_batches
-        )
+        read_block: Callable[[int, int], list[Record]] = self.reader.read_block
+        mixed = self.reader if isinstance(self.reader, MixedReader) else None
+        if mixed is not None:  # the engine's records are the epoch's positions in the mix
+            sequence = mix_sequence(spec, epoch)
+            read_block = sequence.reader(read_block)
+        batches = iter_batches(read_block, work, self.transform, skip_batches=skip_batches)
         in_worker = worker if info is not None else None
         if self.ring is not None and in_worker is not None and not spec.split:
             self.ring.reset(in_worker)
-        mixed = self.reader if isinstance(self.reader, MixedReader) else None
         for raw in batches:
             if mixed is not None:  # labels into the mix's class list, bad keys named
-                mixed.relabel(raw.indices, raw.labels)
+                sources = sequence.sources(raw.indices)
+                mixed.relabel(sources, raw.labels)
                 for i, s in enumerate(raw.samples):
                     if isinstance(s, BadSample):
-                        key = mixed.source_key(int(raw.indices[i]), s.key)
+                        key = mixed.source_key(int(sources[i]), s.key)
                         raw.samples[i] = BadSample(key, s.decode_error)
+                raw.indices = sequence.storage(raw.indices)
             bad = replace_bad(raw, os.fspath(self.reader.location), self.skip_bad)
             yield (*collate(raw, self.ring, in_worker, self.affine, spec.split), bad)
