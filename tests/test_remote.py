@@ -844,3 +844,23 @@ def test_overwrite_removes_the_files_of_the_store_it_replaces(
     assert not any(name.endswith("data.mdb") for name in after)
     reader = seqstore.open(url, storage_options=options)
     assert reader.read_block(0, N) == seqstore.open(stores["hdf5"]).read_block(0, N)
+
+
+def test_a_mix_of_a_store_at_a_url_and_a_local_one_reads_as_both_local(
+    s3_server: S3Server, stores: dict[str, Path], bucket: str, tmp_path: Path
+) -> None:
+    """A mix's remote source takes the storage options and the cache; its local one, none:
+    the epoch is the epoch of the same two stores on a local disk."""
+    url = _upload(s3_server, stores["hdf5"], f"s3://{bucket}/train.h5")
+    opts = _opts(num_workers=2, with_indices=True, seed=3, weights=[1, 2])
+    local = collect_epoch(Loader([str(stores["hdf5"]), str(stores["lmdb"])], **opts))
+    remote = Loader(
+        [url, str(stores["lmdb"])],
+        storage_options=s3_server.storage_options(),
+        cache_dir=tmp_path / "cache",
+        **opts,
+    )
+    mixed = collect_epoch(remote)
+    assert mixed[0] == local[0] and mixed[1] == local[1]
+    assert all(torch.equal(a, b) for a, b in zip(mixed[2], local[2], strict=True))
+    assert any((tmp_path / "cache").rglob("*"))  # the remote source went through the cache

@@ -13,6 +13,7 @@ from ..config import LoaderConfig
 from ..config.mix import mix_sources
 from ..engine.mix import source_counts
 from ..errors import ConfigError
+from ..io.places import is_url
 from ..splits import resolve_split
 
 __all__ = ["Opened", "open_sources"]
@@ -38,14 +39,20 @@ class Opened:
 
 
 def _open(
-    cfg: LoaderConfig, path: str | os.PathLike[str], backend: str | None, options: dict[str, Any]
+    cfg: LoaderConfig,
+    path: str | os.PathLike[str],
+    backend: str | None,
+    options: dict[str, Any],
+    mixed: bool = False,
 ) -> Reader:
+    # A mix's local sources leave out the options of its sources at a URL.
+    remote = not mixed or is_url(os.fspath(path))
     return open_store(
         path,
         backend,
-        storage_options=cfg.storage_options,
-        cache_dir=cfg.cache_dir,
-        cache_limit_gb=cfg.cache_limit_gb,
+        storage_options=cfg.storage_options if remote else None,
+        cache_dir=cfg.cache_dir if remote else None,
+        cache_limit_gb=cfg.cache_limit_gb if remote else None,
         **options,
     )
 
@@ -66,7 +73,9 @@ def open_sources(cfg: LoaderConfig) -> Opened:
         return Opened(_open(cfg, path, cfg.backend, options), str(path))
     sources = mix_sources(cfg.path, cfg.weights)
     readers = [
-        _open(cfg, s.path, s.backend or cfg.backend, {**cfg.reader_options, **s.reader_options})
+        _open(
+            cfg, s.path, s.backend or cfg.backend, {**cfg.reader_options, **s.reader_options}, True
+        )
         for s in sources
     ]
     reader = MixedReader(readers, [s.label_offset for s in sources])
