@@ -193,6 +193,7 @@ def test_cache_holds_whole_files_and_evicts_the_least_recently_used(
             assert time.monotonic() < deadline, "the cache was not filled"
             time.sleep(0.1)
         assert reader.read_block(0, N) == local.read_block(0, N)  # from the copy
+        assert reader.state.io is None  # h5py reads the copy by path, as a local file
         readers.append(reader)
         time.sleep(0.05)  # distinct use times
     cache = ShardCache(cache_dir, int(limit_gb * 1e9))

@@ -108,7 +108,14 @@ class HDF5Reader(Reader):
     @property
     def state(self) -> _ProcessHandles:
         """This process's open file and index, opened on first use."""
-        return self._state.get(self._open)
+        state = self._state.get(self._open)
+        if state.io is not None and self.data.local_path is not None:
+            # The cache's copy arrived after this process opened the file at its URL: h5py
+            # reads the copy by its path from now on, as a local file, rather than through
+            # a Python file object that calls back into this process for every read.
+            self._state.close()
+            state = self._state.get(self._open)
+        return state
 
     @property
     def file(self) -> h5py.File:
