@@ -164,16 +164,9 @@ class PageTree:
             return None
         return flags, page, offsets
 
-    def _branch(self, pgno: int) -> tuple[list[bytes], list[int]] | None:
+    def _branch(self, pgno: int, page: bytes, offsets: list[int]) -> tuple[list[bytes], list[int]]:
         """Branch page ``pgno``'s separators (of its children from the second on) and its
-        children's page numbers, parsed once: every lookup passes the same few branches."""
-        parsed = self._branches.get(pgno)
-        if parsed is not None:
-            return parsed
-        found = self._nodes(pgno)
-        if found is None:
-            return None
-        _, page, offsets = found
+        children's page numbers, kept: every lookup passes the same few branches."""
         separators, children = [], []
         for i, offset in enumerate(offsets):
             low, high, top, size = _NODE.unpack_from(page, offset)
@@ -190,7 +183,7 @@ class PageTree:
         its :data:`Value`. None if a page is not as expected."""
         pgno = self.root
         for _ in range(64):  # deeper than any real tree: a loop in damaged pages
-            branch = self._branch(pgno) if pgno in self._branches else None
+            branch = self._branches.get(pgno)
             if branch is None:
                 found = self._nodes(pgno)
                 if found is None:
@@ -200,9 +193,7 @@ class PageTree:
                     return self._leaf(page, offsets)
                 if not flags & _P_BRANCH or not offsets:
                     return None
-                branch = self._branch(pgno)
-                if branch is None:
-                    return None
+                branch = self._branch(pgno, page, offsets)
             separators, children = branch
             # The last child whose separator is <= key; the first child has none.
             pgno = children[bisect.bisect_right(separators, key)]
