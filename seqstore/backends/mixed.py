@@ -13,7 +13,7 @@ from .._version import __version__
 from ..errors import ConfigError
 from ..manifest import Manifest, Provenance
 from ..records import Record
-from .reader import Reader
+from .reader import Reader, read_across
 
 __all__ = ["MixedReader", "union_classes"]
 
@@ -136,30 +136,16 @@ class MixedReader(Reader):
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
         self._check_range(start, stop)
-        out: list[Record] = []
-        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        while start < stop:
-            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-            if hi > start:
-                end = min(stop, hi)
-                out += self.readers[i].read_block(start - lo, end - lo)
-                start = end
-            i += 1
-        return out
+        return read_across(
+            self.offsets, start, stop, lambda i, a, b: self.readers[i].read_block(a, b)
+        )
 
     def labels(self) -> np.ndarray:
         # docstring inherited
-        parts = []
-        for r, table in zip(self.readers, self._maps, strict=True):
-            labels = r.labels()
-            if not self._keep_labels:
-                known = labels >= 0
-                if isinstance(table, int):
-                    labels = np.where(known, labels + table, labels)
-                else:
-                    labels = np.where(known, table[np.maximum(labels, 0)], labels)
-            parts.append(labels)
-        return np.concatenate(parts)
+        labels = np.concatenate([r.labels() for r in self.readers])
+        sizes = np.diff(self.offsets)
+        self.relabel(np.repeat(np.arange(len(self.readers)), sizes), labels)
+        return labels
 
     def close(self) -> None:
         # docstring inherited

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +29,7 @@ from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
 from ..records import Record
 from .staging import read_store_manifest
 
-__all__ = ["Reader", "check_layout", "options_taken", "place_of", "store_manifest"]
+__all__ = ["Reader", "check_layout", "options_taken", "place_of", "read_across", "store_manifest"]
 
 
 def place_of(location: str | os.PathLike[str] | Place) -> Place:
@@ -107,6 +107,25 @@ def check_layout(
             f"(written by seqstore {manifest.provenance.seqstore_version}); this seqstore "
             f"reads version {', '.join(map(str, versions))}: convert the source again"
         )
+
+
+def read_across(
+    bounds: np.ndarray, start: int, stop: int, read: Callable[[int, int, int], list[Record]]
+) -> list[Record]:
+    """Records ``start`` to ``stop - 1`` of parts laid end to end, part ``i`` holding
+    ``bounds[i]`` to ``bounds[i + 1] - 1`` (a sharded store's shards, a mix's sources):
+    ``read(i, lo, hi)`` of the records each part touched holds, in order, empty parts
+    passed over."""
+    out: list[Record] = []
+    i = int(np.searchsorted(bounds, start, side="right")) - 1
+    while start < stop:
+        lo, hi = int(bounds[i]), int(bounds[i + 1])
+        if hi > start:
+            end = min(stop, hi)
+            out += read(i, start - lo, end - lo)
+            start = end
+        i += 1
+    return out
 
 
 class Reader(ABC):

@@ -16,7 +16,7 @@ from ...io.places import Place
 from ...manifest import Manifest, Shard
 from ...records import Record
 from ..base import Backend
-from ..reader import Reader, check_layout, store_manifest
+from ..reader import Reader, check_layout, read_across, store_manifest
 from .layout import store_index_digest
 
 __all__ = ["OPEN_SHARDS", "ShardedReader"]
@@ -148,17 +148,9 @@ class ShardedReader(Reader):
     def read_block(self, start: int, stop: int) -> list[Record]:
         # docstring inherited
         self._check_range(start, stop)
-        bounds = self._bounds
-        out: list[Record] = []
-        i = int(np.searchsorted(bounds, start, side="right")) - 1
-        while start < stop:
-            lo, hi = int(bounds[i]), int(bounds[i + 1])
-            if hi > start:  # an empty shard holds nothing to read
-                end = min(stop, hi)
-                out.extend(self.shard(i).read_block(start - lo, end - lo))
-                start = end
-            i += 1
-        return out
+        return read_across(
+            self._bounds, start, stop, lambda i, a, b: self.shard(i).read_block(a, b)
+        )
 
     def labels(self) -> np.ndarray:
         # docstring inherited
