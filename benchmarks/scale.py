@@ -78,17 +78,20 @@ def make_source(root: Path, records: int) -> Path:
 
 
 def _timed(argv: list[str]) -> tuple[float, int, str]:
-    """Run ``argv``: its seconds, its peak resident memory in bytes, its stdout."""
-    t = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(p.pid, 0)
-    seconds = time.perf_counter() - t
-    assert p.stdout is not None and p.stderr is not None
-    out, err = p.stdout.read(), p.stderr.read()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-2000:]}")
-    return seconds, usage.ru_maxrss * 1024, out
+    """Run ``argv``: its seconds, its peak resident memory in bytes, its stdout. Its output
+    goes to files, not pipes, which a child writing more than a pipe holds would block on
+    while this process waits for it."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(p.pid, 0)
+        seconds = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        p.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4, not by Popen
+        if p.returncode:
+            raise SystemExit(f"{' '.join(argv)} failed:\n{err.read()[-2000:]}")
+        return seconds, usage.ru_maxrss * 1024, out.read()
 
 
 def _loader(path: Path, records: int, state_in: str, state_out: str) -> tuple[float, float]:
