@@ -86,10 +86,7 @@ def open_sources(cfg: LoaderConfig) -> Opened:
     try:
         counts = source_counts(
             sizes,
-            weights=[
-                s.weight if s.fixed(n) is None else None
-                for s, n in zip(sources, sizes, strict=True)
-            ],
+            weights=[s.weight for s in sources],  # None where repeat or choose is given
             fixed=[s.fixed(n) for s, n in zip(sources, sizes, strict=True)],
             epoch_size=cfg.epoch_size,
         )
